@@ -1,0 +1,24 @@
+"""Per-run resource limits for one jailed script."""
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may use. Every field is enforced by the jail or by the reader of its output."""
+
+    timeout_s: float = 5.0
+    """Wall time from start to the kill of the whole jail (children and stopped processes too)."""
+    memory_mb: int = 256
+    """Memory of the whole jail (cgroup), or address space per process (RLIMIT_AS) without cgroups."""
+    max_pids: int = 32
+    """Processes and threads at once."""
+    max_output_bytes: int = 1 * MIB
+    """stdout and stderr together; past it the run is killed and the output truncated."""
+    max_result_bytes: int = 1 * MIB
+    """main()'s JSON-encoded return value."""
+    tmp_mb: int = 16
+    """Size of the writable tmpfs /tmp, and the largest file the script may write."""
+    max_open_files: int = 64
+    """File descriptors per process."""
