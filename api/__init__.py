@@ -1,0 +1,27 @@
+"""PySandbox's HTTP API: create_app() builds the Flask app (gunicorn: "api:create_app()")."""
+import logging
+from typing import Any
+
+from flask import Flask
+
+from api import errors, routes
+from api.capacity import Capacity
+from api.config import load_config
+from jail.selftest import self_test
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """The app, configured from PYSANDBOX_* variables, after a self-test of the jail."""
+    app = Flask(__name__)
+    app.config.update(load_config(test_config))
+    app.config["MAX_CONTENT_LENGTH"] = 2 * app.config["MAX_SCRIPT_BYTES"] + 4096
+    app.json.sort_keys = False
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    errors.register(app)
+    app.register_blueprint(routes.bp)
+    app.extensions["pysandbox"] = {
+        "capacity": Capacity(app.config["MAX_CONCURRENT_RUNS"], app.config["QUEUE_WAIT_S"],
+                             app.config["RETRY_AFTER_S"]),
+        "selftest": self_test(),
+    }
+    return app

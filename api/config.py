@@ -1,0 +1,34 @@
+"""Service settings: these defaults, overridden by PYSANDBOX_<NAME> environment variables."""
+import os
+
+DEFAULTS: dict[str, object] = {
+    "DEFAULT_TIMEOUT_S": 5.0,
+    "MAX_TIMEOUT_S": 30.0,
+    "DEFAULT_MEMORY_MB": 256,
+    "MIN_MEMORY_MB": 64,
+    "MAX_MEMORY_MB": 1024,
+    "MAX_SCRIPT_BYTES": 256 * 1024,
+    "MAX_OUTPUT_BYTES": 1024 * 1024,
+    "MAX_RESULT_BYTES": 1024 * 1024,
+    "MAX_PIDS": 32,
+    "TMP_MB": 16,
+    "MAX_CONCURRENT_RUNS": max(2, 2 * (os.cpu_count() or 1)),
+    "QUEUE_WAIT_S": 1.0,
+    "RETRY_AFTER_S": 1,
+}
+"""Each is documented in the README's configuration table."""
+
+
+def load_config(overrides: dict | None) -> dict[str, object]:
+    """Defaults, then PYSANDBOX_* from the environment (JSON values), then explicit overrides."""
+    from flask import Config
+
+    config = Config(".")
+    config.from_mapping(DEFAULTS)
+    config.from_prefixed_env("PYSANDBOX")
+    config.update(overrides or {})
+    for name, default in DEFAULTS.items():
+        if not isinstance(config[name], type(default)) and not (
+                isinstance(default, float) and isinstance(config[name], int)):
+            raise ValueError(f"PYSANDBOX_{name} must be a {type(default).__name__}")
+    return dict(config)

@@ -1,0 +1,20 @@
+"""Turning an Outcome into the API's JSON: 200 with the result, or 422 with the script's error."""
+from typing import Any
+
+from api.errors import ApiError
+from jail import Outcome
+
+
+def output_fields(outcome: Outcome) -> dict[str, Any]:
+    """What the script printed and how long it ran: part of every answer about a run."""
+    return {"stdout": outcome.stdout, "stderr": outcome.stderr,
+            "output_truncated": outcome.output_truncated, "duration_ms": outcome.duration_ms}
+
+
+def outcome_body(outcome: Outcome) -> dict[str, Any]:
+    """The 200 body of a run whose main() returned; raises the 422 ApiError otherwise."""
+    if not outcome.ok:
+        detail = {"traceback": outcome.traceback} if outcome.traceback else {}
+        raise ApiError(422, outcome.status.value, outcome.message, detail=detail,
+                       extra=output_fields(outcome))
+    return {"result": outcome.result, **output_fields(outcome)}

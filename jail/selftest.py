@@ -1,0 +1,93 @@
+"""Escape probes run inside the jail at startup: the service serves only if every one fails.
+
+A probe that escapes (or a jail that cannot start) marks the service unhealthy; it never
+falls back to running scripts with fewer protections.
+"""
+import logging
+from dataclasses import dataclass, field
+
+from jail.limits import Limits
+from jail.nsjail import host_cgroups, run
+from jail.outcome import SandboxError
+
+log = logging.getLogger(__name__)
+
+PROBE_SCRIPT = r'''
+import os, socket
+
+def attempt(action):
+    try:
+        action()
+        return True
+    except Exception:
+        return False
+
+def main():
+    return {
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "env": sorted(os.environ),
+        "inet_socket": attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
+        "inet6_socket": attempt(lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)),
+        "host_file": attempt(lambda: open("/etc/passwd").read()),
+        "proc": os.path.exists("/proc/1"),
+        "write_usr": attempt(lambda: open("/usr/probe", "w")),
+        "setuid_root": attempt(lambda: os.setuid(0)),
+        "unshare": attempt(lambda: os.unshare(os.CLONE_NEWUSER)) if hasattr(os, "unshare") else False,
+    }
+'''
+
+EXPECTED_ENV = {"HOME", "LANG", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS", "PATH", "PYTHONIOENCODING"}
+MUST_FAIL = ("inet_socket", "inet6_socket", "host_file", "proc", "write_usr", "setuid_root",
+             "unshare")
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    """The verdict of the startup probes."""
+
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """For /health."""
+        return {"passed": self.passed, "failures": self.failures, "degraded": self.degraded}
+
+
+def _escapes(found: dict) -> list[str]:
+    """Every way the probe's findings differ from a sealed jail."""
+    failures = [f"{name} succeeded" for name in MUST_FAIL if found.get(name) is not False]
+    if found.get("uid") != 65534 or found.get("gid") != 65534:
+        failures.append(f"runs as uid {found.get('uid')} gid {found.get('gid')}, not 65534")
+    if found.get("pid") != 1:
+        failures.append("no private pid namespace")
+    if found.get("hostname") != "sandbox":
+        failures.append("no private uts namespace")
+    extra = set(found.get("env") or ["?"]) - EXPECTED_ENV
+    if extra:
+        failures.append(f"environment leaks {sorted(extra)}")
+    return failures
+
+
+def self_test() -> SelfTest:
+    """Run the escape probes in a real jail; log and return the verdict."""
+    cgroups = host_cgroups()
+    degraded = [] if cgroups.complete else [
+        f"cgroups unavailable ({cgroups.missing_reason}); rlimits enforce those limits"]
+    try:
+        outcome = run(PROBE_SCRIPT, Limits(timeout_s=10))
+    except SandboxError as exc:
+        log.error("self-test: the jail does not start: %s", exc)
+        return SelfTest(False, ["the jail does not start"], degraded)
+    if not outcome.ok or not isinstance(outcome.result, dict):
+        log.error("self-test: probe ended %s: %s %s", outcome.status.value, outcome.message,
+                  outcome.stderr[-2000:])
+        return SelfTest(False, [f"probe ended with {outcome.status.value}"], degraded)
+    failures = _escapes(outcome.result)
+    if failures:
+        log.error("self-test: the jail is not sealed: %s", "; ".join(failures))
+    return SelfTest(not failures, failures, degraded)
