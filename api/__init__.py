@@ -7,11 +7,12 @@ from flask import Flask
 from api import errors, routes
 from api.capacity import Capacity
 from api.config import load_config
+from api.jobs import JobQueue
 from jail.selftest import self_test
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """The app, configured from PYSANDBOX_* variables, after a self-test of the jail."""
+    """The app, configured from PYSANDBOX_* variables (and REDIS_URL), after a self-test of the jail."""
     app = Flask(__name__)
     app.config.update(load_config(test_config))
     app.config["MAX_CONTENT_LENGTH"] = 2 * app.config["MAX_SCRIPT_BYTES"] + 4096
@@ -19,9 +20,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     errors.register(app)
     app.register_blueprint(routes.bp)
+    if app.config["EXECUTE_VIA_QUEUE"] and not app.config["REDIS_URL"]:
+        raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
+    jobs = JobQueue(app.config["REDIS_URL"], app.config["MAX_QUEUED_JOBS"],
+                    app.config["RESULT_TTL_S"], app.config["RETRY_AFTER_S"]) \
+        if app.config["REDIS_URL"] else None
     app.extensions["pysandbox"] = {
         "capacity": Capacity(app.config["MAX_CONCURRENT_RUNS"], app.config["QUEUE_WAIT_S"],
                              app.config["RETRY_AFTER_S"]),
-        "selftest": self_test(),
+        # An API that only enqueues never runs the jail, and needs no privileges for it.
+        "selftest": None if app.config["EXECUTE_VIA_QUEUE"] else self_test(),
+        "jobs": jobs,
     }
     return app

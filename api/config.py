@@ -1,4 +1,7 @@
-"""Service settings: these defaults, overridden by PYSANDBOX_<NAME> environment variables."""
+"""Service settings: these defaults, overridden by PYSANDBOX_<NAME> environment variables.
+
+REDIS_URL is read without the prefix, as every Redis client and host expects it.
+"""
 import os
 
 DEFAULTS: dict[str, object] = {
@@ -15,6 +18,10 @@ DEFAULTS: dict[str, object] = {
     "MAX_CONCURRENT_RUNS": max(2, 2 * (os.cpu_count() or 1)),
     "QUEUE_WAIT_S": 1.0,
     "RETRY_AFTER_S": 1,
+    "REDIS_URL": "",
+    "EXECUTE_VIA_QUEUE": False,
+    "MAX_QUEUED_JOBS": 100,
+    "RESULT_TTL_S": 3600,
 }
 """Each is documented in the README's configuration table."""
 
@@ -26,6 +33,7 @@ def load_config(overrides: dict | None) -> dict[str, object]:
     config = Config(".")
     config.from_mapping(DEFAULTS)
     config.from_prefixed_env("PYSANDBOX")
+    config["REDIS_URL"] = os.environ.get("REDIS_URL", config["REDIS_URL"])
     config.update(overrides or {})
     for name, default in DEFAULTS.items():
         if not isinstance(config[name], type(default)) and not (

@@ -11,10 +11,15 @@ def output_fields(outcome: Outcome) -> dict[str, Any]:
             "output_truncated": outcome.output_truncated, "duration_ms": outcome.duration_ms}
 
 
+def outcome_error(outcome: Outcome) -> ApiError:
+    """The 422 error of a run whose main() did not return a JSON value."""
+    detail = {"traceback": outcome.traceback} if outcome.traceback else {}
+    return ApiError(422, outcome.status.value, outcome.message, detail=detail,
+                    extra=output_fields(outcome))
+
+
 def outcome_body(outcome: Outcome) -> dict[str, Any]:
     """The 200 body of a run whose main() returned; raises the 422 ApiError otherwise."""
     if not outcome.ok:
-        detail = {"traceback": outcome.traceback} if outcome.traceback else {}
-        raise ApiError(422, outcome.status.value, outcome.message, detail=detail,
-                       extra=output_fields(outcome))
+        raise outcome_error(outcome)
     return {"result": outcome.result, **output_fields(outcome)}

@@ -1,17 +1,19 @@
-"""The HTTP endpoints: POST /execute and GET /health."""
+"""The HTTP endpoints: POST /execute (sync or ?async=1), GET /jobs/<id>, GET /health."""
 import logging
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, request, url_for
 
 from api.capacity import Capacity
-from api.errors import ApiError
+from api.errors import ApiError, invalid
+from api.jobs import JobQueue, unavailable
 from api.requests import parse_execute
 from api.responses import outcome_body
-from jail import SandboxError, run
+from jail import Limits, SandboxError, run
 from jail.selftest import SelfTest, self_test
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sandbox", __name__)
+TRUE, FALSE = {"1", "true", "yes"}, {"0", "false", "no", ""}
 
 
 def _state() -> dict:
@@ -26,10 +28,21 @@ def _checked() -> SelfTest:
     return state["selftest"]
 
 
-@bp.post("/execute")
-def execute():
-    """Run the script in a fresh jail and answer what its main() returned."""
-    script, limits = parse_execute(request, current_app.config)
+def _queue() -> JobQueue:
+    jobs = _state()["jobs"]
+    if jobs is None:
+        raise unavailable("async runs need a queue: set REDIS_URL")
+    return jobs
+
+
+def _wants_async() -> bool:
+    value = request.args.get("async", "").lower()
+    if value not in TRUE | FALSE:
+        raise invalid("'async' must be 1 or 0")
+    return value in TRUE
+
+
+def _run_here(script: str, limits: Limits) -> dict:
     if not _checked().passed:
         raise ApiError(503, "sandbox_unavailable",
                        "the sandbox failed its self-test; no script is run until it passes",
@@ -41,12 +54,43 @@ def execute():
         except SandboxError:
             log.exception("the sandbox failed")
             raise ApiError(500, "internal_error", "the sandbox failed; the error was logged") from None
-    return jsonify(outcome_body(outcome))
+    return outcome_body(outcome)
+
+
+@bp.post("/execute")
+def execute():
+    """Run the script and answer what its main() returned, or enqueue it (?async=1)."""
+    script, limits = parse_execute(request, current_app.config)
+    if _wants_async():
+        job = _queue().submit(script, limits)
+        response = jsonify({"id": job.id, "status": "queued"})
+        response.status_code = 202
+        response.headers["Location"] = url_for("sandbox.job", job_id=job.id)
+        return response
+    if current_app.config["EXECUTE_VIA_QUEUE"]:
+        queue = _queue()
+        wait_s = limits.timeout_s + current_app.config["QUEUE_WAIT_S"] + 30
+        return jsonify(queue.wait(queue.submit(script, limits), wait_s))
+    return jsonify(_run_here(script, limits))
+
+
+@bp.get("/jobs/<job_id>")
+def job(job_id: str):
+    """A queued run's status; its result or error once it has ended."""
+    return jsonify(_queue().state(job_id))
 
 
 @bp.get("/health")
 def health():
-    """200 once the jail has passed its escape probes; 503 otherwise."""
-    verdict = _checked()
-    body = {"status": "ok" if verdict.passed else "unavailable", "selftest": verdict.to_dict()}
-    return jsonify(body), 200 if verdict.passed else 503
+    """200 when scripts can run: the jail passed its escape probes (or workers serve the queue)."""
+    body: dict = {}
+    if current_app.config["EXECUTE_VIA_QUEUE"]:
+        queue = body["queue"] = _queue().health()
+        healthy = queue["redis"] == "ok" and queue["workers"] > 0
+    else:
+        verdict = _checked()
+        body["selftest"] = verdict.to_dict()
+        healthy = verdict.passed
+        if _state()["jobs"] is not None:
+            body["queue"] = _state()["jobs"].health()
+    return jsonify({"status": "ok" if healthy else "unavailable", **body}), 200 if healthy else 503

@@ -1,0 +1,127 @@
+"""Queued runs on RQ/Redis: enqueue a script, report a job's state by id."""
+import logging
+import re
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from api.errors import ApiError
+from api.responses import outcome_body, outcome_error
+from jail import Limits, Outcome
+from worker.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive
+
+JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+RQ_BACKSTOP_S = 30
+"""RQ's own job timeout is the jail's wall limit plus this: a backstop, never the limit."""
+WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED}
+log = logging.getLogger(__name__)
+
+
+def worker_lost() -> ApiError:
+    """A job whose worker died mid-run: it is reported failed, never silently re-run."""
+    return ApiError(500, "worker_lost", "the worker running this job died before it finished; "
+                    "it was not re-run (submit it again)")
+
+
+def not_found() -> ApiError:
+    """404 job_not_found."""
+    return ApiError(404, "job_not_found", "no such job, or its result has expired")
+
+
+def unavailable(reason: str) -> ApiError:
+    """503 queue_unavailable."""
+    return ApiError(503, "queue_unavailable", reason, headers={"Retry-After": "5"})
+
+
+class JobQueue:
+    """The API's side of the queue."""
+
+    def __init__(self, redis_url: str, max_queued: int, result_ttl_s: int,
+                 retry_after_s: int) -> None:
+        self.redis = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self.queue = Queue(QUEUE_NAME, connection=self.redis)
+        self.max_queued, self.result_ttl_s = max_queued, result_ttl_s
+        self.retry_after_s = retry_after_s
+
+    def submit(self, script: str, limits: Limits) -> Job:
+        """Enqueue one run; 503 busy when the queue is full."""
+        try:
+            if self.queue.count >= self.max_queued:
+                raise ApiError(503, "busy", f"the queue holds {self.max_queued} jobs; retry shortly",
+                               headers={"Retry-After": str(self.retry_after_s)})
+            return self.queue.enqueue(
+                JOB_FUNCTION, script, asdict(limits), job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S,
+                result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None)
+        except RedisError as exc:
+            raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
+
+    def wait(self, job: Job, timeout_s: float) -> dict[str, Any]:
+        """Block until the job ends; the sync answer's 200 body, or its error raised."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job.latest_result(timeout=1)
+            status, detail = self._resolve(job)
+            if isinstance(detail, ApiError):
+                raise detail
+            if status == "finished":
+                return detail
+        raise ApiError(503, "busy", "no worker finished the run in time; retry shortly",
+                       headers={"Retry-After": str(self.retry_after_s)})
+
+    def state(self, job_id: str) -> dict[str, Any]:
+        """{"id", "status", ...} for a job: its result or its error once it has ended."""
+        if not JOB_ID.match(job_id):
+            raise not_found()
+        try:
+            status, detail = self._resolve(Job.fetch(job_id, connection=self.redis))
+        except NoSuchJobError:
+            raise not_found() from None
+        if isinstance(detail, ApiError):
+            return {"id": job_id, "status": status, **detail.to_dict()}
+        return {"id": job_id, "status": status, **detail}
+
+    def _resolve(self, job: Job) -> tuple[str, dict[str, Any] | ApiError]:
+        """The job's public status with its 200 body, or with the error it ended in."""
+        try:
+            status = job.get_status()
+            if status in WAITING:
+                return "queued", {}
+            if status is JobStatus.STARTED:
+                return ("running", {}) if self._running(job) else ("failed", worker_lost())
+            if status is JobStatus.FINISHED:
+                outcome = Outcome.from_dict(job.return_value())
+                return ("finished", outcome_body(outcome)) if outcome.ok else (
+                    "failed", outcome_error(outcome))
+        except RedisError as exc:
+            raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
+        if "AbandonedJobError" in (job.exc_info or ""):
+            return "failed", worker_lost()
+        log.error("job %s failed in the worker: %s", job.id, job.exc_info)
+        return "failed", ApiError(500, "internal_error",
+                                  "the sandbox failed to run this job; the error was logged")
+
+    def _running(self, job: Job) -> bool:
+        """A started job is running while its worker keeps its liveness key (or just began)."""
+        started = job.started_at
+        if started is None:
+            return True
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=timezone.utc)
+        age_s = (datetime.now(timezone.utc) - started).total_seconds()
+        return age_s < ALIVE_TTL_S or is_alive(self.redis, job.id)
+
+    def health(self) -> dict[str, Any]:
+        """Whether Redis answers and how many workers serve the queue."""
+        try:
+            self.redis.ping()
+            return {"redis": "ok", "workers": Worker.count(queue=self.queue),
+                    "queued": self.queue.count}
+        except RedisError as exc:
+            return {"redis": f"unreachable ({type(exc).__name__})", "workers": 0}

@@ -1,0 +1,1 @@
+"""RQ workers that run queued scripts through the same jail as the synchronous path."""
