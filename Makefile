@@ -1,0 +1,77 @@
+# PySandbox: the front door.
+#
+#   make test     venv + jail site-packages, then every test (the Docker tests build the image)
+#   make image    build the API image (IMAGE=pysandbox:latest) from Dockerfile.api
+#   make run      build the image if needed and serve it on http://localhost:8080
+#   make venv     .venv with the service and test dependencies (editable install)
+#   make jail-site  /opt/pysandbox/jail-site: numpy, pandas... for the jail only (jail/requirements.txt)
+#   make -s print-DOCKER_RUN_FLAGS   print a variable exactly (for scripts and tests)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+IMAGE ?= pysandbox:latest
+# What nsjail needs inside a container (see the README): namespaces need seccomp off;
+# CAP_SYS_ADMIN lets the entrypoint hand the container's own cgroups to the jail (and
+# lets nsjail create user namespaces where unprivileged ones are restricted);
+# AppArmor's docker-default profile forbids the jail's mounts (ignored where AppArmor is off).
+DOCKER_RUN_FLAGS = --cap-add SYS_ADMIN --security-opt seccomp=unconfined --security-opt apparmor=unconfined
+
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+# The jail mounts this as uid 65534, so it lives where every parent dir is searchable
+# (not in a checkout that may sit under a 0700 home); jail/settings.py's default.
+JAIL_SITE ?= /opt/pysandbox/jail-site
+PYTEST_ARGS ?=
+
+# A TLS-intercepting proxy's CA certificates, when this host has any: given to the build
+# stage of the image only (pip needs them to reach PyPI), never to the final image.
+EXTRA_CA_FILES := $(wildcard /usr/local/share/ca-certificates/*.crt)
+DOCKER_BUILD_ARGS := $(if $(EXTRA_CA_FILES),--build-arg EXTRA_CA_CERTS="$$(cat $(EXTRA_CA_FILES))")
+
+.PHONY: help venv jail-site image run test clean print-%
+
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
+
+venv: $(VENV)/.installed
+jail-site: $(JAIL_SITE)/.installed
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# Built aside and swapped in, so that an interrupted install never looks complete. The
+# .pyc files pip compiles stay (the jail mounts this read-only); test suites go.
+$(JAIL_SITE)/.installed: jail/requirements.txt | $(VENV)/bin/python
+	rm -rf $(JAIL_SITE).new
+	mkdir -p -m 755 $(dir $(JAIL_SITE))
+	$(VENV)/bin/pip install --disable-pip-version-check --target $(JAIL_SITE).new -r jail/requirements.txt
+	rm -rf $(JAIL_SITE).new/pandas/tests $(JAIL_SITE).new/bin
+	find $(JAIL_SITE).new/numpy -depth -type d -name tests -exec rm -rf {} +
+	chmod -R a+rX $(JAIL_SITE).new
+	touch $(JAIL_SITE).new/.installed
+	rm -rf $(JAIL_SITE).old
+	if [ -e $(JAIL_SITE) ]; then mv $(JAIL_SITE) $(JAIL_SITE).old; fi
+	mv $(JAIL_SITE).new $(JAIL_SITE)
+	rm -rf $(JAIL_SITE).old
+
+image:
+	docker build -f Dockerfile.api -t $(IMAGE) $(DOCKER_BUILD_ARGS) .
+
+run:
+	docker image inspect $(IMAGE) >/dev/null 2>&1 || $(MAKE) image
+	docker run --rm -p 8080:8080 $(DOCKER_RUN_FLAGS) $(IMAGE)
+
+test: venv jail-site
+	PYSANDBOX_JAIL_SITE=$(JAIL_SITE) $(VENV)/bin/pytest tests/ $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(JAIL_SITE) $(JAIL_SITE).new $(JAIL_SITE).old .pytest_cache
+
+print-%:
+	$(info $($*))
+	@:
