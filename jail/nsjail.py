@@ -14,6 +14,7 @@ import re
 import selectors
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,9 @@ CHUNK = 64 * 1024
 MAX_LOG_BYTES = 64 * 1024
 KILL_GRACE_S = 1.0
 MEMORY_NEAR_LIMIT = 0.9
+TMP_MOUNT = (
+    'mount {{ dst: "/tmp" fstype: "tmpfs" rw: true is_bind: false noexec: true nosuid: true '
+    'nodev: true options: "size={size},mode=1777" }}\n')
 EXIT_RE = re.compile(rb"\) (exited with status: (\d+)|terminated with signal: (\w+))")
 
 
@@ -54,6 +58,18 @@ def harness_source() -> str:
 
 
 @functools.cache
+def policy_file(tmp_mb: int) -> Path:
+    """nsjail.cfg plus a /tmp of tmp_mb, written once per size to a root-only directory.
+
+    The command line's --mount cannot set noexec/nosuid/nodev, so /tmp goes in the config.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="pysandbox-policy-"))
+    path = directory / f"nsjail-tmp{tmp_mb}.cfg"
+    path.write_text(settings().config.read_text() + TMP_MOUNT.format(size=tmp_mb * MIB))
+    return path
+
+
+@functools.cache
 def host_cgroups() -> cgroups.Cgroups:
     """The cgroup controllers of this host, detected once; a warning when any is missing."""
     found = cgroups.detect(settings().cgroup_root)
@@ -68,7 +84,7 @@ def build_argv(conf: JailSettings, limits: Limits, run_cg: cgroups.RunCgroup,
     """The nsjail command line for one run."""
     has = run_cg.cgroups.available
     argv = [
-        conf.nsjail, "--config", str(conf.config), "--log_fd", str(log_fd),
+        conf.nsjail, "--config", str(policy_file(limits.tmp_mb)), "--log_fd", str(log_fd),
         "--pass_fd", str(report_fd),
         "--time_limit", str(math.ceil(limits.timeout_s) + 1),
         "--rlimit_cpu", str(math.ceil(limits.timeout_s) + 1),
@@ -76,7 +92,6 @@ def build_argv(conf: JailSettings, limits: Limits, run_cg: cgroups.RunCgroup,
         "--rlimit_nofile", str(limits.max_open_files),
         "--rlimit_nproc", str(limits.max_pids),
         "--bindmount_ro", f"{conf.site_dir}:{SITE_IN_JAIL}",
-        "--mount", f"none:/tmp:tmpfs:size={limits.tmp_mb * MIB},mode=1777",
     ]
     if "memory" in has:
         argv += ["--cgroup_mem_max", str(limits.memory_mb * MIB),

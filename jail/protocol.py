@@ -1,5 +1,6 @@
 """Parsing the harness's report defensively: the user's code could have written anything."""
 import json
+import math
 from typing import Any
 
 from jail.outcome import Outcome, Status
@@ -33,12 +34,21 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ReportError(f"non-finite number {text}")
+    return value
+
+
 def _decode(data: bytes) -> dict[str, Any]:
     try:
-        message = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        message = json.loads(data.decode("utf-8"), parse_constant=_reject_constant,
+                             parse_float=_finite)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ReportError(str(exc)) from exc
-    if not isinstance(message, dict) or message.get("status") not in Status._value2member_map_:
+    if not isinstance(message, dict) or not isinstance(message.get("status"), str) \
+            or message["status"] not in Status._value2member_map_:
         raise ReportError("not a report")
     return message
 
