@@ -1,5 +1,8 @@
 """Runs inside the jail (as `python -c`): reads the user's script on stdin, calls its main(), reports on its own fd.
 
+jail/nsjail.py appends the entry call: main(<report fd>) for a one-off jail, or the
+zygote's loop (jail/zygote.py) for a warm one.
+
 Standard library only. The report is one JSON object written to the result channel
 (the fd named in argv[1]) after main() returns; the service parses it defensively, since the user's code
 shares this process and could write anything there. Prints go to fd 1/2 untouched.
@@ -11,7 +14,8 @@ import sys
 import traceback
 import types
 
-REPORT_FD = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+REPORT_FD = -1
+"""Set by main(): the inherited pipe the report goes to."""
 SCRIPT_NAME = "<script>"
 JAIL_SITE = "/opt/site"
 
@@ -109,12 +113,15 @@ def encode(result: object) -> str:
     raise AssertionError("unreachable")
 
 
-def main() -> None:
-    """Read, load, call main(), report."""
+def main(report_fd: int) -> None:
+    """Read, load, call main(), report on report_fd."""
+    global REPORT_FD
+    REPORT_FD = report_fd
     os.set_inheritable(REPORT_FD, False)
     source = sys.stdin.buffer.read()
     sys.stdin = open(os.devnull)
-    sys.path.append(JAIL_SITE)
+    if JAIL_SITE not in sys.path:
+        sys.path.append(JAIL_SITE)
     module = load(source)
     entry = module.__dict__.get("main")
     if not callable(entry):
@@ -126,7 +133,3 @@ def main() -> None:
     except BaseException as exc:  # the user's code may raise anything
         handle_error(exc, "main()")
     send('{"status": "ok", "result": ' + encode(result) + "}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,54 +1,46 @@
-"""The one place that starts nsjail: run(script, limits) -> Outcome.
+"""The one place that builds nsjail command lines, and the one-off jail: a fresh nsjail per run.
 
 The policy lives in nsjail.cfg; this module adds only per-run values (limits, the
-cgroups of this run, the mounts whose host paths vary by deployment). The script goes in
-on stdin; stdout and stderr are read incrementally up to their cap; main()'s result comes
-back on its own pipe and nsjail's log on another, so nothing the script prints can pass
-for either.
+cgroups of the run, the mounts whose host paths vary by deployment). Warm jails
+(jail/warm.py) start nsjail through jail_argv() too, with the warm variant of the policy.
 """
 import functools
 import logging
 import math
-import os
 import re
-import selectors
 import signal
 import subprocess
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from jail import cgroups
 from jail.limits import MIB, Limits
-from jail.outcome import Outcome, SandboxError, Status
-from jail.protocol import parse_report
-from jail.settings import JailSettings, settings
+from jail.outcome import Outcome, SandboxError
+from jail.pipes import KILL_GRACE_S, RunPipes, pump
+from jail.protocol import interpret
+from jail.settings import settings
 
 log = logging.getLogger(__name__)
 
 SITE_IN_JAIL = "/opt/site"
-CHUNK = 64 * 1024
-MAX_LOG_BYTES = 64 * 1024
-KILL_GRACE_S = 1.0
-MEMORY_NEAR_LIMIT = 0.9
 TMP_MOUNT = (
     'mount {{ dst: "/tmp" fstype: "tmpfs" rw: true is_bind: false noexec: true nosuid: true '
     'nodev: true options: "size={size},mode=1777" }}\n')
-EXIT_RE = re.compile(rb"\) (exited with status: (\d+)|terminated with signal: (\w+))")
-
-
-@dataclass
-class RawRun:
-    """What came out of one nsjail process, before interpretation."""
-
-    stdout: bytearray = field(default_factory=bytearray)
-    stderr: bytearray = field(default_factory=bytearray)
-    report: bytearray = field(default_factory=bytearray)
-    log: bytearray = field(default_factory=bytearray)
-    killed_for: Status | None = None
-    elapsed_s: float = 0.0
-    peak_memory_bytes: int | None = None
+EXIT_RE = re.compile(rb"\) (?:exited with status: (\d+)|terminated with signal: (\w+))")
+WARM_EDITS = (
+    # The zygote is root of the warm jail's user namespace (uid 65533 outside), so that it
+    # can give each run fresh namespaces; every run drops to 65534 before user code.
+    ('uidmap { inside_id: "65534" outside_id: "65534" count: 1 }',
+     'uidmap { inside_id: "0" outside_id: "65533" count: 1 }\n'
+     'uidmap { inside_id: "65534" outside_id: "65534" count: 1 }'),
+    ('gidmap { inside_id: "65534" outside_id: "65534" count: 1 }',
+     'gidmap { inside_id: "0" outside_id: "65533" count: 1 }\n'
+     'gidmap { inside_id: "65534" outside_id: "65534" count: 1 }'),
+    ("keep_caps: false", "keep_caps: true"),
+    # mount and unshare are what the zygote uses per run; its children deny them again
+    # in a seccomp filter stacked on this one (jail/zygote.py) before any user code.
+    ("  mount, umount, pivot_root, chroot, unshare, setns,", "  umount, pivot_root, chroot, setns,"),
+)
 
 
 @functools.cache
@@ -58,14 +50,18 @@ def harness_source() -> str:
 
 
 @functools.cache
-def policy_file(tmp_mb: int) -> Path:
-    """nsjail.cfg plus a /tmp of tmp_mb, written once per size to a root-only directory.
+def policy_file(tmp_mb: int, warm: bool = False) -> Path:
+    """nsjail.cfg (or its warm variant) plus a /tmp of tmp_mb, written once to a root-only dir.
 
     The command line's --mount cannot set noexec/nosuid/nodev, so /tmp goes in the config.
     """
-    directory = Path(tempfile.mkdtemp(prefix="pysandbox-policy-"))
-    path = directory / f"nsjail-tmp{tmp_mb}.cfg"
-    path.write_text(settings().config.read_text() + TMP_MOUNT.format(size=tmp_mb * MIB))
+    text = settings().config.read_text()
+    if warm:
+        for old, new in WARM_EDITS:
+            assert text.count(old) == 1, f"nsjail.cfg no longer has {old!r}"
+            text = text.replace(old, new)
+    path = Path(tempfile.mkdtemp(prefix="pysandbox-policy-")) / f"nsjail-{tmp_mb}-{warm}.cfg"
+    path.write_text(text + TMP_MOUNT.format(size=tmp_mb * MIB))
     return path
 
 
@@ -79,150 +75,79 @@ def host_cgroups() -> cgroups.Cgroups:
     return found
 
 
-def build_argv(conf: JailSettings, limits: Limits, run_cg: cgroups.RunCgroup,
-               report_fd: int, log_fd: int) -> list[str]:
-    """The nsjail command line for one run."""
-    has = run_cg.cgroups.available
-    argv = [
-        conf.nsjail, "--config", str(policy_file(limits.tmp_mb)), "--log_fd", str(log_fd),
-        "--pass_fd", str(report_fd),
-        "--time_limit", str(math.ceil(limits.timeout_s) + 1),
-        "--rlimit_cpu", str(math.ceil(limits.timeout_s) + 1),
-        "--rlimit_fsize", str(limits.tmp_mb),
-        "--rlimit_nofile", str(limits.max_open_files),
-        "--rlimit_nproc", str(limits.max_pids),
-        "--bindmount_ro", f"{conf.site_dir}:{SITE_IN_JAIL}",
-    ]
+def cgroup_args(run_cg: cgroups.RunCgroup, memory_bytes: int, max_pids: int) -> list[str]:
+    """nsjail options that put the jail under this run's cgroups, where the host has them."""
+    has, root, parent = run_cg.cgroups.available, run_cg.cgroups.root, f"{cgroups.PARENT}/{run_cg.name}"
+    args: list[str] = []
     if "memory" in has:
-        argv += ["--cgroup_mem_max", str(limits.memory_mb * MIB),
-                 "--cgroup_mem_swap_max", "0",
-                 "--cgroup_mem_mount", str(run_cg.cgroups.root / "memory"),
-                 "--cgroup_mem_parent", f"{cgroups.PARENT}/{run_cg.name}",
-                 "--rlimit_as", "max"]
-    else:
-        argv += ["--rlimit_as", str(limits.memory_mb)]
+        args += ["--cgroup_mem_max", str(memory_bytes), "--cgroup_mem_swap_max", "0",
+                 "--cgroup_mem_mount", str(root / "memory"), "--cgroup_mem_parent", parent]
     if "pids" in has:
-        argv += ["--cgroup_pids_max", str(limits.max_pids),
-                 "--cgroup_pids_mount", str(run_cg.cgroups.root / "pids"),
-                 "--cgroup_pids_parent", f"{cgroups.PARENT}/{run_cg.name}"]
+        args += ["--cgroup_pids_max", str(max_pids),
+                 "--cgroup_pids_mount", str(root / "pids"), "--cgroup_pids_parent", parent]
     if "cpu" in has:
-        argv += ["--cgroup_cpu_ms_per_sec", "1000",
-                 "--cgroup_cpu_mount", str(run_cg.cgroups.root / "cpu"),
-                 "--cgroup_cpu_parent", f"{cgroups.PARENT}/{run_cg.name}"]
-    return argv + ["--", conf.python, "-u", "-I", "-S", "-B", "-c", harness_source(),
-                   str(report_fd)]
+        args += ["--cgroup_cpu_ms_per_sec", "1000",
+                 "--cgroup_cpu_mount", str(root / "cpu"), "--cgroup_cpu_parent", parent]
+    return args
 
 
-def run(script: str, limits: Limits) -> Outcome:
-    """Run one script in a fresh jail and say how it ended.
-
-    Raises SandboxError when the jail itself could not run the script.
-    """
+def jail_argv(policy: Path, log_fd: int, pass_fd: int, limit_args: list[str],
+              entry: str, *entry_args: str) -> list[str]:
+    """An nsjail command line running the harness, then `entry`, as python -c."""
     conf = settings()
-    with cgroups.run_cgroup(host_cgroups()) as run_cg:
-        raw = _execute(conf, limits, run_cg, script.encode("utf-8", "surrogatepass"))
+    return [conf.nsjail, "--config", str(policy), "--log_fd", str(log_fd), "--pass_fd", str(pass_fd),
+            "--bindmount_ro", f"{conf.site_dir}:{SITE_IN_JAIL}", *limit_args,
+            "--", conf.python, "-u", "-I", "-S", "-B", "-c", harness_source() + "\n" + entry,
+            *entry_args]
+
+
+def one_off_limits(limits: Limits, run_cg: cgroups.RunCgroup) -> list[str]:
+    """Per-run limits of a one-off jail: rlimits, and cgroups where the host has them."""
+    seconds = str(math.ceil(limits.timeout_s) + 1)
+    args = ["--time_limit", seconds, "--rlimit_cpu", seconds,
+            "--rlimit_fsize", str(limits.tmp_mb), "--rlimit_nofile", str(limits.max_open_files),
+            "--rlimit_nproc", str(limits.max_pids)]
+    memory = ["--rlimit_as", "max"] if "memory" in run_cg.cgroups.available else [
+        "--rlimit_as", str(limits.memory_mb)]
+    return args + memory + cgroup_args(run_cg, limits.memory_mb * MIB, limits.max_pids)
+
+
+def run_once(script: str, limits: Limits) -> Outcome:
+    """Run one script in a fresh nsjail and say how it ended (SandboxError if the jail failed)."""
+    with cgroups.run_cgroup(host_cgroups()) as run_cg, RunPipes(with_log=True) as pipes:
+        argv = jail_argv(policy_file(limits.tmp_mb), pipes.log_w, pipes.report_w,
+                         one_off_limits(limits, run_cg), "main(int(sys.argv[1]))",
+                         str(pipes.report_w))
+        stdin, stdout, stderr, report = pipes.jail_ends
+        try:
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                                    pass_fds=(report, pipes.log_w), env={},
+                                    start_new_session=True)
+        except OSError as exc:
+            raise SandboxError(f"could not start nsjail: {exc}") from exc
+        pipes.close(*pipes.jail_ends, pipes.log_w)
+        raw = pump(pipes, script.encode("utf-8", "surrogatepass"), limits, lambda: _terminate(proc))
+        _reap(proc)
         raw.peak_memory_bytes = run_cg.peak_memory_bytes()
+    raw.exit = parse_exit(bytes(raw.log))
     return interpret(raw, limits)
 
 
-def _execute(conf: JailSettings, limits: Limits, run_cg: cgroups.RunCgroup,
-             source: bytes) -> RawRun:
-    report_r, report_w = os.pipe()
-    log_r, log_w = os.pipe()
-    try:
-        argv = build_argv(conf, limits, run_cg, report_w, log_w)
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, pass_fds=(report_w, log_w),
-                                env={}, start_new_session=True)
-    except OSError as exc:
-        for fd in (report_r, report_w, log_r, log_w):
-            os.close(fd)
-        raise SandboxError(f"could not start nsjail: {exc}") from exc
-    os.close(report_w)
-    os.close(log_w)
-    with os.fdopen(report_r, "rb", buffering=0) as report, \
-            os.fdopen(log_r, "rb", buffering=0) as log_pipe:
-        return _pump(proc, source, limits, report, log_pipe)
+def parse_exit(nsjail_log: bytes) -> dict[str, int | str] | None:
+    """How nsjail says the jailed process ended; None when nsjail itself failed."""
+    found = EXIT_RE.search(nsjail_log)
+    if found is None or b"[F]" in nsjail_log or b"Couldn't launch" in nsjail_log:
+        return None
+    code, signame = found.groups()
+    return {"exit": int(code)} if signame is None else {"signal": signame.decode()}
 
 
-def _pump(proc: subprocess.Popen, source: bytes, limits: Limits, report, log_pipe) -> RawRun:
-    """Feed the script in and read every pipe until the jail is gone, enforcing caps and time."""
-    raw, start = RawRun(), time.monotonic()
-    deadline = start + limits.timeout_s
-    sel = selectors.DefaultSelector()
-    assert proc.stdin and proc.stdout and proc.stderr
-    os.set_blocking(proc.stdin.fileno(), False)
-    pending = memoryview(source)
-    if pending:
-        sel.register(proc.stdin, selectors.EVENT_WRITE)
-    else:
-        proc.stdin.close()
-    sinks = {proc.stdout: raw.stdout, proc.stderr: raw.stderr, report: raw.report,
-             log_pipe: raw.log}
-    for pipe in sinks:
-        sel.register(pipe, selectors.EVENT_READ)
-    try:
-        while sel.get_map():
-            now = time.monotonic()
-            if raw.killed_for is None and now >= deadline:
-                raw.killed_for = _stop(proc, Status.TIMEOUT)
-            if raw.killed_for is not None and now >= deadline + 2 * KILL_GRACE_S:
-                break
-            for key, _ in sel.select(timeout=max(0.01, min(deadline - now, 0.5))):
-                if key.fileobj is proc.stdin:
-                    pending = _feed(sel, proc.stdin, pending)
-                    continue
-                chunk = os.read(key.fd, CHUNK)
-                if not chunk:
-                    sel.unregister(key.fileobj)
-                    continue
-                sinks[key.fileobj] += chunk
-                over = _over_cap(raw, limits)
-                if over is not None and raw.killed_for is None:
-                    raw.killed_for = _stop(proc, over)
-    finally:
-        sel.close()
-        _reap(proc)
-        proc.stdin.close() if not proc.stdin.closed else None
-        proc.stdout.close()
-        proc.stderr.close()
-    raw.elapsed_s = time.monotonic() - start
-    return raw
-
-
-def _feed(sel: selectors.BaseSelector, stdin, pending: memoryview) -> memoryview:
-    """Write what the pipe takes of the script; close stdin when all of it is in."""
-    try:
-        pending = pending[os.write(stdin.fileno(), pending[:CHUNK]):]
-    except BrokenPipeError:
-        pending = pending[:0]
-    if not pending:
-        sel.unregister(stdin)
-        stdin.close()
-    return pending
-
-
-def _over_cap(raw: RawRun, limits: Limits) -> Status | None:
-    """Trim what was read to its cap; say which cap, if any, the jail went past."""
-    del raw.log[MAX_LOG_BYTES:]
-    if len(raw.stdout) + len(raw.stderr) > limits.max_output_bytes:
-        keep_out = min(len(raw.stdout), limits.max_output_bytes)
-        del raw.stdout[keep_out:]
-        del raw.stderr[limits.max_output_bytes - keep_out:]
-        return Status.OUTPUT_LIMIT
-    if len(raw.report) > limits.max_result_bytes + MAX_LOG_BYTES:
-        del raw.report[:]
-        return Status.RESULT_TOO_LARGE
-    return None
-
-
-def _stop(proc: subprocess.Popen, reason: Status) -> Status:
-    """Ask nsjail to kill the jail (it then removes its cgroups); _reap forces it if need be."""
+def _terminate(proc: subprocess.Popen) -> None:
+    """Ask nsjail to kill its jail (it then removes its cgroups); _reap forces it if need be."""
     try:
         proc.send_signal(signal.SIGTERM)
     except ProcessLookupError:
         pass
-    return reason
 
 
 def _reap(proc: subprocess.Popen) -> None:
@@ -232,46 +157,3 @@ def _reap(proc: subprocess.Popen) -> None:
         log.error("nsjail pid %d ignored SIGTERM; killing it", proc.pid)
         proc.kill()
         proc.wait()
-
-
-def interpret(raw: RawRun, limits: Limits) -> Outcome:
-    """Turn what the jail produced into an Outcome."""
-    common = {"stdout": raw.stdout.decode("utf-8", "replace"),
-              "stderr": raw.stderr.decode("utf-8", "replace"),
-              "output_truncated": raw.killed_for is Status.OUTPUT_LIMIT,
-              "duration_ms": round(raw.elapsed_s * 1000)}
-    if raw.killed_for is not None:
-        return Outcome(raw.killed_for, message=_kill_message(raw.killed_for, limits), **common)
-    if raw.report:
-        return parse_report(bytes(raw.report), limits.max_result_bytes, common)
-    return Outcome(**_without_report(raw, limits), **common)
-
-
-def _kill_message(status: Status, limits: Limits) -> str:
-    return {
-        Status.TIMEOUT: f"the script ran longer than its {limits.timeout_s:g} s time limit",
-        Status.OUTPUT_LIMIT: f"the script printed more than {limits.max_output_bytes} bytes",
-        Status.RESULT_TOO_LARGE: f"main() returned more than {limits.max_result_bytes} bytes of JSON",
-    }[status]
-
-
-def _without_report(raw: RawRun, limits: Limits) -> dict:
-    """Why the jail ended without a report: a limit, the script's own exit, or a broken jail."""
-    found = EXIT_RE.search(bytes(raw.log))
-    if found is None or b"[F]" in raw.log or b"Couldn't launch" in raw.log:
-        tail = raw.log[-2000:].decode("utf-8", "replace")
-        raise SandboxError(f"nsjail did not run the script: {tail}")
-    exit_code, signame = found.group(2), found.group(3)
-    if signame is None:
-        return {"status": Status.NO_RESULT,
-                "message": f"the script exited (status {int(exit_code)}) before main() returned"}
-    sig = signame.decode()
-    peak = raw.peak_memory_bytes
-    if peak is not None and peak >= MEMORY_NEAR_LIMIT * limits.memory_mb * MIB:
-        return {"status": Status.MEMORY_LIMIT,
-                "message": f"the script used more than its {limits.memory_mb} MB memory limit"}
-    if sig in ("SIGKILL", "SIGXCPU"):
-        return {"status": Status.TIMEOUT,
-                "message": "the script used more CPU time than its time limit allows"}
-    return {"status": Status.NO_RESULT,
-            "message": f"the script was killed by {sig} before main() returned"}

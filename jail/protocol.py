@@ -1,9 +1,15 @@
-"""Parsing the harness's report defensively: the user's code could have written anything."""
+"""What a run produced, as an Outcome: the harness's report parsed defensively (the user's
+code could have written anything there), or why the run ended without one."""
 import json
 import math
 from typing import Any
 
-from jail.outcome import Outcome, Status
+from jail.limits import MIB, Limits
+from jail.outcome import Outcome, SandboxError, Status
+from jail.pipes import RawRun
+
+MEMORY_NEAR_LIMIT = 0.9
+"""A run killed with its memory peak this close to its limit ran out of memory."""
 
 MAX_RESULT_DEPTH = 100
 MAX_MESSAGE_CHARS = 2_000
@@ -77,3 +83,43 @@ def parse_report(data: bytes, max_result_bytes: int, common: dict[str, Any]) -> 
         return Outcome(Status.INVALID_RESULT, message=CORRUPTED, **common)
     return Outcome(status, message=text[:MAX_MESSAGE_CHARS],
                    traceback=trace[:MAX_TRACEBACK_CHARS] if trace else None, **common)
+
+
+def interpret(raw: RawRun, limits: Limits) -> Outcome:
+    """Turn what a jail produced into an Outcome; SandboxError when the jail itself failed."""
+    common = {"stdout": raw.stdout.decode("utf-8", "replace"),
+              "stderr": raw.stderr.decode("utf-8", "replace"),
+              "output_truncated": raw.killed_for is Status.OUTPUT_LIMIT,
+              "duration_ms": round(raw.elapsed_s * 1000)}
+    if raw.killed_for is not None:
+        return Outcome(raw.killed_for, message=_kill_message(raw.killed_for, limits), **common)
+    if raw.report:
+        return parse_report(bytes(raw.report), limits.max_result_bytes, common)
+    return Outcome(**_without_report(raw, limits), **common)
+
+
+def _kill_message(status: Status, limits: Limits) -> str:
+    return {
+        Status.TIMEOUT: f"the script ran longer than its {limits.timeout_s:g} s time limit",
+        Status.OUTPUT_LIMIT: f"the script printed more than {limits.max_output_bytes} bytes",
+        Status.RESULT_TOO_LARGE: f"main() returned more than {limits.max_result_bytes} bytes of JSON",
+    }[status]
+
+
+def _without_report(raw: RawRun, limits: Limits) -> dict[str, Any]:
+    """Why a run ended without a report: a limit, the script's own exit, or a broken jail."""
+    peak = raw.peak_memory_bytes
+    if peak is not None and peak >= MEMORY_NEAR_LIMIT * limits.memory_mb * MIB:
+        return {"status": Status.MEMORY_LIMIT,
+                "message": f"the script used more than its {limits.memory_mb} MB memory limit"}
+    if raw.exit is None:
+        tail = raw.log[-2000:].decode("utf-8", "replace")
+        raise SandboxError(f"the jail ended without saying how the script did: {tail}")
+    if "exit" in raw.exit:
+        return {"status": Status.NO_RESULT,
+                "message": f"the script exited (status {raw.exit['exit']}) before main() returned"}
+    if raw.exit["signal"] in ("SIGKILL", "SIGXCPU"):
+        return {"status": Status.TIMEOUT,
+                "message": "the script used more CPU time than its time limit allows"}
+    return {"status": Status.NO_RESULT,
+            "message": f"the script was killed by {raw.exit['signal']} before main() returned"}

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 
 from jail.limits import Limits
-from jail.nsjail import host_cgroups, run
+from jail.nsjail import host_cgroups, run_once as run
 from jail.outcome import SandboxError
 
 log = logging.getLogger(__name__)
