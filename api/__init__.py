@@ -8,6 +8,7 @@ from api import errors, routes
 from api.capacity import Capacity
 from api.config import load_config
 from api.jobs import JobQueue
+from jail import start_warm_pool
 from jail.selftest import self_test
 
 
@@ -25,6 +26,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     jobs = JobQueue(app.config["REDIS_URL"], app.config["MAX_QUEUED_JOBS"],
                     app.config["RESULT_TTL_S"], app.config["RETRY_AFTER_S"]) \
         if app.config["REDIS_URL"] else None
+    if not app.config["EXECUTE_VIA_QUEUE"]:
+        start_warm_pool(app.config["WARM_JAILS"], app.config["TMP_MB"])
     app.extensions["pysandbox"] = {
         "capacity": Capacity(app.config["MAX_CONCURRENT_RUNS"], app.config["QUEUE_WAIT_S"],
                              app.config["RETRY_AFTER_S"]),

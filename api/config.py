@@ -16,6 +16,7 @@ DEFAULTS: dict[str, object] = {
     "MAX_PIDS": 32,
     "TMP_MB": 16,
     "MAX_CONCURRENT_RUNS": max(2, 2 * (os.cpu_count() or 1)),
+    "WARM_JAILS": -1,
     "QUEUE_WAIT_S": 1.0,
     "RETRY_AFTER_S": 1,
     "REDIS_URL": "",
@@ -35,6 +36,8 @@ def load_config(overrides: dict | None) -> dict[str, object]:
     config.from_prefixed_env("PYSANDBOX")
     config["REDIS_URL"] = os.environ.get("REDIS_URL", config["REDIS_URL"])
     config.update(overrides or {})
+    if config["WARM_JAILS"] < 0:  # the default: one warm jail per run slot
+        config["WARM_JAILS"] = config["MAX_CONCURRENT_RUNS"]
     for name, default in DEFAULTS.items():
         if not isinstance(config[name], type(default)) and not (
                 isinstance(default, float) and isinstance(config[name], int)):

@@ -8,7 +8,7 @@ from api.errors import ApiError, invalid
 from api.jobs import JobQueue, unavailable
 from api.requests import parse_execute
 from api.responses import outcome_body
-from jail import Limits, SandboxError, run
+from jail import Limits, SandboxError, run, warm_pool
 from jail.selftest import SelfTest, self_test
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,9 @@ def health():
         healthy = queue["redis"] == "ok" and queue["workers"] > 0
     else:
         verdict = _checked()
+        pool = warm_pool()
         body["selftest"] = verdict.to_dict()
+        body["warm_jails"] = {"size": pool.size if pool else 0, "idle": pool.idle if pool else 0}
         healthy = verdict.passed
         if _state()["jobs"] is not None:
             body["queue"] = _state()["jobs"].health()

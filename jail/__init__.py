@@ -1,6 +1,8 @@
-"""The sandbox: run(script, limits) -> Outcome, in a fresh nsjail per run."""
+"""The sandbox: run(script, limits) -> Outcome, each run in a fresh jail."""
 from jail.limits import Limits
-from jail.nsjail import host_cgroups, run_once as run
+from jail.nsjail import host_cgroups
 from jail.outcome import Outcome, SandboxError, Status
+from jail.runner import run, start_warm_pool, stop_warm_pool, warm_pool
 
-__all__ = ["Limits", "Outcome", "SandboxError", "Status", "host_cgroups", "run"]
+__all__ = ["Limits", "Outcome", "SandboxError", "Status", "host_cgroups", "run",
+           "start_warm_pool", "stop_warm_pool", "warm_pool"]

@@ -71,6 +71,28 @@ class RunCgroup:
         except (OSError, ValueError):
             return None
 
+    def limit_run(self, memory_bytes: int, max_pids: int) -> int:
+        """Cap what is in this cgroup now plus memory_bytes and max_pids more (for a warm jail's
+        next run); reset the memory peak. Returns the memory in use now."""
+        if "pids" in self.cgroups.available:
+            tasks = int((self.path("pids") / "pids.current").read_text())
+            (self.path("pids") / "pids.max").write_text(str(tasks + max_pids))
+        if "memory" not in self.cgroups.available:
+            return 0
+        memory = self.path("memory")
+        in_use = int((memory / "memory.usage_in_bytes").read_text())
+        limit = str(in_use + memory_bytes)
+        swap = memory / "memory.memsw.limit_in_bytes"
+        # memory+swap may never be below memory: raise it first, lower it last.
+        order = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
+        if swap.exists() and int(swap.read_text()) < int(limit):
+            order = order[::-1]
+        for name in order:
+            if (memory / name).exists():
+                (memory / name).write_text(limit)
+        (memory / "memory.max_usage_in_bytes").write_text("0")
+        return in_use
+
     def remove(self) -> None:
         """Remove this run's cgroups, including any that nsjail left when it was killed."""
         for controller in self.cgroups.available:

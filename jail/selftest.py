@@ -7,8 +7,10 @@ import logging
 from dataclasses import dataclass, field
 
 from jail.limits import Limits
-from jail.nsjail import host_cgroups, run_once as run
-from jail.outcome import SandboxError
+from jail.nsjail import host_cgroups, run_once
+from jail.outcome import Outcome, SandboxError
+from jail.runner import warm_pool
+from jail.warm import START_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +75,33 @@ def _escapes(found: dict) -> list[str]:
     return failures
 
 
+def _probe_runs() -> list[tuple[str, Outcome | None]]:
+    """The probe run in a one-off jail, and in a warm jail when this process has a pool."""
+    runs: list[tuple[str, Outcome | None]] = [("one-off", run_once(PROBE_SCRIPT, Limits(timeout_s=10)))]
+    pool = warm_pool()
+    if pool is not None:
+        limits = Limits(timeout_s=10, tmp_mb=pool.tmp_mb)
+        runs.append(("warm", pool.run(PROBE_SCRIPT, limits, wait_s=START_TIMEOUT_S)))
+    return runs
+
+
 def self_test() -> SelfTest:
-    """Run the escape probes in a real jail; log and return the verdict."""
+    """Run the escape probes in real jails of each kind in use; log and return the verdict."""
     cgroups = host_cgroups()
     degraded = [] if cgroups.complete else [
         f"cgroups unavailable ({cgroups.missing_reason}); rlimits enforce those limits"]
     try:
-        outcome = run(PROBE_SCRIPT, Limits(timeout_s=10))
+        runs = _probe_runs()
     except SandboxError as exc:
         log.error("self-test: the jail does not start: %s", exc)
         return SelfTest(False, ["the jail does not start"], degraded)
-    if not outcome.ok or not isinstance(outcome.result, dict):
-        log.error("self-test: probe ended %s: %s %s", outcome.status.value, outcome.message,
-                  outcome.stderr[-2000:])
-        return SelfTest(False, [f"probe ended with {outcome.status.value}"], degraded)
-    failures = _escapes(outcome.result)
+    failures = []
+    for kind, outcome in runs:
+        if outcome is None or not outcome.ok or not isinstance(outcome.result, dict):
+            log.error("self-test: %s probe ended %s", kind, outcome)
+            failures.append(f"{kind} probe ended with {outcome.status.value if outcome else 'no jail'}")
+            continue
+        failures += [f"{kind}: {failure}" for failure in _escapes(outcome.result)]
     if failures:
         log.error("self-test: the jail is not sealed: %s", "; ".join(failures))
     return SelfTest(not failures, failures, degraded)

@@ -1,14 +1,18 @@
 """Runs inside a warm jail, appended to the harness: forks one fresh, sealed child per run.
 
 The zygote imports numpy and pandas once, as root of the warm jail's own user namespace
-(no capability outside it). Ahead of each run it prepares a child: new mount, pid and IPC
-namespaces, its own tmpfs /tmp and /dev/shm, an empty capability bounding set, uid 65534,
-and a seccomp filter stacked on nsjail's that denies what nsjail's allows only for this
-setup (mount, umount2, unshare). The child says "ready" on the control socket, receives
-the run's limits and pipes there, closes the socket and runs the harness. The zygote
-never runs user code; after each run the child's reaper reports how the run ended.
+(uid 65533 outside, no capability outside it), and keeps two children waiting for the
+next runs. Each child is forked by a reaper into new mount, pid and IPC namespaces (it is pid 1
+there), mounts its own tmpfs /tmp and /dev/shm, empties its capability bounding set,
+becomes uid 65534 with no capability at all, and stacks a seccomp filter on nsjail's that denies what nsjail's allows
+only for this setup (mount, unshare). Only then does it say "ready" on the control socket.
+Given a run's limits and pipes, it tells the zygote to fork the next child, lowers its
+rlimits, closes every other fd and runs the harness. The zygote never runs user code; the
+reaper reports how its child ended.
 """
 import ctypes
+import resource
+import signal
 import socket
 
 CONTROL_FD = int(sys.argv[1])
@@ -17,7 +21,9 @@ JAIL_UID = 65534
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWIPC = 0x00020000, 0x20000000, 0x08000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
 PR_CAPBSET_DROP, CAP_LAST = 24, 63
+CAPABILITY_VERSION_3 = 0x20080522
 SHM_BYTES = 8 * 1024 * 1024
+SPARE_CHILDREN = 2
 HOST_DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -40,7 +46,8 @@ def inner_filter():
 
 
 def seal(rules) -> None:
-    """Turn this fresh child into a one-run jail: own /tmp, no capabilities, uid 65534, seccomp."""
+    """Turn this fresh child into a one-run jail: own session and /tmp, no capabilities, uid 65534, seccomp."""
+    os.setsid()  # its own session and process group: kill(0) reaches no spare child
     checked(LIBC.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
     for path, size in ((b"/tmp", TMP_BYTES), (b"/dev/shm", SHM_BYTES)):
         checked(LIBC.mount(b"tmpfs", path, b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
@@ -50,11 +57,13 @@ def seal(rules) -> None:
     os.setgroups([])
     os.setresgid(JAIL_UID, JAIL_UID, JAIL_UID)
     os.setresuid(JAIL_UID, JAIL_UID, JAIL_UID)
+    header = (ctypes.c_uint32 * 2)(CAPABILITY_VERSION_3, 0)
+    checked(LIBC.capset(header, (ctypes.c_uint32 * 6)()), "clear capabilities")
     rules.load()
 
 
-def serve_one_run(control: socket.socket, rules) -> None:
-    """In the child: seal, say ready, take the run's pipes and limits, run the harness."""
+def serve_one_run(control: socket.socket, rules, taken: int) -> None:
+    """In the child: seal, say ready, take one run's limits and pipes, run the harness."""
     try:
         seal(rules)
     except OSError as exc:
@@ -62,18 +71,21 @@ def serve_one_run(control: socket.socket, rules) -> None:
         os._exit(70)
     control.send(b'{"ready": true}')
     header, fds, _, _ = socket.recv_fds(control, 4096, 4)
-    if len(fds) != 4:
-        os._exit(71)
-    limits = json.loads(header)
+    os.write(taken, b".")
+    try:
+        if len(fds) != 4:
+            raise OSError(0, f"expected 4 pipes, got {len(fds)}")
+        limits = json.loads(header)
+        for name in ("RLIMIT_CPU", "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_FSIZE"):
+            resource.setrlimit(getattr(resource, name), (limits[name], limits[name]))
+    except (OSError, ValueError, KeyError) as exc:
+        control.send(json.dumps({"broken": str(exc)}).encode())
+        os._exit(70)
     control.close()
     for target, fd in zip((0, 1, 2), fds):
         os.dup2(fd, target)
     os.closerange(3, fds[3])
     os.closerange(fds[3] + 1, 65536)
-    for name, value in (("RLIMIT_CPU", limits["cpu_s"]), ("RLIMIT_NPROC", limits["max_pids"]),
-                        ("RLIMIT_NOFILE", limits["max_open_files"]),
-                        ("RLIMIT_FSIZE", limits["fsize_bytes"])):
-        resource.setrlimit(getattr(resource, name), (value, value))
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
     main(fds[3])
@@ -88,25 +100,31 @@ def reap(pid: int) -> dict:
 
 
 def serve() -> None:
-    """Prepare, run and reap one child at a time, for as long as the host keeps the jail."""
-    import numpy
-    import pandas  # noqa: F401  (preloaded so every run finds it imported)
+    """Keep SPARE_CHILDREN sealed children waiting; fork another as soon as one takes a run."""
+    import numpy  # noqa: F401  (preloaded so that every run finds them imported)
+    import pandas  # noqa: F401
     rules = inner_filter()
     control = socket.socket(fileno=CONTROL_FD)
+    taken_r, taken_w = os.pipe()
+    for _ in range(SPARE_CHILDREN - 1):
+        os.write(taken_w, b".")
     while True:
-        reaper = os.fork()
-        if reaper == 0:
+        if os.fork() == 0:
+            os.close(taken_r)
             checked(LIBC.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC), "unshare")
             child = os.fork()
             if child == 0:
-                serve_one_run(control, rules)
+                serve_one_run(control, rules, taken_w)
+            os.close(taken_w)
             control.send(json.dumps(reap(child)).encode())
             os._exit(0)
-        os.waitpid(reaper, 0)
+        os.read(taken_r, 1)
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
 
-
-import resource  # noqa: E402  (this file is appended to the harness, which has the rest)
-import signal  # noqa: E402
 
 sys.path.append(JAIL_SITE)
 serve()

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from jail import Limits
+from jail import Limits, Outcome
+from jail.nsjail import run_once
+from jail.warm import START_TIMEOUT_S, WarmPool
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -75,3 +77,27 @@ def service_url() -> Iterator[str]:
     """One real gunicorn for the HTTP tests of a session."""
     with gunicorn({"PYSANDBOX_MAX_TIMEOUT_S": "5"}) as url:
         yield url
+
+
+@pytest.fixture(scope="module", params=["one-off", "warm"])
+def each_jail_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs the module's tests once with one-off jails and once with warm jails.
+
+    The module's own `run` is swapped for one that waits for a warm jail; runs whose
+    tmp_mb differs from the pool's take the one-off path, as they do in the service.
+    """
+    if request.param == "one-off":
+        yield request.param
+        return
+    pool = WarmPool(2, Limits().tmp_mb)
+
+    def run_warm(script: str, limits: Limits) -> Outcome:
+        outcome = pool.run(script, limits, wait_s=START_TIMEOUT_S)
+        return outcome if outcome is not None else run_once(script, limits)
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(request.module, "run", run_warm)
+            yield request.param
+    finally:
+        pool.close()

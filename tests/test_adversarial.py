@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from jail import Limits, Outcome, Status, run
+
+pytestmark = pytest.mark.usefixtures("each_jail_kind")
 from jail.settings import settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import REPO, gunicorn
+from jail.settings import settings
+from tests.conftest import gunicorn
 
 
 def post(url: str, script: str, **options) -> requests.Response:
@@ -67,8 +68,8 @@ def test_a_sandbox_failure_mid_service_is_a_generic_500():
     parent = Path(tempfile.mkdtemp())
     parent.chmod(0o755)  # the jail's uid must be able to reach the mount source
     site = parent / "site"
-    os.symlink(REPO / ".jail-site", site)
-    with gunicorn({"PYSANDBOX_JAIL_SITE": str(site)}) as url:
+    os.symlink(settings().site_dir, site)
+    with gunicorn({"PYSANDBOX_JAIL_SITE": str(site), "PYSANDBOX_WARM_JAILS": "0"}) as url:
         assert post(url, "def main(): return 1").status_code == 200
         site.unlink()
         response = post(url, "def main(): return 1")

@@ -17,6 +17,8 @@ import pytest
 
 from jail import Limits, Outcome, Status, run
 
+pytestmark = pytest.mark.usefixtures("each_jail_kind")
+
 NOBODY = 65534
 JAIL_ENV_KEYS = {"PATH", "HOME", "LANG", "PYTHONIOENCODING", "OPENBLAS_NUM_THREADS",
                  "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"}

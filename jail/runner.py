@@ -1,0 +1,48 @@
+"""run(script, limits) -> Outcome: in a warm jail when one is free, else in a one-off jail.
+
+Both are full jails; a warm one only skips nsjail's and Python's start-up and the numpy
+and pandas imports. The pool is per process: the API's gunicorn worker and each RQ
+worker start their own.
+"""
+import logging
+
+from jail.limits import Limits
+from jail.nsjail import host_cgroups, run_once
+from jail.outcome import Outcome
+from jail.warm import WarmPool
+
+log = logging.getLogger(__name__)
+_pool: WarmPool | None = None
+
+
+def start_warm_pool(size: int, tmp_mb: int) -> WarmPool | None:
+    """Keep `size` warm jails from now on; none when size is 0 or the host lacks a memory cgroup."""
+    global _pool
+    stop_warm_pool()
+    if size <= 0:
+        return None
+    if "memory" not in host_cgroups().available:
+        log.warning("no memory cgroup: warm jails are off, every run starts a one-off jail")
+        return None
+    _pool = WarmPool(size, tmp_mb)
+    return _pool
+
+
+def stop_warm_pool() -> None:
+    """Kill this process's warm jails."""
+    global _pool
+    if _pool is not None:
+        _pool.close()
+        _pool = None
+
+
+def warm_pool() -> WarmPool | None:
+    """This process's pool, if one was started."""
+    return _pool
+
+
+def run(script: str, limits: Limits) -> Outcome:
+    """Run one script in a fresh jail and say how it ended (SandboxError if the jail failed)."""
+    pool = _pool
+    outcome = pool.run(script, limits) if pool is not None else None
+    return outcome if outcome is not None else run_once(script, limits)

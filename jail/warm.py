@@ -1,0 +1,238 @@
+"""Warm jails: nsjails that already imported numpy and pandas, each forking a sealed child per run.
+
+A WarmJail is one nsjail running the zygote (jail/zygote.py), under cgroups of its own
+whose limits are reset before every run. A WarmPool keeps `size` of them, refilled in the
+background; when none is free the caller falls back to a one-off jail, never to a weaker
+sandbox. A jail whose run was killed (time, output) is discarded, and every jail is
+recycled after MAX_RUNS runs. Warm jails need the memory cgroup: without it the pool
+does not start and every run takes the one-off path.
+"""
+import functools
+import itertools
+import json
+import logging
+import queue
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+
+from jail import cgroups
+from jail.limits import MIB, Limits
+from jail.nsjail import cgroup_args, host_cgroups, jail_argv, policy_file, run_once
+from jail.outcome import Outcome
+from jail.pipes import KILL_GRACE_S, RunPipes, pump
+from jail.protocol import interpret
+from jail.settings import settings
+
+log = logging.getLogger(__name__)
+
+MAX_RUNS = 500
+"""Runs before a warm jail is replaced by a fresh one."""
+START_TIMEOUT_S = 60.0
+"""How long a new warm jail may take to import numpy and pandas."""
+READY_TIMEOUT_S = 5.0
+"""How long a run waits for its sealed child to be forked."""
+WARM_LIMITS = ["--time_limit", "0", "--rlimit_cpu", "max", "--rlimit_fsize", "max",
+               "--rlimit_nofile", "1024", "--rlimit_nproc", "max", "--rlimit_as", "max"]
+"""The zygote's own limits; each run's child lowers them to the run's."""
+CGROUP_CEILING = (64 * 1024 * MIB, 4096)
+"""nsjail's own cgroup caps for a warm jail; the run's real caps are set on the parent."""
+
+
+class WarmJailBroken(Exception):
+    """The warm jail failed before the script ran: the run may go to a one-off jail."""
+
+
+@functools.cache
+def zygote_source() -> str:
+    """The zygote's code, appended to the harness's."""
+    return (settings().harness.parent / "zygote.py").read_text()
+
+
+class WarmJail:
+    """One nsjail running the zygote; one run at a time."""
+
+    def __init__(self, tmp_mb: int) -> None:
+        self.tmp_mb = tmp_mb
+        self._stack = ExitStack()
+        self.cgroup = self._stack.enter_context(cgroups.run_cgroup(host_cgroups()))
+        self.control, jail_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._log = self._stack.enter_context(tempfile.TemporaryFile())
+        argv = jail_argv(policy_file(1, warm=True), 2, jail_end.fileno(),
+                         WARM_LIMITS + cgroup_args(self.cgroup, *CGROUP_CEILING),
+                         zygote_source(), str(jail_end.fileno()), str(tmp_mb * MIB))
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=self._log, pass_fds=(jail_end.fileno(),), env={},
+                                         start_new_session=True)
+        finally:
+            jail_end.close()
+        self.runs, self.ready, self.unreaped, self.alive = 0, 0, 0, True
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Wait until a sealed child is waiting for the next run."""
+        while not self.ready:
+            if self._receive(timeout_s) is not None:
+                raise WarmJailBroken("a child ended without a run")
+
+    def run(self, script: str, limits: Limits) -> Outcome:
+        """Run one script in this jail's next sealed child."""
+        while self.unreaped:  # the last run's child must be gone before this run's limits are set
+            if self._receive(READY_TIMEOUT_S) is not None:
+                raise WarmJailBroken("a child ended without a run")
+        self.wait_ready(READY_TIMEOUT_S)
+        baseline = self.cgroup.limit_run(limits.memory_mb * MIB, limits.max_pids)
+        header = json.dumps({"RLIMIT_CPU": int(limits.timeout_s) + 1,
+                             "RLIMIT_NPROC": limits.max_pids, "RLIMIT_NOFILE": limits.max_open_files,
+                             "RLIMIT_FSIZE": limits.tmp_mb * MIB}).encode()
+        self.ready, self.runs = self.ready - 1, self.runs + 1
+        with RunPipes() as pipes:
+            try:
+                socket.send_fds(self.control, [header], list(pipes.jail_ends))
+            except OSError as exc:
+                raise WarmJailBroken(f"the zygote is gone: {exc}") from exc
+            pipes.close(*pipes.jail_ends)
+            raw = pump(pipes, script.encode("utf-8", "surrogatepass"), limits, self.kill)
+        peak = self.cgroup.peak_memory_bytes()
+        raw.peak_memory_bytes = None if peak is None else max(0, peak - baseline)
+        if raw.killed_for is None and raw.report:
+            self.unreaped += 1  # the report says how it ended; its reaper's word can come later
+        elif raw.killed_for is None:
+            raw.exit = self._ended()
+        return interpret(raw, limits)
+
+    def _ended(self) -> dict | None:
+        """The reaper's word on how the run ended; None (and the jail killed) if it has none."""
+        try:
+            while True:
+                message = self._receive(KILL_GRACE_S)
+                if message is not None:
+                    return message
+        except WarmJailBroken:
+            self.kill()
+            return None
+
+    def _receive(self, timeout_s: float) -> dict | None:
+        """The next message from the jail: the current run's end is returned; a ready child,
+        or the end of an earlier run that had already reported, is counted."""
+        self.control.settimeout(timeout_s)
+        try:
+            data = self.control.recv(4096)
+        except OSError as exc:
+            raise WarmJailBroken(f"no word from the zygote: {exc}") from exc
+        if not data:
+            raise WarmJailBroken(f"the zygote is gone: {self.log_tail()}")
+        message = json.loads(data)
+        if message == {"ready": True}:
+            self.ready += 1
+            return None
+        if self.unreaped and "broken" not in message:
+            self.unreaped -= 1
+            return None
+        if "broken" in message:
+            self.kill()
+            raise WarmJailBroken(f"a child could not seal itself: {message['broken']}")
+        return message
+
+    @property
+    def reusable(self) -> bool:
+        """Whether this jail may serve another run."""
+        return self.alive and self.runs < MAX_RUNS and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """Stop the whole warm jail (nsjail kills every process in it)."""
+        self.alive = False
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def close(self) -> None:
+        """Kill the jail, wait for it, and remove its cgroups."""
+        self.kill()
+        try:
+            self.proc.wait(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.control.close()
+        self._stack.close()
+
+    def log_tail(self) -> str:
+        """The end of nsjail's and the zygote's own output, for diagnosis."""
+        self._log.seek(0)
+        return self._log.read()[-2000:].decode("utf-8", "replace")
+
+
+class WarmPool:
+    """`size` warm jails whose /tmp holds tmp_mb, refilled in the background."""
+
+    def __init__(self, size: int, tmp_mb: int) -> None:
+        self.size, self.tmp_mb = size, tmp_mb
+        self._idle: queue.SimpleQueue[WarmJail] = queue.SimpleQueue()
+        self._wanted = threading.Semaphore(size)
+        self._stopped = threading.Event()
+        self._failures = itertools.count()
+        self._filler = threading.Thread(target=self._fill, name="warm-jails", daemon=True)
+        self._filler.start()
+
+    @property
+    def idle(self) -> int:
+        """Warm jails ready for a run now."""
+        return self._idle.qsize()
+
+    def run(self, script: str, limits: Limits, wait_s: float = 0.0) -> Outcome | None:
+        """Run in a free warm jail (waiting up to wait_s for one); None when none was free."""
+        if limits.tmp_mb != self.tmp_mb:
+            return None
+        try:
+            jail = self._idle.get(timeout=wait_s) if wait_s else self._idle.get_nowait()
+        except queue.Empty:
+            return None
+        try:
+            return jail.run(script, limits)
+        except WarmJailBroken as exc:
+            log.error("warm jail broken, running in a one-off jail instead: %s", exc)
+            jail.kill()
+            return run_once(script, limits)
+        finally:
+            self._give_back(jail)
+
+    def _give_back(self, jail: WarmJail) -> None:
+        if jail.reusable and not self._stopped.is_set():
+            self._idle.put(jail)
+            return
+        jail.close()
+        self._wanted.release()
+
+    def _fill(self) -> None:
+        """Start a warm jail whenever the pool is short of one."""
+        while True:
+            self._wanted.acquire()
+            if self._stopped.is_set():
+                return
+            jail = None
+            try:
+                jail = WarmJail(self.tmp_mb)
+                jail.wait_ready(START_TIMEOUT_S)
+            except (OSError, WarmJailBroken) as exc:
+                failures = next(self._failures) + 1
+                log.error("a warm jail did not start (%d so far): %s %s", failures, exc,
+                          jail.log_tail() if jail else "")
+                if jail:
+                    jail.close()
+                self._wanted.release()
+                time.sleep(min(30.0, 0.5 * failures))
+                continue
+            self._idle.put(jail)
+
+    def close(self) -> None:
+        """Stop refilling and kill every idle jail (busy ones are closed when their run ends)."""
+        self._stopped.set()
+        self._wanted.release()
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
