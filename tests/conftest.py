@@ -1,21 +1,13 @@
 """Shared fixtures. Tests run the real nsjail, gunicorn, redis-server and Docker: no mocks."""
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
-import requests
 
 from jail import Limits, Outcome
 from jail.nsjail import run_once
 from jail.warm import START_TIMEOUT_S, WarmPool
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.servers import gunicorn
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -31,45 +23,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def limits() -> Limits:
     """Small limits so that hostile scripts end quickly."""
     return Limits(timeout_s=3.0, memory_mb=256)
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def gunicorn(env: dict[str, str] | None = None, wait_healthy: bool = True) -> Iterator[str]:
-    """A real gunicorn serving the app on a free port; yields its base URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "--config", "api/gunicorn.conf.py",
-         "api:create_app()"],
-        cwd=REPO, env={**os.environ, "PORT": str(port), **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"gunicorn exited: {proc.stdout.read()}"
-            try:
-                if requests.get(f"{url}/health", timeout=5).status_code == 200 or not wait_healthy:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        else:
-            raise AssertionError("gunicorn did not become healthy in 30 s")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="session")

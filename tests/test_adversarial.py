@@ -731,7 +731,7 @@ def test_no_exec_of_dropped_files(attacks):
     assert_all_blocked(probe(EXEC_SETUP, attacks))
 
 
-LINK_SETUP = f'''
+LINK_SETUP = '''
 def symlink_read(target):
     os.symlink(target, "/tmp/link")
     return read("/tmp/link")

@@ -2,6 +2,11 @@
 
 Everything is read from the Makefile (image name, run flags), never copied, so these tests
 check exactly what `make run` and the README tell users to do.
+
+By default the image is one container (docker/supervise.py as PID 1): an embedded
+redis-server, PYSANDBOX_WORKERS (2) RQ workers and gunicorn. It must serve sync and async
+runs, exit 1 within seconds when any of its parts dies (so Docker or Cloud Run replaces
+it), and exit 0 on `docker stop` well within the stop timeout.
 """
 import json
 import os
@@ -10,6 +15,8 @@ import shlex
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +29,13 @@ HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 MAX_IMAGE_BYTES = 300 * 1000 * 1000  # `docker image ls` counts in SI megabytes
 BUILD_TIMEOUT_S = 1800
 HEALTH_TIMEOUT_S = 60
+DEFAULT_WORKERS = 2
+"""The image's PYSANDBOX_WORKERS default (docker/supervise.py)."""
+EXIT_WITHIN_S = 20
+"""How soon the container must exit once one of its parts died (the supervisor's stop
+budget is 8 s; redis-server and the workers start in well under a second)."""
+DOCKER_STOP_S = 10
+"""docker stop's default grace before SIGKILL (Cloud Run allows the same)."""
 
 
 def _make_env() -> dict[str, str]:
@@ -78,18 +92,38 @@ def run_flags() -> list[str]:
     return flags
 
 
-@pytest.fixture(scope="module")
-def service(image: str, run_flags: list[str]):
-    """The image running as `make run` runs it, on a free port; its base URL."""
+@contextmanager
+def running(image: str, run_flags: list[str], *env: str) -> Iterator[tuple[str, str]]:
+    """The image run as `make run` runs it (plus `-e` env), on a free port, healthy;
+    (container id, base URL). Removed afterwards."""
     port = free_port()
-    started = docker("run", "-d", "-p", f"127.0.0.1:{port}:8080", *run_flags, image)
+    options = [arg for pair in env for arg in ("-e", pair)]
+    started = docker("run", "-d", "-p", f"127.0.0.1:{port}:8080", *options, *run_flags, image)
     container = started.stdout.strip()
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(container, base)
-        yield base
+        yield container, base
     finally:
         docker("rm", "-f", container, check=False)
+
+
+@pytest.fixture(scope="module")
+def supervised(image: str, run_flags: list[str]) -> Iterator[tuple[str, str]]:
+    """One container for the module's read-only tests: (container id, base URL)."""
+    with running(image, run_flags) as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def service(supervised: tuple[str, str]) -> str:
+    """The base URL of the image running as `make run` runs it."""
+    return supervised[1]
+
+
+def container_logs(container: str) -> str:
+    logs = docker("logs", container, check=False)
+    return f"{logs.stdout[-6000:]}\n{logs.stderr[-8000:]}"
 
 
 def _wait_healthy(container: str, base: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import requests
 
 from jail.settings import settings
-from tests.conftest import gunicorn
+from tests.servers import gunicorn
 
 
 def post(url: str, script: str, **options) -> requests.Response:

@@ -2,57 +2,21 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from redis import Redis
 
 from api import create_app
-from tests.conftest import REPO, free_port
+from tests.servers import redis_server, workers
 
 
 @pytest.fixture
 def redis_url(tmp_path) -> Iterator[str]:
     """A private, throwaway redis-server."""
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            Redis.from_url(url).ping()
-            break
-        except Exception:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-@contextmanager
-def workers(redis_url: str, count: int) -> Iterator[list[subprocess.Popen]]:
-    """count real RQ workers; waits until they are registered."""
-    procs = [subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO,
-                              env={**os.environ, "REDIS_URL": redis_url},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _ in range(count)]
-    try:
-        redis, deadline = Redis.from_url(redis_url), time.monotonic() + 30
-        while len(redis.smembers("rq:workers")) < count:
-            assert time.monotonic() < deadline, "workers did not register"
-            time.sleep(0.1)
-        yield procs
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+    with redis_server(tmp_path) as url:
+        yield url
 
 
 def kill_tree(pid: int) -> None:

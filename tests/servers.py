@@ -1,0 +1,97 @@
+"""Real services for the tests and the benchmark: gunicorn, redis-server, RQ workers."""
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+from redis import Redis
+from redis.exceptions import RedisError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def gunicorn(env: dict[str, str] | None = None, wait_healthy: bool = True) -> Iterator[str]:
+    """A real gunicorn serving the app on a free port; yields its base URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "--config", "api/gunicorn.conf.py",
+         "api:create_app()"],
+        cwd=REPO, env={**os.environ, "PORT": str(port), **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"gunicorn exited: {proc.stdout.read()}"
+            try:
+                if requests.get(f"{url}/health", timeout=5).status_code == 200 or not wait_healthy:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("gunicorn did not become healthy in 30 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def redis_server(directory: Path) -> Iterator[str]:
+    """A private, throwaway redis-server on loopback; yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                            stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                Redis.from_url(url).ping()
+                break
+            except RedisError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def workers(redis_url: str, count: int) -> Iterator[list[subprocess.Popen]]:
+    """count real RQ workers; waits until they are registered."""
+    procs = [subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO,
+                              env={**os.environ, "REDIS_URL": redis_url},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(count)]
+    try:
+        redis, deadline = Redis.from_url(redis_url), time.monotonic() + 30
+        while len(redis.smembers("rq:workers")) < count:
+            assert time.monotonic() < deadline, "workers did not register"
+            time.sleep(0.1)
+        yield procs
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
