@@ -72,6 +72,8 @@ def serve_one_run(control: socket.socket, rules, taken: int) -> None:
     control.send(b'{"ready": true}')
     header, fds, _, _ = socket.recv_fds(control, 4096, 4)
     os.write(taken, b".")
+    if not header:  # the host is gone: the zygote sees it too and ends the jail
+        os._exit(0)
     try:
         if len(fds) != 4:
             raise OSError(0, f"expected 4 pipes, got {len(fds)}")
@@ -99,6 +101,14 @@ def reap(pid: int) -> dict:
     return {"exit": os.waitstatus_to_exitcode(status)}
 
 
+def host_gone(control: socket.socket) -> bool:
+    """True once the host's end of the control socket is closed (its process died)."""
+    try:
+        return control.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+
+
 def serve() -> None:
     """Keep SPARE_CHILDREN sealed children waiting; fork another as soon as one takes a run."""
     import numpy  # noqa: F401  (preloaded so that every run finds them imported)
@@ -119,6 +129,8 @@ def serve() -> None:
             control.send(json.dumps(reap(child)).encode())
             os._exit(0)
         os.read(taken_r, 1)
+        if host_gone(control):
+            os._exit(0)  # as pid 1 of the warm jail, this ends every process in it
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass

@@ -1,0 +1,209 @@
+"""PySandbox benchmark: warm jails ("fast") against one-off jails ("naive"), sync and async.
+
+    .venv/bin/python bench/run.py            # about 2 minutes on 2 cores
+    .venv/bin/python bench/run.py --smoke    # seconds: checks that it works, not how fast
+
+Starts the real service (gunicorn on loopback) once per mode, drives it with threads that
+each keep one HTTP/1.1 connection, and prints one table: latency percentiles, requests
+per second and errors per script and concurrency, the fast/naive ratios, the memory the
+idle warm jails hold, and async (RQ) throughput with 1 and 2 workers. Run as root, after
+`make venv jail-site` (the tests' prerequisites); redis-server must be installed.
+"""
+import argparse
+import http.client
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.servers import gunicorn, redis_server, workers  # noqa: E402
+
+SCRIPTS = {
+    "trivial": 'def main():\n    return {"ok": 1}\n',
+    "numpy": "import numpy as np\ndef main():\n    return float(np.arange(1000).reshape(10, 100).sum())\n",
+    "pandas": ("import pandas as pd\ndef main():\n"
+               "    df = pd.DataFrame({'k': ['a', 'b', 'a', 'c'] * 25, 'v': range(100)})\n"
+               "    return df.groupby('k')['v'].sum().to_dict()\n"),
+}
+MODES = {"fast": {}, "naive": {"PYSANDBOX_WARM_JAILS": "0"}}
+
+
+@dataclass
+class Cell:
+    """One measured combination."""
+
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed_s: float = 0.0
+
+    def percentile(self, share: float) -> float:
+        ordered = sorted(self.latencies_ms) or [float("nan")]
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies_ms) / self.elapsed_s if self.elapsed_s else 0.0
+
+
+def post(conn: http.client.HTTPConnection, path: str, body: dict) -> tuple[int, dict]:
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def drive(url: str, script: str, concurrency: int, seconds: float, at_most: int) -> Cell:
+    """Send the script from `concurrency` threads for `seconds` (or `at_most` requests each)."""
+    cell, lock = Cell(), threading.Lock()
+    host, port = url.removeprefix("http://").split(":")
+    stop_at = time.monotonic() + seconds
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        for _ in range(at_most):
+            if time.monotonic() >= stop_at:
+                break
+            start = time.perf_counter()
+            status, _ = post(conn, "/execute", {"script": script})
+            took = (time.perf_counter() - start) * 1000
+            with lock:
+                if status == 200:
+                    cell.latencies_ms.append(took)
+                else:
+                    cell.errors += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cell.elapsed_s = time.monotonic() - start
+    return cell
+
+
+def warm_memory_mb(port: str) -> tuple[float, float, int]:
+    """RSS and PSS (MB) of the warm jails of the service on `port` (nsjail and all under it), and their count."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    service = {pid for pid in parents if _has_env(pid, f"PORT={port}".encode())}
+    roots = {pid for pid in parents if _is_warm_nsjail(pid) and _descends(pid, service, parents)}
+    rss = pss = 0
+    for pid in parents:
+        if not _descends(pid, roots, parents):
+            continue
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        except OSError:
+            continue
+    return rss / 1024, pss / 1024, len(roots)
+
+
+def _descends(pid: int, ancestors: set[int], parents: dict[int, int]) -> bool:
+    while pid and pid not in ancestors:
+        pid = parents.get(pid, 0)
+    return bool(pid)
+
+
+def _has_env(pid: int, entry: bytes) -> bool:
+    try:
+        return entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def _is_warm_nsjail(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(argv) and argv[0].endswith(b"nsjail") and any(b"def serve()" in arg for arg in argv)
+
+
+def async_rate(url: str, script: str, jobs: int) -> float:
+    """Jobs per second: submit `jobs` with ?async=1, poll until every one has ended."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    start = time.monotonic()
+    pending = {post(conn, "/execute?async=1", {"script": script})[1]["id"] for _ in range(jobs)}
+    while pending:
+        if time.monotonic() - start > 300:
+            raise RuntimeError(f"{len(pending)} async jobs still pending after 300 s")
+        for job_id in list(pending):
+            conn.request("GET", f"/jobs/{job_id}")
+            body = json.loads(conn.getresponse().read())
+            if body["status"] == "failed":
+                raise RuntimeError(f"async job failed: {body}")
+            if body["status"] == "finished":
+                pending.discard(job_id)
+        time.sleep(0.002)
+    return jobs / (time.monotonic() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a few requests each: it works, not how fast")
+    parser.add_argument("--seconds", type=float, default=6.0, help="time per measured cell")
+    args = parser.parse_args()
+    seconds, at_most, jobs = (1.0, 3, 3) if args.smoke else (args.seconds, 100_000, 40)
+
+    cells: dict[tuple[str, str, int], Cell] = {}
+    memory = (0.0, 0.0, 0)
+    for mode, env in MODES.items():
+        with gunicorn(env) as url:
+            if mode == "fast":
+                time.sleep(2)  # let every warm jail finish importing
+                memory = warm_memory_mb(url.rsplit(":", 1)[1])
+            for name, script in SCRIPTS.items():
+                drive(url, script, 1, 1.0, 3)  # warm-up
+                for concurrency in (1, 4):
+                    cells[mode, name, concurrency] = drive(url, script, concurrency, seconds, at_most)
+
+    print(f"\n{'mode':6} {'script':8} {'conc':>4} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+          f"{'req/s':>8} {'errors':>6}")
+    for (mode, name, concurrency), cell in cells.items():
+        print(f"{mode:6} {name:8} {concurrency:4d} {cell.percentile(.5):8.1f} {cell.percentile(.9):8.1f} "
+              f"{cell.percentile(.99):8.1f} {cell.rate:8.1f} {cell.errors:6d}")
+    print("\nfast/naive: p50 latency (lower is better) and req/s (higher is better)")
+    for name in SCRIPTS:
+        for concurrency in (1, 4):
+            fast, naive = cells["fast", name, concurrency], cells["naive", name, concurrency]
+            print(f"  {name:8} conc {concurrency}: latency x{fast.percentile(.5) / naive.percentile(.5):.3f}"
+                  f"  throughput x{fast.rate / naive.rate if naive.rate else float('nan'):.1f}")
+    print(f"\nidle warm jails: {memory[2]}, RSS {memory[0]:.0f} MB, PSS {memory[1]:.0f} MB in all"
+          " (PSS counts pages shared between processes once)")
+
+    print(f"\n{'async (RQ, warm workers)':28} {'workers':>7} {'jobs':>5} {'jobs/s':>8}")
+    with tempfile.TemporaryDirectory() as directory, redis_server(Path(directory)) as redis_url, \
+            gunicorn({"REDIS_URL": redis_url}) as url:
+        for count in (1, 2):
+            with workers(redis_url, count):
+                for name in ("trivial", "pandas"):
+                    async_rate(url, SCRIPTS[name], 2)  # warm-up
+                    rate = async_rate(url, SCRIPTS[name], jobs)
+                    print(f"{name:28} {count:7d} {jobs:5d} {rate:8.1f}")
+                if count == 2:
+                    print()
+                    for name in ("trivial", "pandas"):
+                        one_by_one = [1000 / async_rate(url, SCRIPTS[name], 1) for _ in range(10)]
+                        sync = drive(url, SCRIPTS[name], 1, seconds, at_most).percentile(.5)
+                        print(f"{name}: p50 submit-to-finished, one job at a time, "
+                              f"{statistics.median(one_by_one):.1f} ms; sync p50 {sync:.1f} ms")
+
+if __name__ == "__main__":
+    main()
