@@ -16,6 +16,8 @@ import types
 
 REPORT_FD = -1
 """Set by main(): the inherited pipe the report goes to."""
+HARNESS_PID = -1
+"""Set by main(): only this process reports; a fork of it that the script made never does."""
 SCRIPT_NAME = "<script>"
 JAIL_SITE = "/opt/site"
 
@@ -23,8 +25,11 @@ JAIL_SITE = "/opt/site"
 def send(text: str) -> None:
     """Write the one report on the result channel and end the run at once.
 
-    os._exit skips atexit hooks and the wait for the user's non-daemon threads.
+    os._exit skips atexit hooks and the wait for the user's non-daemon threads. A process
+    the script forked that reaches here (its copy of main() raised) just ends.
     """
+    if os.getpid() != HARNESS_PID:
+        os._exit(1)
     try:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -120,8 +125,8 @@ def encode(result: object) -> str:
 
 def main(report_fd: int) -> None:
     """Read, load, call main(), report on report_fd."""
-    global REPORT_FD
-    REPORT_FD = report_fd
+    global REPORT_FD, HARNESS_PID
+    REPORT_FD, HARNESS_PID = report_fd, os.getpid()
     os.set_inheritable(REPORT_FD, False)
     source = sys.stdin.buffer.read()
     sys.stdin = open(os.devnull)

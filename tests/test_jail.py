@@ -881,3 +881,12 @@ def test_memory_mb_is_honoured():
 def test_outcome_round_trips_through_dict(limits):
     outcome = run("print('p')\ndef main():\n    return {'a': [1]}\n", limits)
     assert Outcome.from_dict(json.loads(json.dumps(outcome.to_dict()))) == outcome
+
+
+def test_a_forked_copy_of_the_script_never_reports(limits):
+    """Each fork of a failing script would reach the harness's error path; only the original reports."""
+    script = ("import os\ndef main():\n    for _ in range(3):\n        os.fork()\n"
+              "    raise ValueError(f'from {os.getpid()}')\n")
+    outcome = run(script, limits)
+    assert outcome.status is Status.MAIN_ERROR, outcome
+    assert "from 1" in outcome.message
