@@ -3,6 +3,9 @@
 #   make test     venv + jail site-packages, then every test (the Docker tests build the image)
 #   make image    build the API image (IMAGE=pysandbox:latest) from Dockerfile.api
 #   make run      build the image if needed and serve it on http://localhost:8080
+#                 (one container: embedded redis, PYSANDBOX_WORKERS=2 workers, gunicorn)
+#   make image-worker   the worker image (WORKER_IMAGE) from Dockerfile.worker, on top of IMAGE
+#   make compose-up     docker-compose up -d --build $(COMPOSE_ARGS), e.g. COMPOSE_ARGS='--scale worker=4'
 #   make venv     .venv with the service and test dependencies (editable install)
 #   make jail-site  /opt/pysandbox/jail-site: numpy, pandas... for the jail only (jail/requirements.txt)
 #   make -s print-DOCKER_RUN_FLAGS   print a variable exactly (for scripts and tests)
@@ -11,6 +14,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 IMAGE ?= pysandbox:latest
+WORKER_IMAGE ?= pysandbox-worker:latest
+COMPOSE_ARGS ?=
 # What nsjail needs inside a container (see the README): namespaces need seccomp off;
 # CAP_SYS_ADMIN lets the entrypoint hand the container's own cgroups to the jail (and
 # lets nsjail create user namespaces where unprivileged ones are restricted);
@@ -29,7 +34,7 @@ PYTEST_ARGS ?=
 EXTRA_CA_FILES := $(wildcard /usr/local/share/ca-certificates/*.crt)
 DOCKER_BUILD_ARGS := $(if $(EXTRA_CA_FILES),--build-arg EXTRA_CA_CERTS="$$(cat $(EXTRA_CA_FILES))")
 
-.PHONY: help venv jail-site image run test clean print-%
+.PHONY: help venv jail-site image image-worker compose-up run test clean print-%
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -61,6 +66,15 @@ $(JAIL_SITE)/.installed: jail/requirements.txt | $(VENV)/bin/python
 
 image:
 	docker build -f Dockerfile.api -t $(IMAGE) $(DOCKER_BUILD_ARGS) .
+
+# Dockerfile.worker adds only a CMD to IMAGE (see its header).
+image-worker: image
+	docker build -f Dockerfile.worker --build-arg PYSANDBOX_IMAGE=$(IMAGE) -t $(WORKER_IMAGE) .
+
+# docker-compose.yml builds with the same proxy CA certificates as `make image`.
+compose-up:
+	$(if $(EXTRA_CA_FILES),PYSANDBOX_EXTRA_CA_CERTS="$$(cat $(EXTRA_CA_FILES))") \
+	PYSANDBOX_IMAGE=$(IMAGE) PYSANDBOX_WORKER_IMAGE=$(WORKER_IMAGE) docker-compose up -d --build $(COMPOSE_ARGS)
 
 run:
 	docker image inspect $(IMAGE) >/dev/null 2>&1 || $(MAKE) image

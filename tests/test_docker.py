@@ -246,3 +246,196 @@ def test_image_has_no_compiler_pip_cache_or_apt_lists(image: str) -> None:
 def test_image_size(image: str) -> None:
     size = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout.strip())
     assert size <= MAX_IMAGE_BYTES, f"{image} is {size / 1e6:.0f} MB (limit 300 MB)"
+
+
+# --- the all-in-one container: embedded redis, workers, gunicorn ---------------------------
+
+# Run inside the container (docker exec): finds a direct child of the supervisor (PID 1) whose
+# command line contains argv[1], sends it the signal argv[2], prints its pid. No procps there.
+KILL_CHILD = """
+import os, signal, sys
+want, sig = sys.argv[1].encode(), signal.Signals[sys.argv[2]]
+for pid in sorted(filter(str.isdigit, os.listdir("/proc")), key=int):
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ")
+        ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        continue
+    if ppid == 1 and want in argv:
+        os.kill(int(pid), sig)
+        print(pid)
+        break
+"""
+
+
+def submit_async(base: str, script: str) -> str:
+    answer = requests.post(f"{base}/execute?async=1", json={"script": script}, timeout=30)
+    assert answer.status_code == 202, f"HTTP {answer.status_code}: {answer.text[:2000]}"
+    body = answer.json()
+    assert body["status"] == "queued" and answer.headers["Location"] == f"/jobs/{body['id']}"
+    return body["id"]
+
+
+def poll_job(base: str, job_id: str, within_s: float = 60) -> dict:
+    deadline, body = time.monotonic() + within_s, {}
+    while time.monotonic() < deadline:
+        answer = requests.get(f"{base}/jobs/{job_id}", timeout=10)
+        assert answer.status_code == 200, f"HTTP {answer.status_code}: {answer.text[:2000]}"
+        body = answer.json()
+        if body["status"] not in ("queued", "running"):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {body.get('status')} after {within_s} s")
+
+
+def wait_workers(base: str, count: int, container: str | None = None,
+                 within_s: float = HEALTH_TIMEOUT_S) -> dict:
+    """/health's queue once it reports `count` workers (they register after their self-test)."""
+    deadline, queue = time.monotonic() + within_s, None
+    while time.monotonic() < deadline:
+        answer = requests.get(f"{base}/health", timeout=10)
+        queue = answer.json().get("queue")
+        if answer.status_code == 200 and queue and queue.get("workers") == count:
+            return queue
+        time.sleep(0.5)
+    logs = container_logs(container) if container else ""
+    pytest.fail(f"/health never reported {count} workers (last queue: {queue}); logs:\n{logs}")
+
+
+def test_health_reports_the_embedded_queue(supervised: tuple[str, str]) -> None:
+    container, base = supervised
+    queue = wait_workers(base, DEFAULT_WORKERS, container)
+    assert queue["redis"] == "ok", queue
+
+
+def test_async_run_in_the_single_container(supervised: tuple[str, str]) -> None:
+    container, base = supervised
+    wait_workers(base, DEFAULT_WORKERS, container)
+    script = ("import pandas as pd\n"
+              "def main():\n"
+              "    print('async')\n"
+              "    return int(pd.Series([1, 2, 3]).sum())\n")
+    job_id = submit_async(base, script)
+    body = poll_job(base, job_id)
+    assert body["status"] == "finished", (body, container_logs(container))
+    assert body["result"] == 6 and body["stdout"] == "async\n", body
+    # Sync runs are still run by gunicorn itself, next to the queue.
+    assert execute(base, "def main(): return 'sync'")["result"] == "sync"
+
+
+def test_jail_sees_neither_redis_nor_its_password(supervised: tuple[str, str]) -> None:
+    """Sync (gunicorn's jail) and async (a worker's jail) alike."""
+    container, base = supervised
+    script = ("import os, socket\n"
+              "def main():\n"
+              "    try:\n"  # the jail's seccomp policy may refuse socket() itself
+              "        socket.create_connection(('127.0.0.1', 6379), timeout=2)\n"
+              "        reached = True\n"
+              "    except OSError:\n"
+              "        reached = False\n"
+              "    return {'env': sorted(k for k in os.environ if 'REDIS' in k),\n"
+              "            'run': os.path.exists('/run/pysandbox'), 'tcp': reached}\n")
+    expected = {"env": [], "run": False, "tcp": False}
+    assert execute(base, script)["result"] == expected
+    body = poll_job(base, submit_async(base, script))
+    assert body.get("result") == expected, (body, container_logs(container))
+
+
+def test_redis_listens_only_on_its_socket_with_a_password(supervised: tuple[str, str]) -> None:
+    container, _ = supervised
+    probe = (
+        "import socket\n"
+        "listening = set()\n"
+        "for table in ('/proc/net/tcp', '/proc/net/tcp6'):\n"
+        "    try:\n"
+        "        rows = open(table).read().splitlines()[1:]\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    for row in rows:\n"
+        "        local, state = row.split()[1], row.split()[3]\n"
+        "        if state == '0A':\n"
+        "            listening.add(int(local.rsplit(':', 1)[1], 16))\n"
+        "sock = socket.socket(socket.AF_UNIX)\n"
+        "sock.connect('/run/pysandbox/redis.sock')\n"
+        "sock.sendall(b'PING\\r\\n')\n"
+        "print(sorted(listening), sock.recv(100).decode().strip())\n")
+    done = docker("exec", container, "/usr/bin/python3", "-c", probe)
+    assert done.stdout.split("\n")[0].startswith("[8080] -NOAUTH"), done.stdout
+
+
+@pytest.mark.parametrize("part, match, sig", [
+    ("redis", "redis-server", "SIGKILL"),
+    ("worker", "-m worker", "SIGKILL"),
+    ("worker", "-m worker", "SIGTERM"),  # a clean exit 0 of a part is still a failure
+    ("gunicorn", "gunicorn", "SIGKILL"),
+])
+def test_container_exits_1_when_a_part_dies(image: str, run_flags: list[str], part: str,
+                                            match: str, sig: str) -> None:
+    with running(image, run_flags) as (container, base):
+        wait_workers(base, DEFAULT_WORKERS, container)
+        killed = docker("exec", container, "/usr/bin/python3", "-c", KILL_CHILD, match, sig)
+        assert killed.stdout.strip().isdigit(), f"no {part} process found:\n{killed.stdout}"
+        started = time.monotonic()
+        try:
+            waited = docker("wait", container, timeout=EXIT_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {EXIT_WITHIN_S} s after its {part} got {sig}; logs:\n"
+                        + container_logs(container))
+        took = time.monotonic() - started
+        logs = container_logs(container)
+        assert waited.stdout.strip() == "1", f"exit {waited.stdout.strip()}, not 1; logs:\n{logs}"
+        assert f"supervise: {part}" in logs and "unexpectedly" in logs, logs
+        print(f"{part} {sig}: container exited 1 after {took:.1f} s")
+
+
+def test_docker_stop_exits_0_within_the_timeout(image: str, run_flags: list[str]) -> None:
+    """A requested stop is a clean exit: 0 (not 143), and well before docker's SIGKILL."""
+    with running(image, run_flags) as (container, base):
+        wait_workers(base, DEFAULT_WORKERS, container)
+        assert poll_job(base, submit_async(base, "def main(): return 1"))["result"] == 1
+        started = time.monotonic()
+        docker("stop", "-t", str(DOCKER_STOP_S), container, timeout=DOCKER_STOP_S + 30)
+        took = time.monotonic() - started
+        code = docker("inspect", "-f", "{{.State.ExitCode}}", container).stdout.strip()
+        logs = container_logs(container)
+        assert code == "0", f"exit {code} after docker stop; logs:\n{logs}"
+        assert took < DOCKER_STOP_S - 1, f"docker stop took {took:.1f} s; logs:\n{logs}"
+        assert "supervise: SIGTERM: stopping" in logs and "supervise: stopped" in logs, logs
+        print(f"docker stop: exit 0 after {took:.1f} s")
+
+
+def test_no_workers_means_sync_only(image: str, run_flags: list[str]) -> None:
+    """PYSANDBOX_WORKERS=0: gunicorn alone, as before the supervisor (no redis, no queue)."""
+    with running(image, run_flags, "PYSANDBOX_WORKERS=0") as (container, base):
+        health = requests.get(f"{base}/health", timeout=10).json()
+        assert "queue" not in health, health
+        assert execute(base, "def main(): return 2")["result"] == 2
+        answer = requests.post(f"{base}/execute?async=1", json={"script": "def main(): return 1"},
+                               timeout=10)
+        assert answer.status_code == 503, answer.text
+        assert "redis-server" not in docker("exec", container, "sh", "-c",
+                                            "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '"
+                                            ).stdout
+
+
+CLOUD_RUN_FLAGS = ["--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined"]
+"""Cloud Run (2nd gen) as far as a laptop can play it: Docker's default capabilities (no way to
+add SYS_ADMIN there) and no syscall filter ("all system calls, namespaces and cgroups")."""
+
+
+def test_cloud_run_profile_degrades_to_rlimits_and_stays_sealed(image: str) -> None:
+    with running(image, CLOUD_RUN_FLAGS) as (_, base):
+        health = requests.get(f"{base}/health", timeout=10).json()
+        assert health["selftest"]["passed"] is True, health
+        assert any("cgroups unavailable" in line for line in health["selftest"]["degraded"]), health
+        assert health["warm_jails"]["size"] == 0, health  # warm jails need the memory cgroup
+        assert execute(base, "import pandas\ndef main(): return pandas.__name__")["result"] == "pandas"
+        for script, code in (
+                ("def main():\n    return len(bytearray(900 * 2**20))", "memory_limit"),
+                ("import os\ndef main():\n    while True: os.fork()", "main_error"),
+                ("import socket\ndef main():\n    socket.create_connection(('169.254.169.254', 80))",
+                 "main_error"),
+                ("def main():\n    while True: pass", "timeout")):
+            answer = requests.post(f"{base}/execute", json={"script": script, "timeout": 2}, timeout=60)
+            assert answer.status_code == 422 and answer.json()["error"]["code"] == code, answer.text
+        assert execute(base, "def main(): return 'still serving'")["result"] == "still serving"

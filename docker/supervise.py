@@ -1,0 +1,344 @@
+#!/usr/bin/python3 -I
+"""PID 1 of the all-in-one container: redis-server, N RQ workers and gunicorn, as one unit.
+
+    pysandbox-supervise            (the image's CMD; run after docker/entrypoint.sh)
+    pysandbox-supervise redis      (docker-compose's redis service: see below)
+
+All-in-one (the default): starts
+  1. redis-server on a unix socket in SOCKET_DIR (no TCP listener at all), protected by a
+     password generated now, with no persistence. The jail never sees it: it has no /run
+     mount and no network, and its environment is rebuilt from scratch (keep_env: false).
+  2. once redis answers: $PYSANDBOX_WORKERS (default 2) `python -m worker` processes and
+     gunicorn, with REDIS_URL (socket path + password) in their environment only.
+     With PYSANDBOX_WORKERS=0 there is no redis and no worker: gunicorn alone, sync only.
+Sync requests are still run by gunicorn itself; ?async=1 jobs by the workers.
+
+SIGTERM/SIGINT stop everything: the signal is forwarded to gunicorn and the workers first
+(both finish what they are running: gunicorn its requests, a worker its job), to redis
+last, within $PYSANDBOX_STOP_TIMEOUT_S (default 8 s, under the 10 s that `docker stop` and
+Cloud Run allow), then SIGKILL. A requested stop exits 0 (not 143): it is no failure. If any child ends on its own, even with
+status 0, the others are stopped the same way and the supervisor exits 1, so that Docker
+(--restart) or Cloud Run replaces the container rather than leave it half alive.
+
+As PID 1 it also reaps orphans (e.g. what a killed worker leaves behind).
+
+`redis` mode (compose): exec redis-server on 0.0.0.0:6379 with the password from
+$REDIS_PASSWORD, never on a command line (the config is fed on stdin).
+
+Standard library only; the supervisor's own lines go to stderr as "supervise: ...".
+"""
+import os
+import pwd
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+SOCKET_DIR = "/run/pysandbox"
+SOCKET = f"{SOCKET_DIR}/redis.sock"
+REDIS_USER = "redis"
+REDIS_READY_S = 15.0
+VENV_PYTHON = "/opt/venv/bin/python"
+GUNICORN = ["/opt/venv/bin/gunicorn", "--config", "api/gunicorn.conf.py", "api:create_app()"]
+WORKER = [VENV_PYTHON, "-m", "worker"]
+REDIS_SHARE_S = 1.5
+"""Of the stop budget, what is kept for redis after the others."""
+
+
+def log(message: str) -> None:
+    print(f"supervise: {message}", file=sys.stderr, flush=True)
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"supervise: {name} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise SystemExit(f"supervise: {name} must be >= {minimum}, not {value}")
+    return value
+
+
+def redis_config(password: str, **settings: str) -> str:
+    """redis.conf text: no persistence, the password, 256 MB at most, then `settings`."""
+    quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+    lines = ['save ""', "appendonly no", f'requirepass "{quoted}"',
+             # Bounded: when full, writes fail (the API answers 503) instead of growing.
+             "maxmemory 256mb", "maxmemory-policy noeviction"]
+    lines += [f"{name} {value}" for name, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def exit_text(status: int) -> str:
+    """A waitpid status as words."""
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    user: str | None = None
+    stdin_text: str | None = None
+    pid: int = 0
+    status: int | None = None
+    signalled: set = field(default_factory=set)
+
+    @property
+    def running(self) -> bool:
+        return self.pid > 0 and self.status is None
+
+    def start(self) -> None:
+        # Its own session: a terminal's Ctrl-C reaches the supervisor only, which forwards it
+        # once; and SIGKILL can take the child's whole process group.
+        extra = {}
+        if self.user is not None:
+            entry = pwd.getpwnam(self.user)
+            extra = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True, close_fds=True,
+                                stdin=subprocess.PIPE if self.stdin_text is not None else
+                                subprocess.DEVNULL, **extra)
+        if self.stdin_text is not None:
+            proc.stdin.write(self.stdin_text.encode())
+            proc.stdin.close()
+        # The pid is reaped by Supervisor.reap() (waitpid(-1) as PID 1), never by Popen.
+        proc.returncode = 0  # so Popen's own bookkeeping never waits on this pid
+        self.pid = proc.pid
+        log(f"started {self.name} (pid {self.pid})")
+
+    def signal(self, sig: signal.Signals, group: bool = False) -> None:
+        if not self.running:
+            return
+        self.signalled.add(sig)
+        try:
+            if group:
+                os.killpg(self.pid, sig)
+            else:
+                os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+class Supervisor:
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+        self.stop_signal: signal.Signals | None = None
+        self.failed: str | None = None
+        self.wake_r, wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the select() below
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop)
+
+    def _on_stop(self, signum: int, _frame) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signal.Signals(signum)
+
+    # -- waiting and reaping ---------------------------------------------------------------
+    def reap(self) -> None:
+        """Collect every exited process: our children, and orphans handed to PID 1."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for child in self.children:
+                if child.pid == pid and child.status is None:
+                    child.status = status
+                    self._exited(child)
+
+    def _exited(self, child: Child) -> None:
+        how = exit_text(child.status)
+        if self.stop_signal is None and self.failed is None:
+            self.failed = f"{child.name} {how}"
+            log(f"{child.name} (pid {child.pid}) {how} unexpectedly; stopping the container")
+        elif signal.SIGKILL in child.signalled:
+            log(f"{child.name} (pid {child.pid}) did not stop in time: {how}")
+        else:
+            log(f"{child.name} (pid {child.pid}) {how}")
+
+    def pause(self, timeout_s: float) -> None:
+        """Sleep until a signal arrives (SIGCHLD included) or timeout_s passes; then reap."""
+        if timeout_s > 0:
+            try:
+                select.select([self.wake_r], [], [], timeout_s)
+            except InterruptedError:
+                pass
+            try:
+                while os.read(self.wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        self.reap()
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_signal is not None or self.failed is not None
+
+    def wait_for(self, children: list[Child], deadline: float) -> bool:
+        """Until all of children have exited or the deadline; True if they all have."""
+        while any(c.running for c in children):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.pause(min(left, 0.5))
+        return True
+
+    # -- the all-in-one container ---------------------------------------------------------
+    def start_redis(self, env: dict[str, str]) -> tuple[Child, str]:
+        password = secrets.token_hex(32)
+        try:
+            user = pwd.getpwnam(REDIS_USER).pw_name
+        except KeyError:
+            user = None
+        os.makedirs(SOCKET_DIR, mode=0o700, exist_ok=True)
+        os.chmod(SOCKET_DIR, 0o700)
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            os.chown(SOCKET_DIR, entry.pw_uid, entry.pw_gid)
+        if os.path.lexists(SOCKET):
+            os.unlink(SOCKET)
+        # Root's clients (gunicorn, workers) reach the redis-owned 0700 socket through
+        # CAP_DAC_OVERRIDE, which Docker grants by default; nothing else in the container can.
+        config = redis_config(password, port="0", unixsocket=SOCKET, unixsocketperm="700",
+                              dir=SOCKET_DIR, loglevel="warning")
+        redis = Child("redis", ["redis-server", "-"], env, user=user, stdin_text=config)
+        self.children.append(redis)
+        self.start(redis)
+        return redis, password
+
+    def start(self, child: Child) -> None:
+        try:
+            child.start()
+        except OSError as exc:
+            self.failed = f"{child.name} could not start: {exc}"
+            log(self.failed)
+
+    def wait_redis(self, redis: Child, password: str) -> bool:
+        deadline, last = time.monotonic() + REDIS_READY_S, "no answer"
+        while not self.interrupted and time.monotonic() < deadline:
+            ok, last = redis_ping(SOCKET, password)
+            if ok:
+                log("redis is ready")
+                return True
+            self.pause(0.1)
+        if not self.interrupted:
+            self.failed = f"redis did not answer within {REDIS_READY_S:.0f} s ({last})"
+            log(self.failed)
+        return False
+
+    def run(self) -> int:
+        workers = env_int("PYSANDBOX_WORKERS", 2)
+        budget_s = env_int("PYSANDBOX_STOP_TIMEOUT_S", 8, minimum=2)
+        env = dict(os.environ)
+        if workers:
+            if env.get("REDIS_URL"):
+                log("REDIS_URL is ignored: this container runs its own redis")
+            redis, password = self.start_redis(env)
+            env = {**env, "REDIS_URL": f"unix://:{password}@{SOCKET}?db=0"}
+            ready = self.wait_redis(redis, password)
+        else:
+            log("PYSANDBOX_WORKERS=0: no redis and no workers, sync runs only")
+            env.pop("REDIS_URL", None)
+            ready = True
+        if ready:
+            for n in range(1, workers + 1):
+                self.children.append(Child(f"worker-{n}", WORKER, env))
+            self.children.append(Child("gunicorn", GUNICORN, env))
+            for child in self.children:
+                if child.pid == 0 and not self.interrupted:
+                    self.start(child)
+            log(f"running: redis + {workers} worker(s) + gunicorn" if workers else
+                "running: gunicorn")
+        while not self.interrupted:
+            self.pause(5.0)
+        if self.stop_signal is not None and self.failed is None:
+            log(f"{self.stop_signal.name}: stopping (within {budget_s} s)")
+        self.shutdown(self.stop_signal or signal.SIGTERM, time.monotonic() + budget_s)
+        if self.failed is not None:
+            log(f"exit 1: {self.failed}")
+            return 1
+        log("stopped")
+        return 0
+
+    def shutdown(self, sig: signal.Signals, deadline: float) -> None:
+        """sig to gunicorn and the workers, then to redis; SIGKILL for what outlives its share."""
+        front = [c for c in self.children if c.name != "redis"]
+        back = [c for c in self.children if c.name == "redis"]
+        for stage, until in ((front, deadline - REDIS_SHARE_S), (back, deadline)):
+            for child in stage:
+                child.signal(sig)
+            if not self.wait_for(stage, until):
+                for child in stage:
+                    child.signal(signal.SIGKILL, group=True)
+                self.wait_for(stage, time.monotonic() + 2)
+
+
+def redis_ping(path: str, password: str) -> tuple[bool, str]:
+    """AUTH then PING on a unix socket, in RESP; (True, "") on +PONG."""
+    def command(*words: str) -> bytes:
+        out = [f"*{len(words)}\r\n".encode()]
+        for word in words:
+            data = word.encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        return b"".join(out)
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2)
+            sock.connect(path)
+            sock.sendall(command("AUTH", password) + command("PING"))
+            answer = b""
+            while answer.count(b"\r\n") < 2:
+                data = sock.recv(256)
+                if not data:
+                    break
+                answer += data
+    except OSError as exc:
+        return False, f"{type(exc).__name__}: {exc.strerror or exc}"
+    if answer.startswith(b"+OK\r\n+PONG\r\n"):
+        return True, ""
+    return False, answer.decode(errors="replace").strip()[:200]
+
+
+def exec_redis_for_compose() -> None:
+    """Replace this process by redis-server on TCP 6379, password from $REDIS_PASSWORD."""
+    password = os.environ.get("REDIS_PASSWORD", "")
+    if not password:
+        raise SystemExit("supervise: redis mode needs REDIS_PASSWORD")
+    # protected-mode only guards password-less servers; bind all: compose's network only.
+    config = redis_config(password, bind="0.0.0.0 -::*", port="6379", dir="/tmp")
+    read, write = os.pipe()
+    os.write(write, config.encode())  # far below a pipe's buffer: never blocks
+    os.close(write)
+    os.dup2(read, 0)
+    os.close(read)
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
+    os.execvpe("redis-server", ["redis-server", "-"], env)
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] == ["redis"]:
+        exec_redis_for_compose()
+    if argv[1:]:
+        print(__doc__, file=sys.stderr)
+        return 2
+    if os.getpid() != 1:
+        log(f"note: not PID 1 (pid {os.getpid()}); orphans are reaped by someone else")
+    return Supervisor().run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,161 @@
+"""docker-compose.yml with real containers: redis, an unprivileged api that only enqueues,
+and two jail workers.
+
+One compose project per test module, with a unique project name, image tags, password and
+a free loopback port, so that it never meets a developer's own `docker-compose up`; it is
+always taken down (`down -v --rmi all`: the unique tags only, the layers stay cached).
+"""
+import json
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.test_docker import (BUILD_TIMEOUT_S, REPO, docker, free_port, make_var, poll_job,
+                               submit_async)
+
+pytestmark = pytest.mark.docker
+
+COMPOSE_FILE = REPO / "docker-compose.yml"
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+WORKERS = 2
+JOBS = 20
+HEALTH_TIMEOUT_S = 90
+
+
+class Compose:
+    """docker-compose for one project."""
+
+    def __init__(self) -> None:
+        if shutil.which("docker-compose") is None:
+            pytest.fail("docker-compose (v1) is not installed: apt-get install docker-compose")
+        self.project = f"pysandboxtest{os.getpid()}{secrets.token_hex(3)}"
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        # The same proxy CA certificates as `make image` passes (Makefile: EXTRA_CA_FILES),
+        # byte for byte ($(cat ...) drops trailing newlines), so the build cache is shared.
+        certs = "".join(path.read_text() for path in sorted(HOST_CA_DIR.glob("*.crt")))
+        self.env = {
+            **os.environ,
+            "PYSANDBOX_PORT": f"127.0.0.1:{self.port}",
+            "PYSANDBOX_IMAGE": f"pysandbox-compose-test:{self.project}",
+            "PYSANDBOX_WORKER_IMAGE": f"pysandbox-worker-compose-test:{self.project}",
+            "PYSANDBOX_REDIS_PASSWORD": secrets.token_hex(24),
+            "PYSANDBOX_EXTRA_CA_CERTS": certs.rstrip("\n"),
+        }
+
+    def __call__(self, *args: str, timeout: float = 180, check: bool = True
+                 ) -> subprocess.CompletedProcess:
+        argv = ["docker-compose", "--ansi", "never", "-p", self.project, "-f", str(COMPOSE_FILE), *args]
+        try:
+            done = subprocess.run(argv, cwd=REPO, env=self.env, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"{shlex.join(argv)} did not finish in {timeout} s:\n{exc.stdout}\n{exc.stderr}")
+        if check and done.returncode != 0:
+            pytest.fail(f"{shlex.join(argv)} failed ({done.returncode}):\n"
+                        f"{done.stdout[-6000:]}\n{done.stderr[-6000:]}\n{self.logs()}")
+        return done
+
+    def logs(self) -> str:
+        done = self("logs", "--no-color", "--tail", "150", check=False, timeout=60)
+        return f"--- docker-compose logs ---\n{done.stdout[-12000:]}{done.stderr[-3000:]}"
+
+    def containers(self, service: str) -> list[str]:
+        return self("ps", "-q", service).stdout.split()
+
+
+@pytest.fixture(scope="module")
+def compose() -> Iterator[Compose]:
+    """The project, up with WORKERS workers and healthy; always taken down."""
+    project = Compose()
+    started = time.monotonic()
+    try:
+        project("up", "-d", "--build", "--scale", f"worker={WORKERS}", timeout=BUILD_TIMEOUT_S)
+        wait_health(project, WORKERS)
+        print(f"\ncompose: up and healthy with {WORKERS} workers in "
+              f"{time.monotonic() - started:.1f} s")
+        yield project
+    finally:
+        project("down", "-v", "--rmi", "all", "--remove-orphans", check=False, timeout=180)
+
+
+def wait_health(project: Compose, workers: int) -> dict:
+    deadline, last = time.monotonic() + HEALTH_TIMEOUT_S, "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            answer = requests.get(f"{project.base}/health", timeout=5)
+            body = answer.json()
+            if answer.status_code == 200 and body["queue"]["workers"] == workers:
+                return body
+            last = f"HTTP {answer.status_code}: {answer.text[:500]}"
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    pytest.fail(f"/health never reported {workers} workers ({last})\n{project.logs()}")
+
+
+def inspect(container: str) -> dict:
+    return json.loads(docker("inspect", container).stdout)[0]
+
+
+def test_health_reports_redis_and_the_workers(compose: Compose) -> None:
+    body = wait_health(compose, WORKERS)
+    assert body["status"] == "ok" and body["queue"]["redis"] == "ok", body
+    assert "selftest" not in body, "an API that only enqueues never runs the jail"
+
+
+def test_async_jobs_all_finish(compose: Compose) -> None:
+    jobs = {submit_async(compose.base, f"def main():\n    print({n})\n    return {n} * {n}\n"): n
+            for n in range(JOBS)}
+    for job_id, n in jobs.items():
+        try:
+            body = poll_job(compose.base, job_id, within_s=120)
+        except AssertionError as exc:
+            pytest.fail(f"{exc}\n{compose.logs()}")
+        assert body["status"] == "finished", (body, compose.logs())
+        assert body["result"] == n * n and body["stdout"] == f"{n}\n", body
+
+
+def test_sync_request_goes_through_the_queue(compose: Compose) -> None:
+    script = ("import pandas as pd\n"
+              "def main():\n"
+              "    return {'sum': int(pd.Series([1, 2, 3]).sum())}\n")
+    answer = requests.post(f"{compose.base}/execute", json={"script": script}, timeout=90)
+    assert answer.status_code == 200, (answer.text[:2000], compose.logs())
+    assert answer.json()["result"] == {"sum": 6}
+
+
+def test_only_the_workers_have_the_jail_privileges(compose: Compose) -> None:
+    """Workers: exactly the Makefile's DOCKER_RUN_FLAGS. api and redis: nothing at all."""
+    flags = shlex.split(make_var("DOCKER_RUN_FLAGS"))
+    caps = [flags[i + 1] for i, flag in enumerate(flags) if flag == "--cap-add"]
+    opts = [flags[i + 1] for i, flag in enumerate(flags) if flag == "--security-opt"]
+    workers = compose.containers("worker")
+    assert len(workers) == WORKERS, workers
+    for container in workers:
+        host = inspect(container)["HostConfig"]
+        assert sorted(host["CapAdd"] or []) == sorted(caps), host["CapAdd"]
+        assert sorted(host["SecurityOpt"] or []) == sorted(opts), host["SecurityOpt"]
+    for service in ("api", "redis"):
+        (container,) = compose.containers(service)
+        found = inspect(container)
+        host = found["HostConfig"]
+        assert not host["CapAdd"] and host["CapDrop"] == ["ALL"], (service, host)
+        assert host["SecurityOpt"] == ["no-new-privileges:true"], (service, host)
+        assert host["ReadonlyRootfs"] and not host["Privileged"], (service, host)
+        assert found["Config"]["User"] not in ("", "root", "0"), (service, found["Config"])
+
+
+def test_redis_is_not_published_and_needs_the_password(compose: Compose) -> None:
+    (container,) = compose.containers("redis")
+    assert not inspect(container)["HostConfig"]["PortBindings"], "redis must not be published"
+    done = docker("exec", container, "redis-cli", "ping", check=False)
+    assert "NOAUTH" in done.stdout + done.stderr, done.stdout
