@@ -10,5 +10,7 @@ threads = 2 * int(load_config(None)["MAX_CONCURRENT_RUNS"]) + 4
 """More threads than run slots, so a request past capacity gets a quick 503, not a wait in the accept queue."""
 timeout = 60
 graceful_timeout = 35
+control_socket_disable = True
+"""gunicorn's admin socket: unused, and it needs a writable home."""
 accesslog = "-"
 errorlog = "-"

@@ -106,10 +106,15 @@ def _kill_message(status: Status, limits: Limits) -> str:
     }[status]
 
 
+def ran_out_of_memory(raw: RawRun, limits: Limits) -> bool:
+    """Whether the run's memory peak came close enough to its limit to have been killed for it."""
+    peak = raw.peak_memory_bytes
+    return peak is not None and peak >= MEMORY_NEAR_LIMIT * limits.memory_mb * MIB
+
+
 def _without_report(raw: RawRun, limits: Limits) -> dict[str, Any]:
     """Why a run ended without a report: a limit, the script's own exit, or a broken jail."""
-    peak = raw.peak_memory_bytes
-    if peak is not None and peak >= MEMORY_NEAR_LIMIT * limits.memory_mb * MIB:
+    if ran_out_of_memory(raw, limits):
         return {"status": Status.MEMORY_LIMIT,
                 "message": f"the script used more than its {limits.memory_mb} MB memory limit"}
     if raw.exit is None:

@@ -24,7 +24,7 @@ from jail.limits import MIB, Limits
 from jail.nsjail import cgroup_args, host_cgroups, jail_argv, policy_file, run_once
 from jail.outcome import Outcome
 from jail.pipes import KILL_GRACE_S, RunPipes, pump
-from jail.protocol import interpret
+from jail.protocol import interpret, ran_out_of_memory
 from jail.settings import settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,10 @@ CGROUP_CEILING = (64 * 1024 * MIB, 4096)
 
 
 class WarmJailBroken(Exception):
-    """The warm jail failed before the script ran: the run may go to a one-off jail."""
+    """The warm jail failed, not the script: the run goes to a one-off jail instead.
+
+    The script may have started before the jail died; running it again is safe because a
+    run leaves nothing behind and reaches nothing outside its jail."""
 
 
 @functools.cache
@@ -102,6 +105,8 @@ class WarmJail:
             self.unreaped += 1  # the report says how it ended; its reaper's word can come later
         elif raw.killed_for is None:
             raw.exit = self._ended()
+            if raw.exit is None and not ran_out_of_memory(raw, limits):
+                raise WarmJailBroken("the warm jail died under the run")
         return interpret(raw, limits)
 
     def _ended(self) -> dict | None:
