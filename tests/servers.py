@@ -3,6 +3,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,34 +25,44 @@ def free_port() -> int:
 
 @contextmanager
 def gunicorn(env: dict[str, str] | None = None, wait_healthy: bool = True) -> Iterator[str]:
-    """A real gunicorn serving the app on a free port; yields its base URL."""
+    """A real gunicorn serving the app on a free port; yields its base URL.
+
+    Its log goes to a file (a pipe nobody reads would fill and block it), shown on failure.
+    """
     port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "--config", "api/gunicorn.conf.py",
-         "api:create_app()"],
-        cwd=REPO, env={**os.environ, "PORT": str(port), **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"gunicorn exited: {proc.stdout.read()}"
-            try:
-                if requests.get(f"{url}/health", timeout=5).status_code == 200 or not wait_healthy:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        else:
-            raise AssertionError("gunicorn did not become healthy in 30 s")
-        yield url
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "--config", "api/gunicorn.conf.py",
+             "api:create_app()"],
+            cwd=REPO, env={**os.environ, "PORT": str(port), **(env or {})},
+            stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            _wait_up(proc, url, wait_healthy, log)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_up(proc: subprocess.Popen, url: str, wait_healthy: bool, log) -> None:
+    """Until /health answers (200, or anything when not wait_healthy); fail with the log."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            if requests.get(f"{url}/health", timeout=5).status_code == 200 or not wait_healthy:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    log.seek(0)
+    raise AssertionError(f"gunicorn did not become healthy in 30 s:\n{log.read()[-5000:]}")
 
 
 @contextmanager
