@@ -37,9 +37,9 @@ WARM_EDITS = (
      'gidmap { inside_id: "0" outside_id: "65533" count: 1 }\n'
      'gidmap { inside_id: "65534" outside_id: "65534" count: 1 }'),
     ("keep_caps: false", "keep_caps: true"),
-    # mount and unshare are what the zygote uses per run; its children deny them again
-    # in a seccomp filter stacked on this one (jail/zygote.py) before any user code.
-    ("  mount, umount, pivot_root, chroot, unshare, setns,", "  umount, pivot_root, chroot, setns,"),
+    # mount, unshare and setns are what the zygote uses per run; its children deny them
+    # again in a seccomp filter stacked on this one (jail/zygote.py) before any user code.
+    ("  mount, umount, pivot_root, chroot, unshare, setns,", "  umount, pivot_root, chroot,"),
 )
 
 

@@ -29,7 +29,7 @@ from jail.settings import settings
 
 log = logging.getLogger(__name__)
 
-MAX_RUNS = 500
+MAX_RUNS = 5000
 """Runs before a warm jail is replaced by a fresh one."""
 START_TIMEOUT_S = 60.0
 """How long a new warm jail may take to import numpy and pandas."""

@@ -2,16 +2,19 @@
 
 The zygote imports numpy and pandas once, as root of the warm jail's own user namespace
 (uid 65533 outside, no capability outside it), and keeps two children waiting for the
-next runs. Each child is forked by a reaper into new mount, pid and IPC namespaces (it is pid 1
-there), mounts its own tmpfs /tmp and /dev/shm, empties its capability bounding set,
-becomes uid 65534 with no capability at all, and stacks a seccomp filter on nsjail's that denies what nsjail's allows
-only for this setup (mount, unshare). Only then does it say "ready" on the control socket.
-Given a run's limits and pipes, it tells the zygote to fork the next child, lowers its
-rlimits, closes every other fd and runs the harness. The zygote never runs user code; the
-reaper reports how its child ended.
+next runs. Each child is forked into a new pid namespace (it is pid 1 there), enters new
+mount and IPC namespaces and a session of its own, mounts its own tmpfs /tmp and
+/dev/shm, empties its capability sets, becomes uid 65534 and stacks a seccomp filter on
+nsjail's that denies what nsjail's allows only for this setup (mount, unshare, setns).
+Only then does it say "ready" on the control socket. Given a run's limits and pipes, it
+tells the zygote to fork the next child, lowers its rlimits, closes every other fd and
+runs the harness. The zygote never runs user code; it reaps each child and reports how
+it ended.
 """
 import ctypes
+import gc
 import resource
+import select
 import signal
 import socket
 
@@ -93,9 +96,8 @@ def serve_one_run(control: socket.socket, rules, taken: int) -> None:
     main(fds[3])
 
 
-def reap(pid: int) -> dict:
-    """How the run's first process ended, as the host expects it."""
-    _, status = os.waitpid(pid, 0)
+def ending(status: int) -> dict:
+    """How a child ended, as the host expects it."""
     if os.WIFSIGNALED(status):
         return {"signal": signal.Signals(os.WTERMSIG(status)).name}
     return {"exit": os.waitstatus_to_exitcode(status)}
@@ -109,33 +111,50 @@ def host_gone(control: socket.socket) -> bool:
         return False
 
 
+def spawn(control: socket.socket, rules, taken: int, own_pid_ns: int) -> None:
+    """Fork a child as pid 1 of a new pid namespace; it seals itself and waits for a run."""
+    checked(LIBC.setns(own_pid_ns, CLONE_NEWPID), "reset the pid namespace for children")
+    checked(LIBC.unshare(CLONE_NEWPID), "unshare pid")
+    if os.fork() == 0:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        checked(LIBC.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+        serve_one_run(control, rules, taken)
+
+
 def serve() -> None:
-    """Keep SPARE_CHILDREN sealed children waiting; fork another as soon as one takes a run."""
+    """Keep SPARE_CHILDREN sealed children waiting; report each child's end; stop with the host."""
     import numpy  # noqa: F401  (preloaded so that every run finds them imported)
     import pandas  # noqa: F401
     rules = inner_filter()
+    gc.freeze()  # the children's collector never walks (and so never copies) the zygote's heap
     control = socket.socket(fileno=CONTROL_FD)
+    own_pid_ns = os.pidfd_open(os.getpid())
     taken_r, taken_w = os.pipe()
-    for _ in range(SPARE_CHILDREN - 1):
-        os.write(taken_w, b".")
+    woken_r, woken_w = os.pipe()
+    os.set_blocking(woken_w, False)
+    signal.set_wakeup_fd(woken_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    waiting = 0
     while True:
-        if os.fork() == 0:
-            os.close(taken_r)
-            checked(LIBC.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC), "unshare")
-            child = os.fork()
-            if child == 0:
-                serve_one_run(control, rules, taken_w)
-            os.close(taken_w)
-            control.send(json.dumps(reap(child)).encode())
-            os._exit(0)
-        os.read(taken_r, 1)
+        for _ in range(SPARE_CHILDREN - waiting):
+            spawn(control, rules, taken_w, own_pid_ns)
+        waiting = SPARE_CHILDREN
+        readable, _, _ = select.select([taken_r, woken_r], [], [])
+        if taken_r in readable:
+            waiting -= len(os.read(taken_r, SPARE_CHILDREN))
+        if woken_r in readable:
+            os.read(woken_r, 4096)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if not pid:
+                break
+            control.send(json.dumps(ending(status)).encode())
         if host_gone(control):
             os._exit(0)  # as pid 1 of the warm jail, this ends every process in it
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
-        except ChildProcessError:
-            pass
 
 
 sys.path.append(JAIL_SITE)
