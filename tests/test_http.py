@@ -2,6 +2,7 @@
 import concurrent.futures
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import requests
@@ -77,3 +78,24 @@ def test_a_sandbox_failure_mid_service_is_a_generic_500():
         assert response.json() == {"error": {"code": "internal_error",
                                              "message": "the sandbox failed; the error was logged"}}
     parent.rmdir()
+
+
+def test_twenty_cpu_hogs_leave_a_benign_client_served():
+    """20 scripts spinning at once: the excess is refused quickly (503 busy), nothing hangs,
+    and a client that honours Retry-After gets its benign answer."""
+    hog = "def main():\n    while True:\n        pass"
+    with gunicorn({"PYSANDBOX_MAX_TIMEOUT_S": "2"}) as url:
+        with concurrent.futures.ThreadPoolExecutor(21) as pool:
+            hogs = [pool.submit(post, url, hog, timeout=2) for _ in range(20)]
+            started = time.monotonic()
+            while True:
+                benign = post(url, "def main(): return 'served'")
+                if benign.status_code != 503:
+                    break
+                assert time.monotonic() - started < 20, "the benign client was never served"
+                time.sleep(float(benign.headers["Retry-After"]))
+            waited = time.monotonic() - started
+            codes = [(r.status_code, r.json()["error"]["code"]) for r in (h.result() for h in hogs)]
+    assert benign.status_code == 200 and benign.json()["result"] == "served"
+    assert set(codes) <= {(422, "timeout"), (503, "busy")} and (422, "timeout") in codes, codes
+    print(f"benign request served after {waited:.2f} s among 20 CPU hogs")
