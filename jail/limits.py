@@ -1,4 +1,5 @@
 """Per-run resource limits for one jailed script."""
+import math
 from dataclasses import dataclass
 
 MIB = 1024 * 1024
@@ -22,3 +23,8 @@ class Limits:
     """Size of the writable tmpfs /tmp, and the largest file the script may write."""
     max_open_files: int = 64
     """File descriptors per process."""
+
+    @property
+    def cpu_s(self) -> int:
+        """RLIMIT_CPU, and nsjail's own time limit: a second past the wall limit, a backstop."""
+        return math.ceil(self.timeout_s) + 1

@@ -6,7 +6,6 @@ cgroups of the run, the mounts whose host paths vary by deployment). Warm jails
 """
 import functools
 import logging
-import math
 import re
 import signal
 import subprocess
@@ -103,8 +102,7 @@ def jail_argv(policy: Path, log_fd: int, pass_fd: int, limit_args: list[str],
 
 def one_off_limits(limits: Limits, run_cg: cgroups.RunCgroup) -> list[str]:
     """Per-run limits of a one-off jail: rlimits, and cgroups where the host has them."""
-    seconds = str(math.ceil(limits.timeout_s) + 1)
-    args = ["--time_limit", seconds, "--rlimit_cpu", seconds,
+    args = ["--time_limit", str(limits.cpu_s), "--rlimit_cpu", str(limits.cpu_s),
             "--rlimit_fsize", str(limits.tmp_mb), "--rlimit_nofile", str(limits.max_open_files),
             "--rlimit_nproc", str(limits.max_pids)]
     memory = ["--rlimit_as", "max"] if "memory" in run_cg.cgroups.available else [

@@ -90,7 +90,7 @@ def interpret(raw: RawRun, limits: Limits) -> Outcome:
     common = {"stdout": raw.stdout.decode("utf-8", "replace"),
               "stderr": raw.stderr.decode("utf-8", "replace"),
               "output_truncated": raw.killed_for is Status.OUTPUT_LIMIT,
-              "duration_ms": round(raw.elapsed_s * 1000)}
+              "duration_ms": math.ceil(raw.elapsed_s * 1000)}
     if raw.killed_for is not None:
         return Outcome(raw.killed_for, message=_kill_message(raw.killed_for, limits), **common)
     if raw.report:

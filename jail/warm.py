@@ -88,7 +88,7 @@ class WarmJail:
                 raise WarmJailBroken("a child ended without a run")
         self.wait_ready(READY_TIMEOUT_S)
         baseline = self.cgroup.limit_run(limits.memory_mb * MIB, limits.max_pids)
-        header = json.dumps({"RLIMIT_CPU": int(limits.timeout_s) + 1,
+        header = json.dumps({"RLIMIT_CPU": limits.cpu_s,
                              "RLIMIT_NPROC": limits.max_pids, "RLIMIT_NOFILE": limits.max_open_files,
                              "RLIMIT_FSIZE": limits.tmp_mb * MIB}).encode()
         self.ready, self.runs = self.ready - 1, self.runs + 1
@@ -102,7 +102,7 @@ class WarmJail:
         peak = self.cgroup.peak_memory_bytes()
         raw.peak_memory_bytes = None if peak is None else max(0, peak - baseline)
         if raw.killed_for is None and raw.report:
-            self.unreaped += 1  # the report says how it ended; its reaper's word can come later
+            self.unreaped += 1  # the report says how it ended; the zygote's word can come later
         elif raw.killed_for is None:
             raw.exit = self._ended()
             if raw.exit is None and not ran_out_of_memory(raw, limits):
@@ -110,7 +110,7 @@ class WarmJail:
         return interpret(raw, limits)
 
     def _ended(self) -> dict | None:
-        """The reaper's word on how the run ended; None (and the jail killed) if it has none."""
+        """The zygote's word on how the run ended; None (and the jail killed) if it has none."""
         try:
             while True:
                 message = self._receive(KILL_GRACE_S)

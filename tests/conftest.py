@@ -37,11 +37,13 @@ def service_url() -> Iterator[str]:
 def each_jail_kind(request: pytest.FixtureRequest) -> Iterator[str]:
     """Runs the module's tests once with one-off jails and once with warm jails.
 
-    The module's own `run` is swapped for one that waits for a warm jail; runs whose
-    tmp_mb differs from the pool's take the one-off path, as they do in the service.
+    The module's own `run` is swapped for run_once, or for one that uses a warm jail;
+    runs whose tmp_mb differs from the pool's take the one-off path, as in the service.
     """
-    if request.param == "one-off":
-        yield request.param
+    if request.param == "one-off":  # pinned: an app made by another test may have left a pool
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(request.module, "run", run_once)
+            yield request.param
         return
     pool, lock, in_flight = WarmPool(2, Limits().tmp_mb), threading.Lock(), [0]
 

@@ -176,22 +176,16 @@ def test_syntax_error_names_the_line(limits):
     assert "harness.py" not in outcome.traceback
 
 
-def test_indentation_error_is_syntax_error(limits):
-    outcome = run("def main():\nreturn 1\n", limits)
-    assert outcome.status is Status.SYNTAX_ERROR
-    assert "IndentationError" in outcome.message
-
-
-def test_null_byte_in_source_is_syntax_error(limits):
-    outcome = run("def main():\n    return 1\n\x00\n", limits)
-    assert outcome.status is Status.SYNTAX_ERROR
-    assert "null bytes" in outcome.message
-
-
-def test_lone_surrogate_in_source_is_syntax_error(limits):
-    outcome = run('def main():\n    return "\ud800"\n', limits)
-    assert outcome.status is Status.SYNTAX_ERROR
-    assert "UTF-8" in outcome.message
+@pytest.mark.parametrize("source, status, fragment", [
+    ("def main():\nreturn 1\n", Status.SYNTAX_ERROR, "IndentationError"),
+    ("def main():\n    return 1\n\x00\n", Status.SYNTAX_ERROR, "null bytes"),
+    ('def main():\n    return "\ud800"\n', Status.SYNTAX_ERROR, "UTF-8"),
+    ("import no_such_module_xyz\ndef main():\n    return 1\n", Status.MAIN_ERROR, "no_such_module_xyz"),
+], ids=["indentation", "null_byte", "lone_surrogate", "missing_module"])
+def test_status_and_message_name_the_fault(source, status, fragment, limits):
+    outcome = run(source, limits)
+    assert outcome.status is status
+    assert fragment in outcome.message
 
 
 @pytest.mark.parametrize("source", [
@@ -236,12 +230,6 @@ def test_exception_at_import_time_is_main_error(limits):
     assert 'File "<script>", line 3, in <module>' in outcome.traceback
     assert 'CONFIG = json.loads("{not json")' in outcome.traceback
     assert "harness.py" not in outcome.traceback
-
-
-def test_missing_module_is_main_error(limits):
-    outcome = run("import no_such_module_xyz\ndef main():\n    return 1\n", limits)
-    assert outcome.status is Status.MAIN_ERROR
-    assert "no_such_module_xyz" in outcome.message
 
 
 def test_custom_exception_keeps_its_message(limits):
