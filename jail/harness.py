@@ -19,6 +19,8 @@ REPORT_FD = -1
 HARNESS_PID = -1
 """Set by main(): only this process reports; a fork of it that the script made never does."""
 SCRIPT_NAME = "<script>"
+TRACEBACK_FRAMES = 100
+"""The outermost frames shown: walking a million-deep recursion would outlast the run."""
 JAIL_SITE = "/opt/site"
 
 
@@ -56,7 +58,7 @@ def user_traceback(exc: BaseException) -> str:
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename != SCRIPT_NAME:
         tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb))
+    return "".join(traceback.format_exception(type(exc), exc, tb, limit=TRACEBACK_FRAMES))
 
 
 def fail(code: str, message: str, exc: "BaseException | None" = None) -> None:

@@ -4,25 +4,19 @@ Both are full jails; a warm one only skips nsjail's and Python's start-up and th
 and pandas imports. The pool is per process: the API's gunicorn worker and each RQ
 worker start their own.
 """
-import logging
-
 from jail.limits import Limits
-from jail.nsjail import host_cgroups, run_once
+from jail.nsjail import run_once
 from jail.outcome import Outcome
 from jail.warm import WarmPool
 
-log = logging.getLogger(__name__)
 _pool: WarmPool | None = None
 
 
 def start_warm_pool(size: int, tmp_mb: int) -> WarmPool | None:
-    """Keep `size` warm jails from now on; none when size is 0 or the host lacks a memory cgroup."""
+    """Keep `size` warm jails from now on (none when size is 0)."""
     global _pool
     stop_warm_pool()
     if size <= 0:
-        return None
-    if "memory" not in host_cgroups().available:
-        log.warning("no memory cgroup: warm jails are off, every run starts a one-off jail")
         return None
     _pool = WarmPool(size, tmp_mb)
     return _pool

@@ -4,20 +4,23 @@ A WarmJail is one nsjail running the zygote (jail/zygote.py), under cgroups of i
 whose limits are reset before every run. A WarmPool keeps `size` of them, refilled in the
 background; when none is free the caller falls back to a one-off jail, never to a weaker
 sandbox. A jail whose run was killed (time, output) is discarded, and every jail is
-recycled after MAX_RUNS runs. Warm jails need the memory cgroup: without it the pool
-does not start and every run takes the one-off path.
+recycled after MAX_RUNS runs. Where the host has no memory cgroup, a run's memory is
+bounded as in a one-off jail, by RLIMIT_AS: the zygote's address space plus the run's
+memory_mb, since the child starts as a copy of it.
 """
 import functools
 import itertools
 import json
 import logging
 import queue
+import resource
 import socket
 import subprocess
 import tempfile
 import threading
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 from jail import cgroups
 from jail.limits import MIB, Limits
@@ -58,10 +61,10 @@ def zygote_source() -> str:
 class WarmJail:
     """One nsjail running the zygote; one run at a time."""
 
-    def __init__(self, tmp_mb: int) -> None:
+    def __init__(self, tmp_mb: int, host: cgroups.Cgroups) -> None:
         self.tmp_mb = tmp_mb
         self._stack = ExitStack()
-        self.cgroup = self._stack.enter_context(cgroups.run_cgroup(host_cgroups()))
+        self.cgroup = self._stack.enter_context(cgroups.run_cgroup(host))
         self.control, jail_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._log = self._stack.enter_context(tempfile.TemporaryFile())
         argv = jail_argv(policy_file(1, warm=True), 2, jail_end.fileno(),
@@ -74,6 +77,7 @@ class WarmJail:
         finally:
             jail_end.close()
         self.runs, self.ready, self.unreaped, self.alive = 0, 0, 0, True
+        self._zygote_pid: int | None = None
 
     def wait_ready(self, timeout_s: float) -> None:
         """Wait until a sealed child is waiting for the next run."""
@@ -88,7 +92,7 @@ class WarmJail:
                 raise WarmJailBroken("a child ended without a run")
         self.wait_ready(READY_TIMEOUT_S)
         baseline = self.cgroup.limit_run(limits.memory_mb * MIB, limits.max_pids)
-        header = json.dumps({"RLIMIT_CPU": limits.cpu_s,
+        header = json.dumps({"RLIMIT_CPU": limits.cpu_s, "RLIMIT_AS": self._address_space(limits),
                              "RLIMIT_NPROC": limits.max_pids, "RLIMIT_NOFILE": limits.max_open_files,
                              "RLIMIT_FSIZE": limits.tmp_mb * MIB}).encode()
         self.ready, self.runs = self.ready - 1, self.runs + 1
@@ -108,6 +112,18 @@ class WarmJail:
             if raw.exit is None and not ran_out_of_memory(raw, limits):
                 raise WarmJailBroken("the warm jail died under the run")
         return interpret(raw, limits)
+
+    def _address_space(self, limits: Limits) -> int:
+        """RLIMIT_AS for the run's child: unlimited under a memory cgroup, else the zygote's
+        address space (the child starts as its copy) plus the run's memory."""
+        if "memory" in self.cgroup.cgroups.available:
+            return resource.RLIM_INFINITY
+        if self._zygote_pid is None:
+            task = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
+            self._zygote_pid = int(Path(task).read_text().split()[0])
+        status = Path(f"/proc/{self._zygote_pid}/status").read_text()
+        size_kb = int(next(line for line in status.splitlines() if line.startswith("VmSize:")).split()[1])
+        return size_kb * 1024 + limits.memory_mb * MIB
 
     def _ended(self) -> dict | None:
         """The zygote's word on how the run ended; None (and the jail killed) if it has none."""
@@ -173,8 +189,9 @@ class WarmJail:
 class WarmPool:
     """`size` warm jails whose /tmp holds tmp_mb, refilled in the background."""
 
-    def __init__(self, size: int, tmp_mb: int) -> None:
+    def __init__(self, size: int, tmp_mb: int, host: cgroups.Cgroups | None = None) -> None:
         self.size, self.tmp_mb = size, tmp_mb
+        self._host = host or host_cgroups()
         self._idle: queue.SimpleQueue[WarmJail] = queue.SimpleQueue()
         self._wanted = threading.Semaphore(size)
         self._stopped = threading.Event()
@@ -219,7 +236,7 @@ class WarmPool:
                 return
             jail = None
             try:
-                jail = WarmJail(self.tmp_mb)
+                jail = WarmJail(self.tmp_mb, self._host)
                 jail.wait_ready(START_TIMEOUT_S)
             except (OSError, WarmJailBroken) as exc:
                 failures = next(self._failures) + 1

@@ -81,7 +81,7 @@ def serve_one_run(control: socket.socket, rules, taken: int) -> None:
         if len(fds) != 4:
             raise OSError(0, f"expected 4 pipes, got {len(fds)}")
         limits = json.loads(header)
-        for name in ("RLIMIT_CPU", "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_FSIZE"):
+        for name in ("RLIMIT_CPU", "RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_FSIZE", "RLIMIT_AS"):
             resource.setrlimit(getattr(resource, name), (limits[name], limits[name]))
     except (OSError, ValueError, KeyError) as exc:
         control.send(json.dumps({"broken": str(exc)}).encode())

@@ -2,13 +2,17 @@
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from jail import Limits, Outcome
+from jail.cgroups import Cgroups
 from jail.nsjail import run_once
 from jail.warm import START_TIMEOUT_S, WarmPool
 from tests.servers import gunicorn
+
+NO_CGROUPS = Cgroups(Path("/sys/fs/cgroup"), frozenset(), "off for this test")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -33,9 +37,10 @@ def service_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module", params=["one-off", "warm"])
+@pytest.fixture(scope="module", params=["one-off", "warm", "warm-rlimits"])
 def each_jail_kind(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Runs the module's tests once with one-off jails and once with warm jails.
+    """Runs the module's tests with one-off jails, warm jails, and warm jails that have no
+    cgroups (as on cgroup v2 hosts or Cloud Run: rlimits bound them).
 
     The module's own `run` is swapped for run_once, or for one that uses a warm jail;
     runs whose tmp_mb differs from the pool's take the one-off path, as in the service.
@@ -45,7 +50,8 @@ def each_jail_kind(request: pytest.FixtureRequest) -> Iterator[str]:
             patch.setattr(request.module, "run", run_once)
             yield request.param
         return
-    pool, lock, in_flight = WarmPool(2, Limits().tmp_mb), threading.Lock(), [0]
+    host = NO_CGROUPS if request.param == "warm-rlimits" else None
+    pool, lock, in_flight = WarmPool(2, Limits().tmp_mb, host), threading.Lock(), [0]
 
     def run_warm(script: str, limits: Limits) -> Outcome:
         """Wait for a warm jail when nothing else runs (a refill after a kill); never queue

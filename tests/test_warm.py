@@ -3,10 +3,12 @@ import concurrent.futures
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from jail import Limits, Status
+from jail.cgroups import Cgroups
 from jail.nsjail import run_once
 from jail.warm import START_TIMEOUT_S, WarmPool
 
@@ -115,3 +117,19 @@ def test_when_every_warm_jail_is_busy_runs_go_one_off(pool):
             time.sleep(0.001)
         assert pool.run(slow, LIMITS) is None  # the caller then runs it one-off
         assert busy.result().result is True
+
+
+def test_without_cgroups_warm_runs_are_bounded_by_rlimits():
+    """As on cgroup v2 hosts or Cloud Run: the same warm jails, memory capped by RLIMIT_AS."""
+    pool = WarmPool(1, LIMITS.tmp_mb, Cgroups(Path("/sys/fs/cgroup"), frozenset(), "off for this test"))
+    try:
+        assert warm_run(pool, "import pandas\ndef main(): return PRELOADED").result is True
+        bomb = "def main():\n    return len(bytearray(400 * 2**20))"
+        assert warm_run(pool, bomb, Limits(memory_mb=128)).status is Status.MEMORY_LIMIT
+        assert warm_run(pool, bomb, Limits(memory_mb=600)).result == 400 * 2**20
+        fork_bomb = "import os\ndef main():\n    while True:\n        os.fork()"
+        assert warm_run(pool, fork_bomb, Limits(timeout_s=2, max_pids=16)).status in (
+            Status.MAIN_ERROR, Status.TIMEOUT)
+        assert warm_run(pool, "def main(): return PRELOADED").result is True
+    finally:
+        pool.close()
