@@ -54,26 +54,41 @@ class JobQueue:
         """Enqueue one run; 503 busy when the queue is full."""
         try:
             if self.queue.count >= self.max_queued:
-                raise ApiError(503, "busy", f"the queue holds {self.max_queued} jobs; retry shortly",
-                               headers={"Retry-After": str(self.retry_after_s)})
+                raise self._busy(f"the queue holds {self.max_queued} jobs")
             return self.queue.enqueue(
                 JOB_FUNCTION, script, asdict(limits), job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S,
                 result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None)
         except RedisError as exc:
             raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
 
-    def wait(self, job: Job, timeout_s: float) -> dict[str, Any]:
-        """Block until the job ends; the sync answer's 200 body, or its error raised."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            job.latest_result(timeout=1)
-            status, detail = self._resolve(job)
-            if isinstance(detail, ApiError):
-                raise detail
-            if status == "finished":
-                return detail
-        raise ApiError(503, "busy", "no worker finished the run in time; retry shortly",
-                       headers={"Retry-After": str(self.retry_after_s)})
+    def wait(self, job: Job, queue_wait_s: float, run_s: float) -> dict[str, Any]:
+        """Block until the job ends; the sync answer's 200 body, or its error raised.
+
+        A job no worker has taken within queue_wait_s is cancelled and answered 503 busy,
+        as a local run that finds no free slot is: its client will not expect it to run."""
+        try:
+            taken_by = time.monotonic() + queue_wait_s
+            while job.get_status() in WAITING:
+                if time.monotonic() >= taken_by:
+                    job.cancel()
+                    raise self._busy("every worker is busy")
+                time.sleep(0.005)
+            ends_by = time.monotonic() + run_s
+            while time.monotonic() < ends_by:
+                job.latest_result(timeout=1)
+                status, detail = self._resolve(job)
+                if isinstance(detail, ApiError):
+                    raise detail
+                if status == "finished":
+                    return detail
+        except RedisError as exc:
+            raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
+        log.error("job %s outlived its limits by %d s", job.id, RQ_BACKSTOP_S)
+        raise ApiError(500, "internal_error", "the run did not end in time; the error was logged")
+
+    def _busy(self, reason: str) -> ApiError:
+        return ApiError(503, "busy", f"{reason}; retry shortly",
+                        headers={"Retry-After": str(self.retry_after_s)})
 
     def state(self, job_id: str) -> dict[str, Any]:
         """{"id", "status", ...} for a job: its result or its error once it has ended."""

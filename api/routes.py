@@ -5,7 +5,7 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 
 from api.capacity import Capacity
 from api.errors import ApiError, invalid
-from api.jobs import JobQueue, unavailable
+from api.jobs import RQ_BACKSTOP_S, JobQueue, unavailable
 from api.requests import parse_execute
 from api.responses import outcome_body
 from jail import Limits, SandboxError, run, warm_pool
@@ -69,8 +69,9 @@ def execute():
         return response
     if current_app.config["EXECUTE_VIA_QUEUE"]:
         queue = _queue()
-        wait_s = limits.timeout_s + current_app.config["QUEUE_WAIT_S"] + 30
-        return jsonify(queue.wait(queue.submit(script, limits), wait_s))
+        job = queue.submit(script, limits)
+        return jsonify(queue.wait(job, current_app.config["QUEUE_WAIT_S"],
+                                  limits.timeout_s + RQ_BACKSTOP_S))
     return jsonify(_run_here(script, limits))
 
 

@@ -41,7 +41,7 @@ def main():
     }
 '''
 
-EXPECTED_ENV = {"HOME", "LANG", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS",
+EXPECTED_ENV = {"HOME", "LANG", "MALLOC_ARENA_MAX", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS",
                 "OPENBLAS_NUM_THREADS", "PATH", "PYTHONIOENCODING"}
 MUST_FAIL = ("inet_socket", "inet6_socket", "host_file", "proc", "write_usr", "setuid_root",
              "unshare")

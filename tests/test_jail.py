@@ -20,7 +20,7 @@ from jail import Limits, Outcome, Status, run
 pytestmark = pytest.mark.usefixtures("each_jail_kind")
 
 NOBODY = 65534
-JAIL_ENV_KEYS = {"PATH", "HOME", "LANG", "PYTHONIOENCODING", "OPENBLAS_NUM_THREADS",
+JAIL_ENV_KEYS = {"PATH", "HOME", "LANG", "PYTHONIOENCODING", "OPENBLAS_NUM_THREADS", "MALLOC_ARENA_MAX",
                  "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"}
 
 

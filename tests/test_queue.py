@@ -149,3 +149,12 @@ def test_sync_requests_can_be_served_by_workers_alone(redis_url):
         assert response.status_code == 200 and response.get_json()["result"] == 2
         response = client.post("/execute", json={"script": "def main(): return float('inf')"})
         assert response.status_code == 422 and response.get_json()["error"]["code"] == "invalid_result"
+
+
+def test_a_sync_run_no_worker_takes_is_503_busy_and_cancelled(redis_url):
+    client = create_app({"REDIS_URL": redis_url, "EXECUTE_VIA_QUEUE": True,
+                         "QUEUE_WAIT_S": 0.3}).test_client()
+    response = client.post("/execute", json={"script": "def main(): return 1"})
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "busy"
+    assert int(response.headers["Retry-After"]) >= 1
+    assert Redis.from_url(redis_url).llen("rq:queue:pysandbox") == 0  # it will not run later
