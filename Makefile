@@ -2,7 +2,7 @@
 #
 #   make test     venv + jail site-packages, then every test (the Docker tests build the image)
 #   make image    build the API image (IMAGE=pysandbox:latest) from Dockerfile.api
-#   make run      build the image if needed and serve it on http://localhost:8080
+#   make run      build the image (cached) and serve it on http://localhost:8080
 #                 (one container: embedded redis, PYSANDBOX_WORKERS=2 workers, gunicorn)
 #   make image-worker   the worker image (WORKER_IMAGE) from Dockerfile.worker, on top of IMAGE
 #   make compose-up     docker-compose up -d --build $(COMPOSE_ARGS), e.g. COMPOSE_ARGS='--scale worker=4'
@@ -76,8 +76,8 @@ compose-up:
 	$(if $(EXTRA_CA_FILES),PYSANDBOX_EXTRA_CA_CERTS="$$(cat $(EXTRA_CA_FILES))") \
 	PYSANDBOX_IMAGE=$(IMAGE) PYSANDBOX_WORKER_IMAGE=$(WORKER_IMAGE) docker-compose up -d --build $(COMPOSE_ARGS)
 
-run:
-	docker image inspect $(IMAGE) >/dev/null 2>&1 || $(MAKE) image
+# Always (re)builds first: the build cache makes that quick, and a stale image is never served.
+run: image
 	docker run --rm -p 8080:8080 $(DOCKER_RUN_FLAGS) $(IMAGE)
 
 test: venv jail-site
