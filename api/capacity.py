@@ -3,7 +3,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from api.errors import ApiError
+from api.errors import busy
 
 
 class Capacity:
@@ -17,8 +17,7 @@ class Capacity:
     def slot(self) -> Iterator[None]:
         """Hold a slot for one run, waiting at most wait_s for one; else 503 busy."""
         if not self._slots.acquire(timeout=self._wait_s):
-            raise ApiError(503, "busy", "the service is at capacity; retry shortly",
-                           headers={"Retry-After": str(self._retry_after_s)})
+            raise busy("the service is at capacity", self._retry_after_s)
         try:
             yield
         finally:

@@ -31,6 +31,11 @@ class ApiError(Exception):
         return {"error": {"code": self.code, "message": self.message, **self.detail}, **self.extra}
 
 
+def busy(reason: str, retry_after_s: int) -> ApiError:
+    """503 busy: at capacity, with when to retry."""
+    return ApiError(503, "busy", f"{reason}; retry shortly", headers={"Retry-After": str(retry_after_s)})
+
+
 def invalid(message: str) -> ApiError:
     """400 invalid_request."""
     return ApiError(400, "invalid_request", message)

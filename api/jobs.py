@@ -12,7 +12,7 @@ from rq import Queue, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from api.errors import ApiError
+from api.errors import ApiError, busy
 from api.responses import outcome_body, outcome_error
 from jail import Limits, Outcome
 from worker.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive
@@ -54,7 +54,7 @@ class JobQueue:
         """Enqueue one run; 503 busy when the queue is full."""
         try:
             if self.queue.count >= self.max_queued:
-                raise self._busy(f"the queue holds {self.max_queued} jobs")
+                raise busy(f"the queue holds {self.max_queued} jobs", self.retry_after_s)
             return self.queue.enqueue(
                 JOB_FUNCTION, script, asdict(limits), job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S,
                 result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None)
@@ -71,7 +71,7 @@ class JobQueue:
             while job.get_status() in WAITING:
                 if time.monotonic() >= taken_by:
                     job.cancel()
-                    raise self._busy("every worker is busy")
+                    raise busy("every worker is busy", self.retry_after_s)
                 time.sleep(0.005)
             ends_by = time.monotonic() + run_s
             while time.monotonic() < ends_by:
@@ -85,10 +85,6 @@ class JobQueue:
             raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
         log.error("job %s outlived its limits by %d s", job.id, RQ_BACKSTOP_S)
         raise ApiError(500, "internal_error", "the run did not end in time; the error was logged")
-
-    def _busy(self, reason: str) -> ApiError:
-        return ApiError(503, "busy", f"{reason}; retry shortly",
-                        headers={"Retry-After": str(self.retry_after_s)})
 
     def state(self, job_id: str) -> dict[str, Any]:
         """{"id", "status", ...} for a job: its result or its error once it has ended."""

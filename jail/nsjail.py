@@ -125,7 +125,7 @@ def run_once(script: str, limits: Limits) -> Outcome:
             raise SandboxError(f"could not start nsjail: {exc}") from exc
         pipes.close(*pipes.jail_ends, pipes.log_w)
         raw = pump(pipes, script.encode("utf-8", "surrogatepass"), limits, lambda: _terminate(proc))
-        _reap(proc)
+        reap(proc)
         raw.peak_memory_bytes = run_cg.peak_memory_bytes()
     raw.exit = parse_exit(bytes(raw.log))
     return interpret(raw, limits)
@@ -141,14 +141,15 @@ def parse_exit(nsjail_log: bytes) -> dict[str, int | str] | None:
 
 
 def _terminate(proc: subprocess.Popen) -> None:
-    """Ask nsjail to kill its jail (it then removes its cgroups); _reap forces it if need be."""
+    """Ask nsjail to kill its jail (it then removes its cgroups); reap forces it if need be."""
     try:
         proc.send_signal(signal.SIGTERM)
     except ProcessLookupError:
         pass
 
 
-def _reap(proc: subprocess.Popen) -> None:
+def reap(proc: subprocess.Popen) -> None:
+    """Wait for an nsjail told to stop; kill it if it has not within the grace."""
     try:
         proc.wait(timeout=KILL_GRACE_S)
     except subprocess.TimeoutExpired:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from jail import cgroups
 from jail.limits import MIB, Limits
-from jail.nsjail import cgroup_args, host_cgroups, jail_argv, policy_file, run_once
+from jail.nsjail import cgroup_args, host_cgroups, jail_argv, policy_file, reap, run_once
 from jail.outcome import Outcome
 from jail.pipes import KILL_GRACE_S, RunPipes, pump
 from jail.protocol import interpret, ran_out_of_memory
@@ -172,11 +172,7 @@ class WarmJail:
     def close(self) -> None:
         """Kill the jail, wait for it, and remove its cgroups."""
         self.kill()
-        try:
-            self.proc.wait(timeout=KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        reap(self.proc)
         self.control.close()
         self._stack.close()
 
