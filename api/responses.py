@@ -6,9 +6,10 @@ from jail import Outcome
 
 
 def output_fields(outcome: Outcome) -> dict[str, Any]:
-    """What the script printed and how long it ran: part of every answer about a run."""
+    """What the script printed, how long it ran and what it used: part of every answer about a run."""
     return {"stdout": outcome.stdout, "stderr": outcome.stderr,
-            "output_truncated": outcome.output_truncated, "duration_ms": outcome.duration_ms}
+            "output_truncated": outcome.output_truncated, "duration_ms": outcome.duration_ms,
+            "cpu_ms": outcome.cpu_ms, "peak_memory_mb": outcome.peak_memory_mb}
 
 
 def outcome_error(outcome: Outcome) -> ApiError:

@@ -91,6 +91,7 @@ def health():
     else:
         verdict = _checked()
         pool = warm_pool()
+        body["enforcement"] = verdict.enforcement.value
         body["selftest"] = verdict.to_dict()
         body["warm_jails"] = {"size": pool.size if pool else 0, "idle": pool.idle if pool else 0}
         healthy = verdict.passed

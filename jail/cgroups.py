@@ -1,40 +1,87 @@
-"""Which cgroup controllers this host lets the jail use, and a private cgroup per run.
+"""Which cgroups this host lets the jail use, and a cgroup of its own for every run.
 
-nsjail needs each controller's parent cgroup to exist. Each run gets its own parent
-(`NSJAIL/<run id>`) so that its peak memory can be read afterwards and whatever nsjail
-leaves behind (when it is killed) is removed. Hosts with cgroup v2 or none (Cloud Run,
-most containers) fall back to rlimits: the caller logs that and reports it in /health.
+cgroup v2 (the unified hierarchy of Debian >= 11, Ubuntu >= 21.10, Docker Desktop, most
+Kubernetes nodes): one directory, NSJAIL/, whose subtree has memory, pids and cpu enabled
+(docker/entrypoint.sh prepares it inside a container). A one-off run gets NSJAIL/run-<id>
+with the run's limits, and nsjail puts the jail in a child of it. A warm jail gets
+NSJAIL/warm-<id>, with its zygote in nsjail's child and every sealed child moved into a
+cgroup of its own there before it can take a run (jail/warm.py). The kernel's own word
+(memory.events oom_kill, memory.peak, cpu.stat) says how each run went.
+
+cgroup v1: one NSJAIL/<run> parent per controller; nsjail sets the limits on its child.
+
+Neither (Docker's default capabilities, Cloud Run): rlimits, plus jail/watchdog.py over
+each run's processes. The caller logs that and reports it in /health.
 """
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 CONTROLLERS = ("memory", "pids", "cpu")
 PARENT = "NSJAIL"
+CPU_PERIOD_US = 100_000
+"""cpu.max's period; the quota is the same, so a run gets one core at most."""
+KILL_WAIT_S = 1.0
+"""How long removing a cgroup waits for the processes cgroup.kill ended to go."""
+
+
+class Enforcement(str, Enum):
+    """What bounds a run's memory, processes and CPU on this host."""
+
+    CGROUP_V2 = "cgroup v2"
+    CGROUP_V1 = "cgroup v1"
+    RLIMITS = "rlimits + watchdog"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a run used, in the kernel's own words; None where this host cannot say."""
+
+    peak_memory_bytes: int | None = None
+    cpu_ns: int | None = None
+    oom_killed: bool | None = None
+    """True when the kernel's OOM killer ended a process of the run (cgroup v2 only)."""
 
 
 @dataclass(frozen=True)
 class Cgroups:
-    """The usable cgroup v1 controllers, by name, and why the others are not."""
+    """The usable controllers, by name, in which hierarchy, and why the others are not."""
 
     root: Path
     available: frozenset[str]
     missing_reason: str = ""
+    version: int = 1
 
     @property
     def complete(self) -> bool:
         """True when memory, pids and cpu are all enforced by cgroups."""
         return self.available == frozenset(CONTROLLERS)
 
+    @property
+    def enforcement(self) -> Enforcement:
+        """What bounds a run's memory here."""
+        if "memory" not in self.available:
+            return Enforcement.RLIMITS
+        return Enforcement.CGROUP_V2 if self.version == 2 else Enforcement.CGROUP_V1
+
 
 def detect(root: Path = Path("/sys/fs/cgroup")) -> Cgroups:
-    """Find the cgroup v1 controllers whose NSJAIL parent exists or can be made."""
+    """The controllers of the hierarchy mounted at root (v2 if unified, else v1)."""
+    if (root / "cgroup.controllers").exists():
+        return _detect_v2(root)
+    return _detect_v1(root)
+
+
+def _detect_v1(root: Path) -> Cgroups:
+    """The cgroup v1 controllers whose NSJAIL parent exists or can be made."""
     available, reasons = set(), []
     for name in CONTROLLERS:
         parent = root / name / PARENT
@@ -48,32 +95,179 @@ def detect(root: Path = Path("/sys/fs/cgroup")) -> Cgroups:
             available.add(name)
         except OSError as exc:
             reasons.append(f"{name}: {exc}")
-    return Cgroups(root, frozenset(available), "; ".join(reasons))
+    return Cgroups(root, frozenset(available), "; ".join(reasons), version=1)
+
+
+def _detect_v2(root: Path) -> Cgroups:
+    """The controllers NSJAIL/ hands to its children, enabling what this process may."""
+    parent = root / PARENT
+    try:
+        parent.mkdir(exist_ok=True)
+        for name in CONTROLLERS:
+            if name not in _enabled(parent):
+                _enable(root, name)  # usually done by docker/entrypoint.sh already
+                _enable(parent, name)
+        available = _enabled(parent) & set(CONTROLLERS)
+        probe = V2Cgroup(parent / f"probe-{os.getpid()}", frozenset(available))
+        probe.create()
+        probe.limit(64 * 1024 * 1024, 1)
+        probe.remove()
+    except OSError as exc:
+        return Cgroups(root, frozenset(), f"cgroup v2 at {root} is not usable: {exc}", version=2)
+    missing = sorted(set(CONTROLLERS) - available)
+    reason = f"cgroup v2: {', '.join(missing)} not delegated to {parent}" if missing else ""
+    return Cgroups(root, frozenset(available), reason, version=2)
+
+
+def _enabled(cgroup: Path) -> set[str]:
+    return set((cgroup / "cgroup.subtree_control").read_text().split())
+
+
+def _enable(cgroup: Path, name: str) -> None:
+    try:
+        (cgroup / "cgroup.subtree_control").write_text(f"+{name}")
+    except OSError as exc:
+        log.debug("could not enable %s in %s: %s", name, cgroup, exc)
+
+
+def _read_key(path: Path, key: str) -> int | None:
+    """The value of `key` in a flat-keyed cgroup file (memory.events, cpu.stat)."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class V2Cgroup:
+    """One cgroup v2 directory: a run's, a sealed child's, or a warm jail's."""
+
+    path: Path
+    controllers: frozenset[str]
+
+    def create(self, delegate: bool = False) -> None:
+        """Make the directory; with delegate, hand its controllers on to its children."""
+        self.path.mkdir()
+        if delegate and self.controllers:
+            (self.path / "cgroup.subtree_control").write_text(
+                " ".join(f"+{name}" for name in sorted(self.controllers)))
+
+    def limit(self, memory_bytes: int, max_pids: int) -> None:
+        """Bound everything in this cgroup: memory (no swap; an OOM kill ends all of it),
+        processes, and one core."""
+        if "memory" in self.controllers:
+            self._write("memory.max", memory_bytes)
+            self._write("memory.oom.group", 1)
+            if (self.path / "memory.swap.max").exists():
+                self._write("memory.swap.max", 0)
+        if "pids" in self.controllers:
+            self._write("pids.max", max_pids)
+        if "cpu" in self.controllers:
+            self._write("cpu.max", f"{CPU_PERIOD_US} {CPU_PERIOD_US}")
+
+    def move(self, pid: int) -> None:
+        """Put a process (not its existing children) in this cgroup."""
+        self._write("cgroup.procs", pid)
+
+    def usage(self) -> Usage:
+        """Peak memory (memory.peak: kernel >= 5.19), CPU time and OOM kills so far."""
+        usec = _read_key(self.path / "cpu.stat", "usage_usec")
+        kills = _read_key(self.path / "memory.events", "oom_kill")
+        return Usage(peak_memory_bytes=_read_int(self.path / "memory.peak"),
+                     cpu_ns=None if usec is None else usec * 1000,
+                     oom_killed=None if kills is None else kills > 0)
+
+    def remove(self) -> None:
+        """Kill whatever is left in this cgroup and its children, then remove them all."""
+        if not self.path.exists():
+            return
+        if _read_key(self.path / "cgroup.events", "populated"):
+            try:
+                self._write("cgroup.kill", 1)  # kernel >= 5.14
+            except OSError as exc:
+                log.warning("could not kill what is left in %s: %s", self.path, exc)
+            deadline = time.monotonic() + KILL_WAIT_S
+            while _read_key(self.path / "cgroup.events", "populated") and time.monotonic() < deadline:
+                time.sleep(0.01)
+        for child in sorted(self.path.glob("*/"), reverse=True):
+            _rmdir(child)
+        _rmdir(self.path)
+
+    def _write(self, name: str, value: object) -> None:
+        (self.path / name).write_text(str(value))
 
 
 @dataclass
 class RunCgroup:
-    """One run's parent cgroups: the dirs nsjail nests its own cgroup under."""
+    """One run's (or one warm jail's) cgroups: v1 parents per controller, or a v2 directory."""
 
     cgroups: Cgroups
     name: str
 
+    @property
+    def v2(self) -> V2Cgroup | None:
+        """This run's v2 directory, on a cgroup v2 host with usable controllers."""
+        if self.cgroups.version != 2 or not self.cgroups.available:
+            return None
+        return V2Cgroup(self.cgroups.root / PARENT / self.name, self.cgroups.available)
+
     def path(self, controller: str) -> Path:
-        """This run's parent dir for one controller."""
+        """This run's v1 parent dir for one controller."""
         return self.cgroups.root / controller / PARENT / self.name
 
-    def peak_memory_bytes(self) -> int | None:
-        """The most memory the run's processes held at once, where the memory cgroup is used."""
+    def create(self) -> None:
+        """Make the run's directories."""
+        if self.v2 is not None:
+            self.v2.create(delegate=True)
+            return
+        for controller in self.cgroups.available:
+            self.path(controller).mkdir()
+
+    def bound(self, memory_bytes: int, max_pids: int) -> list[str]:
+        """Bound the jail to memory_bytes, max_pids and one core: the nsjail options that put
+        it under this run's cgroups, where the host has them.
+
+        On v2 the limits are this directory's own, written now: nsjail only makes a child
+        for the jail (which its pids.max option asks it to) and moves the jail there."""
+        has, root, parent = self.cgroups.available, self.cgroups.root, f"{PARENT}/{self.name}"
+        if self.v2 is not None:
+            self.v2.limit(memory_bytes, max_pids)
+            return ["--use_cgroupv2", "--cgroupv2_mount", str(self.v2.path),
+                    "--cgroup_pids_max", str(max_pids)]
+        args: list[str] = []
+        if "memory" in has:
+            args += ["--cgroup_mem_max", str(memory_bytes), "--cgroup_mem_swap_max", "0",
+                     "--cgroup_mem_mount", str(root / "memory"), "--cgroup_mem_parent", parent]
+        if "pids" in has:
+            args += ["--cgroup_pids_max", str(max_pids),
+                     "--cgroup_pids_mount", str(root / "pids"), "--cgroup_pids_parent", parent]
+        if "cpu" in has:
+            args += ["--cgroup_cpu_ms_per_sec", "1000",
+                     "--cgroup_cpu_mount", str(root / "cpu"), "--cgroup_cpu_parent", parent]
+        return args
+
+    def usage(self) -> Usage:
+        """What the run used so far: the kernel's accounting on v2, the memory peak on v1."""
+        if self.v2 is not None:
+            return self.v2.usage()
         if "memory" not in self.cgroups.available:
-            return None
-        try:
-            return int((self.path("memory") / "memory.max_usage_in_bytes").read_text())
-        except (OSError, ValueError):
-            return None
+            return Usage()
+        return Usage(peak_memory_bytes=_read_int(self.path("memory") / "memory.max_usage_in_bytes"))
 
     def limit_run(self, memory_bytes: int, max_pids: int) -> int:
-        """Cap what is in this cgroup now plus memory_bytes and max_pids more (for a warm jail's
-        next run); reset the memory peak. Returns the memory in use now."""
+        """cgroup v1, warm jail: cap what is in this cgroup now plus memory_bytes and max_pids
+        more for its next run; reset the memory peak. Returns the memory in use now."""
         if "pids" in self.cgroups.available:
             tasks = int((self.path("pids") / "pids.current").read_text())
             (self.path("pids") / "pids.max").write_text(str(tasks + max_pids))
@@ -95,6 +289,9 @@ class RunCgroup:
 
     def remove(self) -> None:
         """Remove this run's cgroups, including any that nsjail left when it was killed."""
+        if self.v2 is not None:
+            self.v2.remove()
+            return
         for controller in self.cgroups.available:
             base = self.path(controller)
             for child in base.glob("*/"):
@@ -112,12 +309,11 @@ def _rmdir(path: Path) -> None:
 
 
 @contextmanager
-def run_cgroup(cgroups: Cgroups) -> Iterator[RunCgroup]:
-    """Create this run's parent cgroups; remove them afterwards."""
-    run = RunCgroup(cgroups, f"run-{uuid.uuid4().hex}")
+def run_cgroup(cgroups: Cgroups, kind: str = "run") -> Iterator[RunCgroup]:
+    """Create a run's (or a warm jail's) cgroups; remove them afterwards."""
+    run = RunCgroup(cgroups, f"{kind}-{uuid.uuid4().hex}")
     try:
-        for controller in cgroups.available:
-            run.path(controller).mkdir()
+        run.create()
         yield run
     finally:
         run.remove()

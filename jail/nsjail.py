@@ -6,7 +6,10 @@ cgroups of the run, the mounts whose host paths vary by deployment). Warm jails
 """
 import functools
 import logging
+import os
 import re
+import resource
+import select
 import signal
 import subprocess
 import tempfile
@@ -18,10 +21,12 @@ from jail.outcome import Outcome, SandboxError
 from jail.pipes import KILL_GRACE_S, RunPipes, pump
 from jail.protocol import interpret
 from jail.settings import settings
+from jail.watchdog import MemoryWatch
 
 log = logging.getLogger(__name__)
 
 SITE_IN_JAIL = "/opt/site"
+OOM_FIRST = ("/usr/bin/choom", "-n", "1000", "--")
 TMP_MOUNT = (
     'mount {{ dst: "/tmp" fstype: "tmpfs" rw: true is_bind: false noexec: true nosuid: true '
     'nodev: true options: "size={size},mode=1777" }}\n')
@@ -74,27 +79,16 @@ def host_cgroups() -> cgroups.Cgroups:
     return found
 
 
-def cgroup_args(run_cg: cgroups.RunCgroup, memory_bytes: int, max_pids: int) -> list[str]:
-    """nsjail options that put the jail under this run's cgroups, where the host has them."""
-    has, root, parent = run_cg.cgroups.available, run_cg.cgroups.root, f"{cgroups.PARENT}/{run_cg.name}"
-    args: list[str] = []
-    if "memory" in has:
-        args += ["--cgroup_mem_max", str(memory_bytes), "--cgroup_mem_swap_max", "0",
-                 "--cgroup_mem_mount", str(root / "memory"), "--cgroup_mem_parent", parent]
-    if "pids" in has:
-        args += ["--cgroup_pids_max", str(max_pids),
-                 "--cgroup_pids_mount", str(root / "pids"), "--cgroup_pids_parent", parent]
-    if "cpu" in has:
-        args += ["--cgroup_cpu_ms_per_sec", "1000",
-                 "--cgroup_cpu_mount", str(root / "cpu"), "--cgroup_cpu_parent", parent]
-    return args
-
-
 def jail_argv(policy: Path, log_fd: int, pass_fd: int, limit_args: list[str],
               entry: str, *entry_args: str) -> list[str]:
-    """An nsjail command line running the harness, then `entry`, as python -c."""
+    """An nsjail command line running the harness, then `entry`, as python -c.
+
+    nsjail starts through choom with oom_score_adj 1000, which every process of the jail
+    inherits and none can lower: when memory runs out beyond a run's own limit (a
+    container's, a host's), the kernel's OOM killer takes a jailed process, never the service."""
     conf = settings()
-    return [conf.nsjail, "--config", str(policy), "--log_fd", str(log_fd), "--pass_fd", str(pass_fd),
+    return [*OOM_FIRST, conf.nsjail, "--config", str(policy), "--log_fd", str(log_fd),
+            "--pass_fd", str(pass_fd),
             "--bindmount_ro", f"{conf.site_dir}:{SITE_IN_JAIL}", *limit_args,
             "--", conf.python, "-u", "-I", "-S", "-B", "-c", harness_source() + "\n" + entry,
             *entry_args]
@@ -107,12 +101,12 @@ def one_off_limits(limits: Limits, run_cg: cgroups.RunCgroup) -> list[str]:
             "--rlimit_nproc", str(limits.max_pids)]
     memory = ["--rlimit_as", "max"] if "memory" in run_cg.cgroups.available else [
         "--rlimit_as", str(limits.memory_mb)]
-    return args + memory + cgroup_args(run_cg, limits.memory_mb * MIB, limits.max_pids)
+    return args + memory + run_cg.bound(limits.memory_mb * MIB, limits.max_pids)
 
 
-def run_once(script: str, limits: Limits) -> Outcome:
+def run_once(script: str, limits: Limits, host: cgroups.Cgroups | None = None) -> Outcome:
     """Run one script in a fresh nsjail and say how it ended (SandboxError if the jail failed)."""
-    with cgroups.run_cgroup(host_cgroups()) as run_cg, RunPipes(with_log=True) as pipes:
+    with cgroups.run_cgroup(host or host_cgroups()) as run_cg, RunPipes(with_log=True) as pipes:
         argv = jail_argv(policy_file(limits.tmp_mb), pipes.log_w, pipes.report_w,
                          one_off_limits(limits, run_cg), "main(int(sys.argv[1]))",
                          str(pipes.report_w))
@@ -124,11 +118,27 @@ def run_once(script: str, limits: Limits) -> Outcome:
         except OSError as exc:
             raise SandboxError(f"could not start nsjail: {exc}") from exc
         pipes.close(*pipes.jail_ends, pipes.log_w)
-        raw = pump(pipes, script.encode("utf-8", "surrogatepass"), limits, lambda: _terminate(proc))
-        reap(proc)
-        raw.peak_memory_bytes = run_cg.peak_memory_bytes()
+        watch = None if "memory" in run_cg.cgroups.available else MemoryWatch(
+            proc.pid, limits.memory_mb * MIB)
+        raw = pump(pipes, script.encode("utf-8", "surrogatepass"), limits,
+                   lambda: _terminate(proc), watch)
+        rusage = reap(proc)
+        raw.usage = measured(run_cg.usage(), rusage, watch)
     raw.exit = parse_exit(bytes(raw.log))
     return interpret(raw, limits)
+
+
+def measured(kernel: cgroups.Usage, rusage: resource.struct_rusage | None,
+             watch: MemoryWatch | None) -> cgroups.Usage:
+    """The cgroup's accounting, completed where it is silent: CPU time from the rusage of
+    the processes that were waited for, the memory peak from the watchdog's samples."""
+    cpu_ns = kernel.cpu_ns
+    if cpu_ns is None and rusage is not None:
+        cpu_ns = round((rusage.ru_utime + rusage.ru_stime) * 1e9)
+    peak = kernel.peak_memory_bytes
+    if peak is None and watch is not None:
+        peak = watch.peak_bytes
+    return cgroups.Usage(peak, cpu_ns, kernel.oom_killed)
 
 
 def parse_exit(nsjail_log: bytes) -> dict[str, int | str] | None:
@@ -148,11 +158,18 @@ def _terminate(proc: subprocess.Popen) -> None:
         pass
 
 
-def reap(proc: subprocess.Popen) -> None:
-    """Wait for an nsjail told to stop; kill it if it has not within the grace."""
+def reap(proc: subprocess.Popen) -> resource.struct_rusage | None:
+    """Wait for an nsjail told to stop (kill it if it has not within the grace); its rusage,
+    which counts every process of the jail that was waited for. None if already reaped."""
+    if proc.returncode is not None:
+        return None
+    pidfd = os.pidfd_open(proc.pid)
     try:
-        proc.wait(timeout=KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        log.error("nsjail pid %d ignored SIGTERM; killing it", proc.pid)
-        proc.kill()
-        proc.wait()
+        if not select.select([pidfd], [], [], KILL_GRACE_S)[0]:
+            log.error("nsjail pid %d ignored SIGTERM; killing it", proc.pid)
+            proc.kill()
+    finally:
+        os.close(pidfd)
+    _, status, rusage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return rusage

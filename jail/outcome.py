@@ -35,6 +35,10 @@ class Outcome:
     stderr: str = ""
     output_truncated: bool = False
     duration_ms: int = 0
+    cpu_ms: int | None = None
+    """CPU time of the run's processes; None where the host cannot measure it."""
+    peak_memory_mb: float | None = None
+    """The most memory the run held at once (MiB, one decimal); None where not measured."""
 
     @property
     def ok(self) -> bool:

@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from jail.cgroups import Usage
 from jail.limits import Limits
 from jail.outcome import Status
+from jail.watchdog import MemoryWatch
 
 CHUNK = 64 * 1024
 MAX_LOG_BYTES = 64 * 1024
@@ -31,7 +33,7 @@ class RawRun:
     elapsed_s: float = 0.0
     exit: dict[str, int | str] | None = None
     """How the run's first process ended: {"exit": code} or {"signal": "SIGKILL"}; None if unknown."""
-    peak_memory_bytes: int | None = None
+    usage: Usage = field(default_factory=Usage)
 
 
 class RunPipes:
@@ -68,10 +70,13 @@ class RunPipes:
         self.close()
 
 
-def pump(pipes: RunPipes, source: bytes, limits: Limits, stop: Callable[[], None]) -> RawRun:
-    """Feed the script in, read every pipe until the jail is gone; stop() it at its deadline or past a cap."""
+def pump(pipes: RunPipes, source: bytes, limits: Limits, stop: Callable[[], None],
+         watch: MemoryWatch | None = None) -> RawRun:
+    """Feed the script in, read every pipe until the jail is gone; stop() it at its deadline,
+    past a cap, or (where a watchdog bounds memory) past its memory limit."""
     raw, start = RawRun(), time.monotonic()
     deadline = start + limits.timeout_s
+    next_watch = start
     sinks = {pipes.stdout_r: raw.stdout, pipes.stderr_r: raw.stderr, pipes.report_r: raw.report}
     if pipes.log_r is not None:
         sinks[pipes.log_r] = raw.log
@@ -89,7 +94,14 @@ def pump(pipes: RunPipes, source: bytes, limits: Limits, stop: Callable[[], None
                 stop()
             if raw.killed_for is not None and now >= deadline + 2 * KILL_GRACE_S:
                 break
-            for key, _ in sel.select(timeout=max(0.01, min(deadline - now, 0.5))):
+            watching = watch is not None and raw.killed_for is None
+            if watching and now >= next_watch:
+                if watch.over_limit():
+                    raw.killed_for = Status.MEMORY_LIMIT
+                    stop()
+                next_watch = now + watch.interval_s
+            wait = next_watch - now if watching else max(0.01, min(deadline - now, 0.5))
+            for key, _ in sel.select(timeout=wait):
                 if key.fd == pipes.stdin_w:
                     pending = _feed(sel, pipes, pending)
                     continue

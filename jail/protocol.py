@@ -9,7 +9,8 @@ from jail.outcome import Outcome, SandboxError, Status
 from jail.pipes import RawRun
 
 MEMORY_NEAR_LIMIT = 0.9
-"""A run killed with its memory peak this close to its limit ran out of memory."""
+"""Where the kernel does not say (cgroup v1, rlimits), a run killed with its memory peak this
+close to its limit ran out of memory."""
 
 MAX_RESULT_DEPTH = 100
 MAX_MESSAGE_CHARS = 2_000
@@ -87,10 +88,13 @@ def parse_report(data: bytes, max_result_bytes: int, common: dict[str, Any]) -> 
 
 def interpret(raw: RawRun, limits: Limits) -> Outcome:
     """Turn what a jail produced into an Outcome; SandboxError when the jail itself failed."""
+    peak, cpu_ns = raw.usage.peak_memory_bytes, raw.usage.cpu_ns
     common = {"stdout": raw.stdout.decode("utf-8", "replace"),
               "stderr": raw.stderr.decode("utf-8", "replace"),
               "output_truncated": raw.killed_for is Status.OUTPUT_LIMIT,
-              "duration_ms": math.ceil(raw.elapsed_s * 1000)}
+              "duration_ms": math.ceil(raw.elapsed_s * 1000),
+              "cpu_ms": None if cpu_ns is None else math.ceil(cpu_ns / 1_000_000),
+              "peak_memory_mb": None if peak is None else math.ceil(peak * 10 / MIB) / 10}
     if raw.killed_for is not None:
         return Outcome(raw.killed_for, message=_kill_message(raw.killed_for, limits), **common)
     if raw.report:
@@ -101,22 +105,29 @@ def interpret(raw: RawRun, limits: Limits) -> Outcome:
 def _kill_message(status: Status, limits: Limits) -> str:
     return {
         Status.TIMEOUT: f"the script ran longer than its {limits.timeout_s:g} s time limit",
+        Status.MEMORY_LIMIT: _memory_message(limits),
         Status.OUTPUT_LIMIT: f"the script printed more than {limits.max_output_bytes} bytes",
         Status.RESULT_TOO_LARGE: f"main() returned more than {limits.max_result_bytes} bytes of JSON",
     }[status]
 
 
+def _memory_message(limits: Limits) -> str:
+    return f"the script used more than its {limits.memory_mb} MB memory limit"
+
+
 def ran_out_of_memory(raw: RawRun, limits: Limits) -> bool:
-    """Whether the run's memory peak came close enough to its limit to have been killed for it."""
-    peak = raw.peak_memory_bytes
+    """The kernel's word where it gives one (cgroup v2: an OOM kill in the run's cgroup), else
+    whether the run's memory peak came close enough to its limit to have been killed for it."""
+    if raw.usage.oom_killed is not None:
+        return raw.usage.oom_killed
+    peak = raw.usage.peak_memory_bytes
     return peak is not None and peak >= MEMORY_NEAR_LIMIT * limits.memory_mb * MIB
 
 
 def _without_report(raw: RawRun, limits: Limits) -> dict[str, Any]:
     """Why a run ended without a report: a limit, the script's own exit, or a broken jail."""
     if ran_out_of_memory(raw, limits):
-        return {"status": Status.MEMORY_LIMIT,
-                "message": f"the script used more than its {limits.memory_mb} MB memory limit"}
+        return {"status": Status.MEMORY_LIMIT, "message": _memory_message(limits)}
     if raw.exit is None:
         tail = raw.log[-2000:].decode("utf-8", "replace")
         raise SandboxError(f"the jail ended without saying how the script did: {tail}")

@@ -1,18 +1,21 @@
 """Escape probes run inside the jail at startup: the service serves only if every one fails.
 
-A probe that escapes (or a jail that cannot start) marks the service unhealthy; it never
-falls back to running scripts with fewer protections.
+A probe that escapes (or a jail that cannot start), or a run whose processes together hold
+more than its memory limit unstopped, marks the service unhealthy; it never falls back to
+running scripts with fewer protections.
 """
 import logging
 import re
 from dataclasses import dataclass, field
 
+from jail.cgroups import Cgroups, Enforcement
 from jail.limits import Limits
 from jail.nsjail import host_cgroups, run_once
-from jail.outcome import Outcome, SandboxError
+from jail.outcome import Outcome, SandboxError, Status
 from jail.runner import warm_pool
 from jail.settings import settings
 from jail.warm import START_TIMEOUT_S
+from jail.watchdog import SLACK_MB, WATCH_INTERVAL_S
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,24 @@ def main():
 MUST_FAIL = ("inet_socket", "inet6_socket", "host_file", "proc", "write_usr", "setuid_root",
              "unshare")
 
+MEMORY_PROBE = r'''
+import os, time
+
+def main():
+    pids = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            held = b"x" * (56 * 1024 * 1024)
+            time.sleep(0.5)
+            os._exit(0)
+        pids.append(pid)
+    return [os.waitpid(pid, 0)[1] for pid in pids]
+'''
+"""Three processes holding 168 MB in all, each within the run's 128 MB: the limit must hold
+for the run as a whole (a cgroup, or the watchdog), not only per process (RLIMIT_AS)."""
+MEMORY_PROBE_LIMITS = Limits(timeout_s=10, memory_mb=128)
+
 
 @dataclass(frozen=True)
 class SelfTest:
@@ -54,10 +75,33 @@ class SelfTest:
     passed: bool
     failures: list[str] = field(default_factory=list)
     degraded: list[str] = field(default_factory=list)
+    enforcement: Enforcement = Enforcement.RLIMITS
 
     def to_dict(self) -> dict:
         """For /health."""
         return {"passed": self.passed, "failures": self.failures, "degraded": self.degraded}
+
+
+def _degraded(cgroups: Cgroups) -> list[str]:
+    """What is weaker on this host than where every limit is a cgroup's."""
+    if cgroups.complete:
+        return []
+    if cgroups.enforcement is Enforcement.RLIMITS:
+        return [f"no usable cgroups ({cgroups.missing_reason}): a run's total memory is bounded by a "
+                f"watchdog over its processes (sampled every {WATCH_INTERVAL_S * 1000:g} ms, up to "
+                f"{SLACK_MB} MB past the limit) and RLIMIT_AS per process; processes by RLIMIT_NPROC; "
+                "CPU by RLIMIT_CPU, not to one core"]
+    return [f"cgroup controllers missing ({cgroups.missing_reason}); rlimits enforce those limits"]
+
+
+def _memory_bound(outcome: Outcome) -> list[str]:
+    """The memory probe must be stopped: the run killed, or a child of it."""
+    if outcome.status is Status.MEMORY_LIMIT:
+        return []
+    if outcome.ok and isinstance(outcome.result, list) and any(outcome.result):
+        return []
+    return [f"one-off: a run held more than its memory limit ({outcome.status.value}: "
+            f"{outcome.result or outcome.message})"]
 
 
 def policy_env() -> set[str]:
@@ -91,15 +135,16 @@ def _probe_runs() -> list[tuple[str, Outcome | None]]:
 
 
 def self_test() -> SelfTest:
-    """Run the escape probes in real jails of each kind in use; log and return the verdict."""
+    """Run the escape probes in real jails of each kind in use, and check that a run's memory
+    is bounded as a whole; log and return the verdict."""
     cgroups = host_cgroups()
-    degraded = [] if cgroups.complete else [
-        f"cgroups unavailable ({cgroups.missing_reason}); rlimits enforce those limits"]
+    degraded, enforcement = _degraded(cgroups), cgroups.enforcement
     try:
         runs = _probe_runs()
+        memory = run_once(MEMORY_PROBE, MEMORY_PROBE_LIMITS)
     except SandboxError as exc:
         log.error("self-test: the jail does not start: %s", exc)
-        return SelfTest(False, ["the jail does not start"], degraded)
+        return SelfTest(False, ["the jail does not start"], degraded, enforcement)
     failures = []
     for kind, outcome in runs:
         if outcome is None or not outcome.ok or not isinstance(outcome.result, dict):
@@ -107,6 +152,7 @@ def self_test() -> SelfTest:
             failures.append(f"{kind} probe ended with {outcome.status.value if outcome else 'no jail'}")
             continue
         failures += [f"{kind}: {failure}" for failure in _escapes(outcome.result)]
+    failures += _memory_bound(memory)
     if failures:
         log.error("self-test: the jail is not sealed: %s", "; ".join(failures))
-    return SelfTest(not failures, failures, degraded)
+    return SelfTest(not failures, failures, degraded, enforcement)

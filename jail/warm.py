@@ -1,34 +1,47 @@
 """Warm jails: nsjails that already imported numpy and pandas, each forking a sealed child per run.
 
-A WarmJail is one nsjail running the zygote (jail/zygote.py), under cgroups of its own
-whose limits are reset before every run. A WarmPool keeps `size` of them, refilled in the
-background; when none is free the caller falls back to a one-off jail, never to a weaker
-sandbox. A jail whose run was killed (time, output) is discarded, and every jail is
-recycled after MAX_RUNS runs. Where the host has no memory cgroup, a run's memory is
-bounded as in a one-off jail, by RLIMIT_AS: the zygote's address space plus the run's
-memory_mb, since the child starts as a copy of it.
+A WarmJail is one nsjail running the zygote (jail/zygote.py). A WarmPool keeps `size` of
+them, refilled in the background; when none is free the caller falls back to a one-off
+jail, never to a weaker sandbox. A jail whose run was killed (time, output, memory) is
+discarded, and every jail is recycled after MAX_RUNS runs.
+
+How a run is bounded depends on the host (jail/cgroups.py):
+- cgroup v2: each sealed child is moved into a cgroup of its own as soon as it says it is
+  ready, and that cgroup gets the run's limits before the run is handed to it; the
+  kernel's accounting there is the run's usage.
+- cgroup v1: the jail's own cgroups are reset before every run to what is in use now
+  plus the run's limits.
+- neither: RLIMIT_AS per process (the zygote's address space, which the child starts as
+  a copy of, plus the run's memory_mb) and the watchdog over the child's process tree.
 """
+import collections
+import dataclasses
 import functools
 import itertools
 import json
 import logging
+import os
 import queue
 import resource
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 from jail import cgroups
 from jail.limits import MIB, Limits
-from jail.nsjail import cgroup_args, host_cgroups, jail_argv, policy_file, reap, run_once
+from jail.nsjail import host_cgroups, jail_argv, policy_file, reap, run_once
 from jail.outcome import Outcome
 from jail.pipes import KILL_GRACE_S, RunPipes, pump
+from jail.procfs import anon_bytes, process_cpu_ns
 from jail.protocol import interpret, ran_out_of_memory
 from jail.settings import settings
+from jail.watchdog import MemoryWatch
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +71,29 @@ def zygote_source() -> str:
     return (settings().harness.parent / "zygote.py").read_text()
 
 
+@dataclass
+class SealedChild:
+    """A child of the zygote waiting for a run: its pid here, the socket the run goes to,
+    and (cgroup v2) the cgroup of its own it was moved into."""
+
+    pid: int
+    sock: socket.socket
+    cgroup: cgroups.V2Cgroup | None
+    cpu_ns: int | None = None
+    """Its CPU time when the run was killed (no cgroup keeps it afterwards)."""
+
+
 class WarmJail:
     """One nsjail running the zygote; one run at a time."""
 
     def __init__(self, tmp_mb: int, host: cgroups.Cgroups) -> None:
         self.tmp_mb = tmp_mb
         self._stack = ExitStack()
-        self.cgroup = self._stack.enter_context(cgroups.run_cgroup(host))
+        self.cgroup = self._stack.enter_context(cgroups.run_cgroup(host, "warm"))
         self.control, jail_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._log = self._stack.enter_context(tempfile.TemporaryFile())
         argv = jail_argv(policy_file(1, warm=True), 2, jail_end.fileno(),
-                         WARM_LIMITS + cgroup_args(self.cgroup, *CGROUP_CEILING),
+                         WARM_LIMITS + self.cgroup.bound(*CGROUP_CEILING),
                          zygote_source(), str(jail_end.fileno()), str(tmp_mb * MIB))
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -76,12 +101,19 @@ class WarmJail:
                                          start_new_session=True)
         finally:
             jail_end.close()
-        self.runs, self.ready, self.unreaped, self.alive = 0, 0, 0, True
+        self.runs, self.unreaped, self.alive = 0, 0, True
+        self._sealed: collections.deque[SealedChild] = collections.deque()
+        self._spent: list[cgroups.V2Cgroup] = []
         self._zygote_pid: int | None = None
+
+    @property
+    def ready(self) -> int:
+        """Sealed children waiting for a run."""
+        return len(self._sealed)
 
     def wait_ready(self, timeout_s: float) -> None:
         """Wait until a sealed child is waiting for the next run."""
-        while not self.ready:
+        while not self._sealed:
             if self._receive(timeout_s) is not None:
                 raise WarmJailBroken("a child ended without a run")
 
@@ -90,40 +122,89 @@ class WarmJail:
         while self.unreaped:  # the last run's child must be gone before this run's limits are set
             if self._receive(READY_TIMEOUT_S) is not None:
                 raise WarmJailBroken("a child ended without a run")
+        self._remove_spent()
         self.wait_ready(READY_TIMEOUT_S)
-        baseline = self.cgroup.limit_run(limits.memory_mb * MIB, limits.max_pids)
+        child = self._sealed.popleft()
+        self.runs += 1
+        try:
+            return self._run_in(child, script, limits)
+        finally:
+            child.sock.close()  # lets a reported run end
+
+    def _run_in(self, child: SealedChild, script: str, limits: Limits) -> Outcome:
+        baseline = 0
+        try:
+            if child.cgroup is not None:
+                self._spent.append(child.cgroup)
+                child.cgroup.limit(limits.memory_mb * MIB, limits.max_pids)
+            else:
+                baseline = self.cgroup.limit_run(limits.memory_mb * MIB, limits.max_pids)
+        except OSError as exc:
+            raise WarmJailBroken(f"could not set the run's cgroup limits: {exc}") from exc
+        watch = None if "memory" in self.cgroup.cgroups.available else MemoryWatch(
+            child.pid, limits.memory_mb * MIB, self._zygote_anon_bytes(), include_root=True)
         header = json.dumps({"RLIMIT_CPU": limits.cpu_s, "RLIMIT_AS": self._address_space(limits),
                              "RLIMIT_NPROC": limits.max_pids, "RLIMIT_NOFILE": limits.max_open_files,
                              "RLIMIT_FSIZE": limits.tmp_mb * MIB}).encode()
-        self.ready, self.runs = self.ready - 1, self.runs + 1
         with RunPipes() as pipes:
             try:
-                socket.send_fds(self.control, [header], list(pipes.jail_ends))
+                socket.send_fds(child.sock, [header], list(pipes.jail_ends))
             except OSError as exc:
-                raise WarmJailBroken(f"the zygote is gone: {exc}") from exc
+                raise WarmJailBroken(f"the sealed child is gone: {exc}") from exc
             pipes.close(*pipes.jail_ends)
-            raw = pump(pipes, script.encode("utf-8", "surrogatepass"), limits, self.kill)
-        peak = self.cgroup.peak_memory_bytes()
-        raw.peak_memory_bytes = None if peak is None else max(0, peak - baseline)
+            raw = pump(pipes, script.encode("utf-8", "surrogatepass"), limits,
+                       lambda: self._stop(child), watch)
+        raw.usage = self._usage(child, baseline, watch)
         if raw.killed_for is None and raw.report:
             self.unreaped += 1  # the report says how it ended; the zygote's word can come later
         elif raw.killed_for is None:
-            raw.exit = self._ended()
+            ended = self._ended()
+            raw.exit = None if ended is None else {k: v for k, v in ended.items() if k != "cpu_ns"}
+            if raw.usage.cpu_ns is None and ended is not None:
+                raw.usage = dataclasses.replace(raw.usage, cpu_ns=ended.get("cpu_ns"))
             if raw.exit is None and not ran_out_of_memory(raw, limits):
                 raise WarmJailBroken("the warm jail died under the run")
         return interpret(raw, limits)
+
+    def _stop(self, child: SealedChild) -> None:
+        """Kill the run (and this whole jail), noting the child's CPU time first where no
+        cgroup keeps it."""
+        if child.cgroup is None:
+            child.cpu_ns = process_cpu_ns(child.pid)
+        self.kill()
+
+    def _usage(self, child: SealedChild, baseline: int, watch: MemoryWatch | None) -> cgroups.Usage:
+        """The run's own cgroup's accounting (v2); else this jail's memory peak past the
+        baseline (v1) or the watchdog's (none), and the held child's CPU time from /proc."""
+        if child.cgroup is not None:
+            return child.cgroup.usage()
+        peak = self.cgroup.usage().peak_memory_bytes
+        if peak is not None:
+            peak = max(0, peak - baseline)
+        elif watch is not None:
+            peak = watch.peak_bytes
+        cpu_ns = process_cpu_ns(child.pid) if child.cpu_ns is None else child.cpu_ns
+        return cgroups.Usage(peak_memory_bytes=peak, cpu_ns=cpu_ns)
 
     def _address_space(self, limits: Limits) -> int:
         """RLIMIT_AS for the run's child: unlimited under a memory cgroup, else the zygote's
         address space (the child starts as its copy) plus the run's memory."""
         if "memory" in self.cgroup.cgroups.available:
             return resource.RLIM_INFINITY
+        status = Path(f"/proc/{self._zygote()}/status").read_text()
+        size_kb = int(next(line for line in status.splitlines() if line.startswith("VmSize:")).split()[1])
+        return size_kb * 1024 + limits.memory_mb * MIB
+
+    def _zygote(self) -> int:
+        """The zygote's pid here: nsjail's only child."""
         if self._zygote_pid is None:
             task = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
             self._zygote_pid = int(Path(task).read_text().split()[0])
-        status = Path(f"/proc/{self._zygote_pid}/status").read_text()
-        size_kb = int(next(line for line in status.splitlines() if line.startswith("VmSize:")).split()[1])
-        return size_kb * 1024 + limits.memory_mb * MIB
+        return self._zygote_pid
+
+    def _zygote_anon_bytes(self) -> int:
+        """What a sealed child shares with the zygote: the watchdog does not count it as the run's."""
+        return anon_bytes(self._zygote())
 
     def _ended(self) -> dict | None:
         """The zygote's word on how the run ended; None (and the jail killed) if it has none."""
@@ -137,19 +218,21 @@ class WarmJail:
             return None
 
     def _receive(self, timeout_s: float) -> dict | None:
-        """The next message from the jail: the current run's end is returned; a ready child,
-        or the end of an earlier run that had already reported, is counted."""
+        """The next message from the jail: the current run's end is returned; a sealed child
+        is queued, and the end of an earlier run that had already reported is counted."""
         self.control.settimeout(timeout_s)
         try:
-            data = self.control.recv(4096)
+            data, fds, _, _ = socket.recv_fds(self.control, 4096, 1)
         except OSError as exc:
             raise WarmJailBroken(f"no word from the zygote: {exc}") from exc
         if not data:
             raise WarmJailBroken(f"the zygote is gone: {self.log_tail()}")
         message = json.loads(data)
-        if message == {"ready": True}:
-            self.ready += 1
+        if message == {"ready": True} and len(fds) == 1:
+            self._sealed.append(self._adopt(socket.socket(fileno=fds[0])))
             return None
+        for fd in fds:
+            os.close(fd)
         if self.unreaped and "broken" not in message:
             self.unreaped -= 1
             return None
@@ -157,6 +240,27 @@ class WarmJail:
             self.kill()
             raise WarmJailBroken(f"a child could not seal itself: {message['broken']}")
         return message
+
+    def _adopt(self, sock: socket.socket) -> SealedChild:
+        """A newly sealed child: its pid, and on cgroup v2 a cgroup of its own, before any run."""
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        v2 = self.cgroup.v2
+        if v2 is None:
+            return SealedChild(pid, sock, None)
+        cgroup = cgroups.V2Cgroup(v2.path / f"run-{pid}", v2.controllers)
+        try:
+            cgroup.create()
+            cgroup.move(pid)
+        except OSError as exc:
+            sock.close()
+            self.kill()
+            raise WarmJailBroken(f"could not give a sealed child its cgroup: {exc}") from exc
+        return SealedChild(pid, sock, cgroup)
+
+    def _remove_spent(self) -> None:
+        """Remove the cgroups of runs whose child is gone."""
+        while self._spent:
+            self._spent.pop().remove()
 
     @property
     def reusable(self) -> bool:
@@ -174,6 +278,8 @@ class WarmJail:
         self.kill()
         reap(self.proc)
         self.control.close()
+        for child in self._sealed:
+            child.sock.close()
         self._stack.close()
 
     def log_tail(self) -> str:

@@ -6,10 +6,12 @@ next runs. Each child is forked into a new pid namespace (it is pid 1 there), en
 mount and IPC namespaces and a session of its own, mounts its own tmpfs /tmp and
 /dev/shm, empties its capability sets, becomes uid 65534 and stacks a seccomp filter on
 nsjail's that denies what nsjail's allows only for this setup (mount, unshare, setns).
-Only then does it say "ready" on the control socket. Given a run's limits and pipes, it
-tells the zygote to fork the next child, lowers its rlimits, closes every other fd and
-runs the harness. The zygote never runs user code; it reaps each child and reports how
-it ended.
+Only then does it say "ready" on the control socket, handing the host one end of a
+socket of its own: the host learns the child's pid from it (SO_PEERCRED), may move it
+into a cgroup of its own, and sends it a run's limits and pipes on it, later closing it
+to let the reported run end. Given a run, the child tells the zygote to fork the next
+child, lowers its rlimits, closes every other fd and runs the harness. The zygote never
+runs user code; it reaps each child and reports how it ended and its CPU time.
 """
 import ctypes
 import gc
@@ -72,8 +74,10 @@ def serve_one_run(control: socket.socket, rules, taken: int) -> None:
     except OSError as exc:
         control.send(json.dumps({"broken": str(exc)}).encode())
         os._exit(70)
-    control.send(b'{"ready": true}')
-    header, fds, _, _ = socket.recv_fds(control, 4096, 4)
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    socket.send_fds(control, [b'{"ready": true}'], [theirs.fileno()])
+    theirs.close()
+    header, fds, _, _ = socket.recv_fds(mine, 4096, 4)
     os.write(taken, b".")
     if not header:  # the host is gone: the zygote sees it too and ends the jail
         os._exit(0)
@@ -89,18 +93,22 @@ def serve_one_run(control: socket.socket, rules, taken: int) -> None:
     control.close()
     for target, fd in zip((0, 1, 2), fds):
         os.dup2(fd, target)
-    os.closerange(3, fds[3])
-    os.closerange(fds[3] + 1, 65536)
+    report, release = fds[3], mine.detach()
+    low, high = sorted((report, release))
+    os.closerange(3, low)
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, 65536)
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
-    main(fds[3])
+    main(report, release)
 
 
-def ending(status: int) -> dict:
-    """How a child ended, as the host expects it."""
+def ending(status: int, usage: resource.struct_rusage) -> dict:
+    """How a child ended and the CPU time it and the children it waited for used."""
+    cpu = {"cpu_ns": round((usage.ru_utime + usage.ru_stime) * 1e9)}
     if os.WIFSIGNALED(status):
-        return {"signal": signal.Signals(os.WTERMSIG(status)).name}
-    return {"exit": os.waitstatus_to_exitcode(status)}
+        return {"signal": signal.Signals(os.WTERMSIG(status)).name, **cpu}
+    return {"exit": os.waitstatus_to_exitcode(status), **cpu}
 
 
 def host_gone(control: socket.socket) -> bool:
@@ -147,12 +155,12 @@ def serve() -> None:
             os.read(woken_r, 4096)
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if not pid:
                 break
-            control.send(json.dumps(ending(status)).encode())
+            control.send(json.dumps(ending(status, usage)).encode())
         if host_gone(control):
             os._exit(0)  # as pid 1 of the warm jail, this ends every process in it
 

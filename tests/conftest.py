@@ -37,17 +37,18 @@ def service_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module", params=["one-off", "warm", "warm-rlimits"])
+@pytest.fixture(scope="module", params=["one-off", "warm", "one-off-rlimits", "warm-rlimits"])
 def each_jail_kind(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Runs the module's tests with one-off jails, warm jails, and warm jails that have no
-    cgroups (as on cgroup v2 hosts or Cloud Run: rlimits bound them).
+    """Runs the module's tests with one-off and warm jails, with this host's cgroups and with
+    none (as on Cloud Run or without CAP_SYS_ADMIN: rlimits and the watchdog bound them).
 
     The module's own `run` is swapped for run_once, or for one that uses a warm jail;
     runs whose tmp_mb differs from the pool's take the one-off path, as in the service.
     """
-    if request.param == "one-off":  # pinned: an app made by another test may have left a pool
+    if request.param.startswith("one-off"):  # pinned: an app made by another test may have left a pool
+        host = NO_CGROUPS if request.param == "one-off-rlimits" else None
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(request.module, "run", run_once)
+            patch.setattr(request.module, "run", lambda script, limits: run_once(script, limits, host))
             yield request.param
         return
     host = NO_CGROUPS if request.param == "warm-rlimits" else None

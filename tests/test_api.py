@@ -4,6 +4,7 @@ import threading
 import pytest
 
 from api import create_app
+from jail import host_cgroups
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,23 @@ def test_health_reports_the_self_test(client):
     assert response.status_code == 200
     assert response.get_json()["status"] == "ok"
     assert response.get_json()["selftest"]["passed"] is True
+
+
+def test_health_names_the_enforcement_and_lists_only_real_degradation(client):
+    body = client.get("/health").get_json()
+    host = host_cgroups()
+    assert body["enforcement"] == host.enforcement.value
+    assert body["enforcement"] in ("cgroup v2", "cgroup v1", "rlimits + watchdog")
+    assert (body["selftest"]["degraded"] == []) == host.complete, body
+
+
+def test_every_answer_about_a_run_carries_its_usage(client):
+    for script, status in (("def main(): return 1", 200), ("def main(): return 1 / 0", 422)):
+        response = execute(client, script)
+        assert response.status_code == status
+        body = response.get_json()
+        assert isinstance(body["cpu_ms"], int) and body["cpu_ms"] >= 0, body
+        assert isinstance(body["peak_memory_mb"], float) and body["peak_memory_mb"] >= 0, body
 
 
 def test_result_and_stdout_are_kept_apart(client):

@@ -5,6 +5,7 @@ result, every Status a script can cause, the time/memory/process/file limits, th
 imports a script may use, a few isolation basics (the adversarial suite goes deeper),
 and that every run starts from a clean jail.
 """
+import concurrent.futures
 import json
 import math
 import subprocess
@@ -12,10 +13,12 @@ import textwrap
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from jail import Limits, Outcome, Status, run
+from jail.watchdog import SLACK_MB
 
 pytestmark = pytest.mark.usefixtures("each_jail_kind")
 
@@ -108,6 +111,92 @@ def test_success_reports_short_duration_and_no_error(limits):
     assert outcome.message == "" and outcome.traceback is None
     assert not outcome.output_truncated
     assert 0 < outcome.duration_ms < limits.timeout_s * 1000
+
+
+# --- usage: cpu_ms and peak_memory_mb in every outcome -------------------------------------
+
+def test_usage_counts_cpu_and_memory_of_a_run(limits):
+    outcome = jailed("""
+        import time
+        def main():
+            held = b'x' * (48 * 2**20)
+            end = time.process_time() + 0.3
+            while time.process_time() < end:
+                pass
+            return len(held)
+        """, limits)
+    assert outcome.ok, outcome
+    assert 300 <= outcome.cpu_ms <= outcome.duration_ms + 50, outcome
+    assert 40 <= outcome.peak_memory_mb <= limits.memory_mb, outcome
+
+
+def test_usage_is_reported_for_failed_runs_too(limits):
+    outcome = jailed("def main():\n    raise ValueError('x')\n", limits)
+    assert outcome.status is Status.MAIN_ERROR
+    assert isinstance(outcome.cpu_ms, int) and outcome.cpu_ms >= 0, outcome
+    assert isinstance(outcome.peak_memory_mb, float) and outcome.peak_memory_mb >= 0, outcome
+
+
+def test_cpu_of_waited_children_is_counted(limits):
+    outcome = jailed("""
+        import os, time
+        def main():
+            pid = os.fork()
+            if pid == 0:
+                end = time.process_time() + 0.3
+                while time.process_time() < end:
+                    pass
+                os._exit(0)
+            os.waitpid(pid, 0)
+            return 1
+        """, limits)
+    assert outcome.ok and outcome.cpu_ms >= 280, outcome  # children: 10 ms ticks
+
+
+def test_forked_workers_sharing_pandas_are_not_counted_twice():
+    # Eight forks of a process that imported pandas (~50 MB of its own) share its pages: only
+    # what each one writes counts against the run (a cgroup charges shared pages once; the
+    # watchdog, whose cheap sum would count them nine times, then takes proportional shares).
+    outcome = jailed("""
+        import os, time
+        import pandas
+        def main():
+            pids = []
+            for _ in range(8):
+                pid = os.fork()
+                if pid == 0:
+                    own = b'x' * (4 * 2**20)
+                    time.sleep(0.4)
+                    os._exit(0)
+                pids.append(pid)
+            return [os.waitpid(pid, 0)[1] for pid in pids]
+        """, Limits(timeout_s=5, memory_mb=256))
+    assert outcome.ok and outcome.result == [0] * 8, outcome
+
+
+def _jailed_processes() -> dict[int, int]:
+    """pid -> oom_score_adj of every process of the host that runs as the jail's uid."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+            uid = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1]
+            if uid == "65534":
+                found[int(entry.name)] = int((entry / "oom_score_adj").read_text())
+        except (OSError, ValueError, StopIteration):
+            continue
+    return found
+
+
+def test_jailed_processes_are_the_oom_killers_first_choice(limits):
+    script = "import os, time\ndef main():\n    os.fork()\n    time.sleep(1.5)\n    return 1\n"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(jailed, script, limits)
+        time.sleep(0.8)
+        seen = _jailed_processes()
+        assert running.result().ok
+    assert len(seen) >= 2, "the run's processes were not found"
+    assert set(seen.values()) == {1000}, seen
 
 
 # --- prints never become the result --------------------------------------------------------
@@ -432,7 +521,7 @@ def test_memory_under_limit_works():
 
 def test_memory_limit_covers_children(each_jail_kind):
     # 4 children x 60 MB > 128 MB for the whole jail: the cgroup's OOM killer ends some.
-    # Without cgroups RLIMIT_AS caps each process, not the jail (the README says so).
+    # Without cgroups the watchdog adds up the run's processes and kills the whole run.
     outcome = jailed("""
         import os, time
         def main():
@@ -446,8 +535,9 @@ def test_memory_limit_covers_children(each_jail_kind):
                 pids.append(pid)
             return [os.waitpid(pid, 0)[1] for pid in pids]
         """, Limits(timeout_s=3, memory_mb=128))
-    if each_jail_kind == "warm-rlimits":
-        assert outcome.status is Status.OK and outcome.result == [0, 0, 0, 0], outcome
+    if each_jail_kind.endswith("rlimits"):
+        assert outcome.status is Status.MEMORY_LIMIT, outcome
+        assert outcome.peak_memory_mb <= 128 + SLACK_MB, outcome
         return
     if outcome.status is not Status.MEMORY_LIMIT:  # else the parent itself was chosen
         assert outcome.status is Status.OK, outcome
