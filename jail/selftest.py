@@ -46,6 +46,10 @@ def main():
     }
 '''
 
+PROBE_TIMEOUT_S = 60.0
+"""Generous: a probe takes well under a second, but a slow or emulated host (qemu without
+KVM runs code 6-16 times slower) must not fail the self-test by time alone."""
+
 MUST_FAIL = ("inet_socket", "inet6_socket", "host_file", "proc", "write_usr", "setuid_root",
              "unshare")
 
@@ -65,7 +69,7 @@ def main():
 '''
 """Three processes holding 168 MB in all, each within the run's 128 MB: the limit must hold
 for the run as a whole (a cgroup, or the watchdog), not only per process (RLIMIT_AS)."""
-MEMORY_PROBE_LIMITS = Limits(timeout_s=10, memory_mb=128)
+MEMORY_PROBE_LIMITS = Limits(timeout_s=PROBE_TIMEOUT_S, memory_mb=128)
 
 
 @dataclass(frozen=True)
@@ -126,10 +130,11 @@ def _escapes(found: dict) -> list[str]:
 
 def _probe_runs() -> list[tuple[str, Outcome | None]]:
     """The probe run in a one-off jail, and in a warm jail when this process has a pool."""
-    runs: list[tuple[str, Outcome | None]] = [("one-off", run_once(PROBE_SCRIPT, Limits(timeout_s=10)))]
+    runs: list[tuple[str, Outcome | None]] = [
+        ("one-off", run_once(PROBE_SCRIPT, Limits(timeout_s=PROBE_TIMEOUT_S)))]
     pool = warm_pool()
     if pool is not None:
-        limits = Limits(timeout_s=10, tmp_mb=pool.tmp_mb)
+        limits = Limits(timeout_s=PROBE_TIMEOUT_S, tmp_mb=pool.tmp_mb)
         runs.append(("warm", pool.run(PROBE_SCRIPT, limits, wait_s=START_TIMEOUT_S)))
     return runs
 
