@@ -1,6 +1,7 @@
 # PySandbox: the front door.
 #
 #   make test     venv + jail site-packages, then every test (the Docker tests build the image)
+#   make test-vm  only the cgroup v2 tier: the image in a Debian 12 VM (qemu, .ci/vm/build-disk)
 #   make image    build the API image (IMAGE=pysandbox:latest) from Dockerfile.api
 #   make run      build the image (cached) and serve it on http://localhost:8080
 #                 (one container: embedded redis, PYSANDBOX_WORKERS=2 workers, gunicorn)
@@ -34,7 +35,7 @@ PYTEST_ARGS ?=
 EXTRA_CA_FILES := $(wildcard /usr/local/share/ca-certificates/*.crt)
 DOCKER_BUILD_ARGS := $(if $(EXTRA_CA_FILES),--build-arg EXTRA_CA_CERTS="$$(cat $(EXTRA_CA_FILES))")
 
-.PHONY: help venv jail-site image image-worker compose-up run test clean print-%
+.PHONY: help venv jail-site image image-worker compose-up run test test-vm clean print-%
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -82,6 +83,9 @@ run: image
 
 test: venv jail-site
 	PYSANDBOX_JAIL_SITE=$(JAIL_SITE) $(VENV)/bin/pytest tests/ $(PYTEST_ARGS)
+
+test-vm: venv
+	$(VENV)/bin/pytest tests/test_cgroup_v2.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(JAIL_SITE) $(JAIL_SITE).new $(JAIL_SITE).old .pytest_cache

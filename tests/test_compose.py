@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.test_docker import (BUILD_TIMEOUT_S, REPO, docker, free_port, make_var, poll_job,
-                               submit_async)
+from tests.images import BUILD_TIMEOUT_S, docker, free_port, make_var
+from tests.servers import REPO
+from tests.test_docker import poll_job, submit_async
 
 pytestmark = pytest.mark.docker
 

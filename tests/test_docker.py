@@ -9,80 +9,37 @@ runs, exit 1 within seconds when any of its parts dies (so Docker or Cloud Run r
 it), and exit 0 on `docker stop` well within the stop timeout.
 """
 import json
-import os
 import re
 import shlex
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
 
+from api.config import DEFAULTS
+from jail.watchdog import SLACK_MB
+from tests.hostile import MEMORY_SUM, memory_bound_problem
+from tests.images import (SERVICE_PARTS, docker, free_port, image,  # noqa: F401 (image: a fixture)
+                          make_var)
+
 pytestmark = pytest.mark.docker
 
-REPO = Path(__file__).resolve().parent.parent
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 MAX_IMAGE_BYTES = 300 * 1000 * 1000  # `docker image ls` counts in SI megabytes
-BUILD_TIMEOUT_S = 1800
 HEALTH_TIMEOUT_S = 60
 DEFAULT_WORKERS = 2
+DEFAULT_MEMORY_MB = DEFAULTS["DEFAULT_MEMORY_MB"]
 """The image's PYSANDBOX_WORKERS default (docker/supervise.py)."""
 EXIT_WITHIN_S = 20
 """How soon the container must exit once one of its parts died (the supervisor's stop
 budget is 8 s; redis-server and the workers start in well under a second)."""
 DOCKER_STOP_S = 10
 """docker stop's default grace before SIGKILL (Cloud Run allows the same)."""
-
-
-def _make_env() -> dict[str, str]:
-    """The environment for a nested make: without the outer make's flags and jobserver."""
-    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-
-
-def make_var(name: str) -> str:
-    """A variable's value exactly as the Makefile defines it."""
-    done = subprocess.run(["make", "-s", "--no-print-directory", f"print-{name}"], cwd=REPO,
-                          env=_make_env(), capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"make print-{name} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout.strip()
-
-
-def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        pytest.fail(f"docker {shlex.join(args)} failed ({done.returncode}):\n"
-                    f"{done.stdout}\n{done.stderr}")
-    return done
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    """The image `make image` builds (tag from the Makefile's IMAGE)."""
-    try:
-        info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        pytest.fail("the docker CLI is not installed: these tests need Docker "
-                    "(apt-get install docker.io, or run .ci/run)")
-    if info.returncode != 0:
-        pytest.fail("the Docker daemon is not reachable (`docker info` failed): start dockerd.\n"
-                    + info.stderr)
-    name = make_var("IMAGE")
-    build = subprocess.run(["make", "--no-print-directory", "image"], cwd=REPO, env=_make_env(),
-                           capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-    if build.returncode != 0:
-        pytest.fail(f"make image failed ({build.returncode}):\n"
-                    f"{build.stdout[-6000:]}\n{build.stderr[-6000:]}")
-    return name
 
 
 @pytest.fixture(scope="module")
@@ -428,7 +385,8 @@ def test_cloud_run_profile_degrades_to_rlimits_stays_sealed_and_warm(image: str)
     with running(image, CLOUD_RUN_FLAGS) as (_, base):
         health = requests.get(f"{base}/health", timeout=10).json()
         assert health["selftest"]["passed"] is True, health
-        assert any("cgroups unavailable" in line for line in health["selftest"]["degraded"]), health
+        assert health["enforcement"] == "rlimits + watchdog", health
+        assert any("no usable cgroups" in line for line in health["selftest"]["degraded"]), health
         assert health["warm_jails"]["size"] >= 1, health  # bounded by rlimits here
         preloaded = "import sys\nWARM = 'pandas' in sys.modules\ndef main(): return WARM"
         assert execute(base, preloaded)["result"] is True, "runs should still find warm jails"
@@ -441,3 +399,44 @@ def test_cloud_run_profile_degrades_to_rlimits_stays_sealed_and_warm(image: str)
             answer = requests.post(f"{base}/execute", json={"script": script, "timeout": 2}, timeout=60)
             assert answer.status_code == 422 and answer.json()["error"]["code"] == code, answer.text
         assert execute(base, "def main(): return 'still serving'")["result"] == "still serving"
+
+
+CLOUD_RUN_MEMORY = ["--memory", "1g"]
+"""A container smaller than four runs at their default memory limit plus the service."""
+
+
+def test_cloud_run_profile_bounds_a_runs_total_memory_and_spares_the_service(image: str) -> None:
+    """No cgroups: the watchdog bounds the sum over a run's processes (12 x 200 MB against a
+    256 MB limit), and four such runs at once in a 1 GB container never cost a service process."""
+    peak_limit = DEFAULT_MEMORY_MB + SLACK_MB
+    with running(image, [*CLOUD_RUN_FLAGS, *CLOUD_RUN_MEMORY]) as (container, base):
+        answer = requests.post(f"{base}/execute", json={"script": MEMORY_SUM, "timeout": 20}, timeout=120)
+        assert memory_bound_problem(answer.status_code, answer.json(), peak_limit) is None, answer.text
+        before = _service_pids(container)
+        for _ in range(3):
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda _: requests.post(
+                    f"{base}/execute", json={"script": MEMORY_SUM, "timeout": 20}, timeout=120), range(4)))
+            for answer in answers:
+                problem = memory_bound_problem(answer.status_code, answer.json(), peak_limit, crowded=True)
+                assert problem is None, (problem, answer.text)
+        assert _service_pids(container) == before, container_logs(container)
+        assert docker("inspect", "-f", "{{.RestartCount}}", container).stdout.strip() == "0"
+        assert execute(base, "def main(): return 'still serving'")["result"] == "still serving"
+
+
+def test_makefile_flags_give_every_run_a_cgroup(service: str) -> None:
+    """With DOCKER_RUN_FLAGS the jail uses the host's cgroups (v1 here; v2 in the VM tier)."""
+    health = requests.get(f"{service}/health", timeout=10).json()
+    version = docker("info", "-f", "{{.CgroupVersion}}").stdout.strip()
+    assert health["enforcement"] == f"cgroup v{version}", health
+    assert health["selftest"]["degraded"] == [], health
+    body = execute(service, "def main():\n    return len(b'x' * (32 * 2**20))")
+    assert isinstance(body["cpu_ms"], int) and 32 <= body["peak_memory_mb"] <= DEFAULT_MEMORY_MB, body
+
+
+def _service_pids(container: str) -> dict[str, str]:
+    """The service's own processes (pid -> command) in the container."""
+    rows = docker("top", container, "-eo", "pid,args").stdout.splitlines()[1:]
+    return {pid: args for pid, _, args in (row.strip().partition(" ") for row in rows)
+            if any(part in args for part in SERVICE_PARTS)}
