@@ -4,7 +4,7 @@ import logging
 from flask import Blueprint, current_app, jsonify, request, url_for
 
 from api.capacity import Capacity
-from api.errors import ApiError, invalid
+from api.errors import ApiError
 from api.jobs import RQ_BACKSTOP_S, JobQueue, unavailable
 from api.requests import parse_execute
 from api.responses import outcome_body
@@ -13,7 +13,6 @@ from jail.selftest import SelfTest, self_test
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sandbox", __name__)
-TRUE, FALSE = {"1", "true", "yes"}, {"0", "false", "no", ""}
 
 
 def _state() -> dict:
@@ -35,13 +34,6 @@ def _queue() -> JobQueue:
     return jobs
 
 
-def _wants_async() -> bool:
-    value = request.args.get("async", "").lower()
-    if value not in TRUE | FALSE:
-        raise invalid("'async' must be 1 or 0")
-    return value in TRUE
-
-
 def _run_here(script: str, limits: Limits) -> dict:
     if not _checked().passed:
         raise ApiError(503, "sandbox_unavailable",
@@ -60,8 +52,8 @@ def _run_here(script: str, limits: Limits) -> dict:
 @bp.post("/execute")
 def execute():
     """Run the script and answer what its main() returned, or enqueue it (?async=1)."""
-    script, limits = parse_execute(request, current_app.config)
-    if _wants_async():
+    script, limits, queued = parse_execute(request, current_app.config)
+    if queued:
         job = _queue().submit(script, limits)
         response = jsonify({"id": job.id, "status": "queued"})
         response.status_code = 202
