@@ -4,7 +4,7 @@ from typing import Any
 
 from flask import Flask
 
-from api import errors, routes
+from api import errors, request_ids, routes
 from api.capacity import Capacity
 from api.config import load_config
 from api.jobs import JobQueue
@@ -20,6 +20,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     errors.register(app)
+    request_ids.register(app)
     app.register_blueprint(routes.bp)
     if app.config["EXECUTE_VIA_QUEUE"] and not app.config["REDIS_URL"]:
         raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
