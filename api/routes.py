@@ -1,4 +1,4 @@
-"""The HTTP endpoints: POST /execute (sync or ?async=1), GET /jobs/<id>, GET /health."""
+"""The HTTP endpoints: POST /execute (sync or ?async=1), GET and DELETE /jobs/<id>, GET /health."""
 import logging
 
 from flask import Blueprint, current_app, jsonify, request, url_for
@@ -6,6 +6,7 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 from api.capacity import Capacity
 from api.errors import ApiError
 from api.jobs import RQ_BACKSTOP_S, JobQueue, unavailable
+from api.request_ids import request_id
 from api.requests import parse_execute
 from api.responses import outcome_body
 from jail import Limits, SandboxError, run, warm_pool
@@ -54,14 +55,14 @@ def execute():
     """Run the script and answer what its main() returned, or enqueue it (?async=1)."""
     script, limits, queued = parse_execute(request, current_app.config)
     if queued:
-        job = _queue().submit(script, limits)
+        job = _queue().submit(script, limits, request_id())
         response = jsonify({"id": job.id, "status": "queued"})
         response.status_code = 202
         response.headers["Location"] = url_for("sandbox.job", job_id=job.id)
         return response
     if current_app.config["EXECUTE_VIA_QUEUE"]:
         queue = _queue()
-        job = queue.submit(script, limits)
+        job = queue.submit(script, limits, request_id())
         return jsonify(queue.wait(job, current_app.config["QUEUE_WAIT_S"],
                                   limits.timeout_s + RQ_BACKSTOP_S))
     return jsonify(_run_here(script, limits))
@@ -71,6 +72,12 @@ def execute():
 def job(job_id: str):
     """A queued run's status; its result or error once it has ended."""
     return jsonify(_queue().state(job_id))
+
+
+@bp.delete("/jobs/<job_id>")
+def cancel_job(job_id: str):
+    """Cancel a queued or running run; answers its state, canceled."""
+    return jsonify(_queue().cancel(job_id))
 
 
 @bp.get("/health")

@@ -108,6 +108,7 @@ def _kill_message(status: Status, limits: Limits) -> str:
         Status.MEMORY_LIMIT: _memory_message(limits),
         Status.OUTPUT_LIMIT: f"the script printed more than {limits.max_output_bytes} bytes",
         Status.RESULT_TOO_LARGE: f"main() returned more than {limits.max_result_bytes} bytes of JSON",
+        Status.CANCELED: "the run was canceled; its jail was killed",
     }[status]
 
 
