@@ -3,7 +3,7 @@ import logging
 import re
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -44,7 +44,8 @@ def canceled() -> ApiError:
 
 def finished() -> ApiError:
     """409 job_finished: a job that already ended cannot be canceled."""
-    return ApiError(409, "job_finished", "the job has already ended; only queued or running jobs can be canceled")
+    return ApiError(409, "job_finished",
+                    "the job has already ended; only queued or running jobs can be canceled")
 
 
 def unavailable(reason: str) -> ApiError:
@@ -63,7 +64,7 @@ class JobQueue:
         self.retry_after_s = retry_after_s
 
     def submit(self, script: str, limits: Limits, request_id: str) -> Job:
-        """Enqueue one run, which keeps the id of the request that made it; 503 busy when the queue is full."""
+        """Enqueue one run, which keeps its request's id; 503 busy when the queue is full."""
         try:
             if self.queue.count >= self.max_queued:
                 raise busy(f"the queue holds {self.max_queued} jobs", self.retry_after_s)
@@ -121,8 +122,10 @@ class JobQueue:
         except InvalidJobOperation:
             pass  # taken or ended meanwhile: the worker honours the key, or it had finished
         ends_by = time.monotonic() + CANCEL_WAIT_S
-        while self._resolve(job)[0] == "running" and time.monotonic() < ends_by:
+        while (status := self._resolve(job)[0]) == "running" and time.monotonic() < ends_by:
             time.sleep(0.05)
+        if status in ("finished", "failed"):
+            raise finished()  # it ended before its worker saw the cancel
         return self._describe(job)
 
     def _fetch(self, job_id: str) -> Job:
@@ -150,8 +153,9 @@ class JobQueue:
                 return "queued", {}
             if status is JobStatus.STARTED:
                 return ("running", {}) if self._running(job) else ("failed", worker_lost())
-            if status is JobStatus.FINISHED:
-                outcome = Outcome.from_dict(job.return_value())
+            value = job.return_value() if status is JobStatus.FINISHED else None
+            if isinstance(value, dict):
+                outcome = Outcome.from_dict(value)
                 if outcome.status is Status.CANCELED:
                     return "canceled", outcome_error(outcome)
                 return ("finished", outcome_body(outcome)) if outcome.ok else (
@@ -170,8 +174,8 @@ class JobQueue:
         if started is None:
             return True
         if started.tzinfo is None:
-            started = started.replace(tzinfo=timezone.utc)
-        age_s = (datetime.now(timezone.utc) - started).total_seconds()
+            started = started.replace(tzinfo=UTC)
+        age_s = (datetime.now(UTC) - started).total_seconds()
         return age_s < ALIVE_TTL_S or is_alive(self.redis, job.id)
 
     def health(self) -> dict[str, Any]:

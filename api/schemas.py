@@ -14,12 +14,20 @@ examples and links. The interactive page is Swagger UI from the `flask-swagger-u
 """
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from api.errors import invalid
 
 M = TypeVar("M", bound=BaseModel)
 NonBlank = Annotated[str, Field(min_length=1, pattern=r"\S")]
+
+
+def _integral(value: object) -> object:
+    """JSON Schema's integer includes 2.0; strict pydantic would refuse it, 2.5 stays refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+PositiveInteger = Annotated[int, Field(gt=0), BeforeValidator(_integral)]
 
 
 class ExecuteRequest(BaseModel):
@@ -33,7 +41,7 @@ class ExecuteRequest(BaseModel):
         examples=['print("at import")\ndef main():\n    print("in main")\n    return {"answer": 42}'])
     timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="Wall-time limit in seconds; default 5, clamped to PYSANDBOX_MAX_TIMEOUT_S (30).")
-    memory_mb: Annotated[int, Field(gt=0)] | None = Field(
+    memory_mb: PositiveInteger | None = Field(
         None, description="Memory limit in MiB; default 256, clamped to 64…PYSANDBOX_MAX_MEMORY_MB (1024).")
 
 
@@ -44,7 +52,8 @@ class ExecuteQuery(BaseModel):
 
     run_async: str = Field(
         "", alias="async", pattern=r"^(|[01]|[tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[yY][eE][sS]|[nN][oO])$",
-        description="`1` (or true/yes) queues the run and answers 202 with the job; `0` (default) runs it now.")
+        description="`1` (or true/yes) queues the run and answers 202 with the job; `0` (the default) "
+                    "runs it now.")
 
     @property
     def is_async(self) -> bool:
@@ -108,7 +117,8 @@ class JobState(BaseModel):
     id: str
     status: Literal["queued", "running", "finished", "failed", "canceled"]
     request_id: str | None = Field(
-        description="The X-Request-ID of the POST that queued the job (null for jobs queued before ids were kept).")
+        description="The X-Request-ID of the POST that queued the job (null for jobs queued before ids "
+                    "were kept).")
     result: Any = Field(None, description="finished: what main() returned.")
     error: ErrorDetail | None = Field(None, description="failed and canceled: why.")
     stdout: str | None = None
@@ -136,7 +146,8 @@ class Health(BaseModel):
     selftest: dict[str, Any] | None = Field(
         None, description="The startup self-test: `passed`, `failures`, `degraded`.")
     warm_jails: WarmJails | None = None
-    queue: dict[str, Any] | None = Field(None, description="Redis, workers and queued jobs, when a queue is set.")
+    queue: dict[str, Any] | None = Field(
+        None, description="Redis, workers and queued jobs, when a queue is set.")
 
 
 def parse_json(model: type[M], data: bytes) -> M:
@@ -164,6 +175,7 @@ def describe(exc: ValidationError) -> str:
         return "the body must be a JSON object"
     unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
     parts = [f"unknown field(s) {unknown}"] if unknown else []
-    parts += [f"'{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in errors if e["type"] != "extra_forbidden"]
+    parts += [f"'{'.'.join(map(str, e['loc']))}': {e['msg']}"
+              for e in errors if e["type"] != "extra_forbidden"]
     return "; ".join(parts)
 
