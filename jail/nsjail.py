@@ -110,6 +110,7 @@ def run_once(script: str, limits: Limits, host: cgroups.Cgroups | None = None,
     """Run one script in a fresh nsjail and say how it ended (SandboxError if the jail failed);
     setting cancel kills the jail as a timeout does."""
     with cgroups.run_cgroup(host or host_cgroups()) as run_cg, RunPipes(with_log=True) as pipes:
+        assert pipes.log_w is not None, "asked for with_log"
         argv = jail_argv(policy_file(limits.tmp_mb), pipes.log_w, pipes.report_w,
                          one_off_limits(limits, run_cg), "main(int(sys.argv[1]))",
                          str(pipes.report_w))

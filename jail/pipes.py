@@ -101,7 +101,7 @@ def pump(pipes: RunPipes, source: bytes, limits: Limits, stop: Callable[[], None
             if raw.killed_for is not None and now >= deadline + 2 * KILL_GRACE_S:
                 break
             watching = watch is not None and raw.killed_for is None
-            if watching and now >= next_watch:
+            if watch is not None and watching and now >= next_watch:
                 if watch.over_limit():
                     raw.killed_for = Status.MEMORY_LIMIT
                     stop()
