@@ -38,7 +38,8 @@ def not_found() -> ApiError:
 
 
 def canceled() -> ApiError:
-    """The error of a job its client canceled (DELETE /jobs/<id>)."""
+    """The error of a job its client canceled (DELETE /jobs/<id>): only ever inside a job's
+    state, never raised, so its status is not an answer's."""
     return ApiError(409, "canceled", "the job was canceled by its client")
 
 
