@@ -89,7 +89,8 @@ def parse_report(data: bytes, max_result_bytes: int, common: dict[str, Any]) -> 
 def interpret(raw: RawRun, limits: Limits) -> Outcome:
     """Turn what a jail produced into an Outcome; SandboxError when the jail itself failed."""
     peak, cpu_ns = raw.usage.peak_memory_bytes, raw.usage.cpu_ns
-    common: dict[str, Any] = {"stdout": raw.stdout.decode("utf-8", "replace"),
+    common: dict[str, Any]
+    common = {"stdout": raw.stdout.decode("utf-8", "replace"),
               "stderr": raw.stderr.decode("utf-8", "replace"),
               "output_truncated": raw.killed_for is Status.OUTPUT_LIMIT,
               "duration_ms": math.ceil(raw.elapsed_s * 1000),
