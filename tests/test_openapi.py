@@ -140,6 +140,11 @@ class Assets(HTMLParser):
 
 
 def test_docs_page_and_every_asset_come_from_the_service(service_url):
+    check_docs_page(service_url)
+
+
+def check_docs_page(service_url: str) -> None:
+    """/docs, every file it loads and the document it shows all come from service_url."""
     page = requests.get(f"{service_url}/docs", timeout=10)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
     parser = Assets()
@@ -150,7 +155,9 @@ def test_docs_page_and_every_asset_come_from_the_service(service_url):
         assert asset.status_code == 200 and len(asset.content) > 50, url
         assert asset.url.startswith(service_url)
     init = requests.get(urljoin(f"{service_url}/docs", "docs/docs-init.js"), timeout=10).text
-    spec_url = re.search(r'url: "([^"]+)"', init).group(1)
+    found = re.search(r'url: "([^"]+)"', init)
+    assert found, init
+    spec_url = found.group(1)
     spec = requests.get(urljoin(f"{service_url}/docs", spec_url), timeout=10)
     assert spec.status_code == 200 and spec.json()["openapi"].startswith("3.1")
     bundle = requests.get(f"{service_url}/docs/swagger-ui-bundle.js", timeout=10).text
