@@ -3,8 +3,9 @@ import logging
 from typing import Any
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
-from api import errors, routes
+from api import docs, errors, request_ids, routes
 from api.capacity import Capacity
 from api.config import load_config
 from api.jobs import JobQueue
@@ -17,10 +18,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(load_config(test_config))
     app.config["MAX_CONTENT_LENGTH"] = 2 * app.config["MAX_SCRIPT_BYTES"] + 4096
+    assert isinstance(app.json, DefaultJSONProvider)
     app.json.sort_keys = False
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     errors.register(app)
+    request_ids.register(app)
     app.register_blueprint(routes.bp)
+    app.register_blueprint(docs.bp)
     if app.config["EXECUTE_VIA_QUEUE"] and not app.config["REDIS_URL"]:
         raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
     jobs = JobQueue(app.config["REDIS_URL"], app.config["MAX_QUEUED_JOBS"],

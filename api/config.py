@@ -3,6 +3,7 @@
 REDIS_URL is read without the prefix, as every Redis client and host expects it.
 """
 import os
+from typing import Any
 
 DEFAULTS: dict[str, object] = {
     "DEFAULT_TIMEOUT_S": 5.0,
@@ -27,7 +28,7 @@ DEFAULTS: dict[str, object] = {
 """Each is documented in the README's configuration table."""
 
 
-def load_config(overrides: dict | None) -> dict[str, object]:
+def load_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     """Defaults, then PYSANDBOX_* from the environment (JSON values), then explicit overrides."""
     from flask import Config
 

@@ -7,7 +7,7 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 workers = 1
 worker_class = "gthread"
 threads = 2 * int(load_config(None)["MAX_CONCURRENT_RUNS"]) + 4
-"""More threads than run slots, so a request past capacity gets a quick 503, not a wait in the accept queue."""
+"""More threads than run slots: a request past capacity gets a quick 503, not a wait in the accept queue."""
 timeout = 60
 graceful_timeout = 35
 control_socket_disable = True

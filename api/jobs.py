@@ -3,24 +3,26 @@ import logging
 import re
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from api.errors import ApiError, busy
 from api.responses import outcome_body, outcome_error
-from jail import Limits, Outcome
-from worker.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive
+from jail import Limits, Outcome, Status
+from worker.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
 
 JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 RQ_BACKSTOP_S = 30
 """RQ's own job timeout is the jail's wall limit plus this: a backstop, never the limit."""
 WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED}
+CANCEL_WAIT_S = 3.0
+"""How long DELETE waits for a running job's worker to confirm it killed the jail."""
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +35,18 @@ def worker_lost() -> ApiError:
 def not_found() -> ApiError:
     """404 job_not_found."""
     return ApiError(404, "job_not_found", "no such job, or its result has expired")
+
+
+def canceled() -> ApiError:
+    """The error of a job its client canceled (DELETE /jobs/<id>): only ever inside a job's
+    state, never raised, so its status is not an answer's."""
+    return ApiError(409, "canceled", "the job was canceled by its client")
+
+
+def finished() -> ApiError:
+    """409 job_finished: a job that already ended cannot be canceled."""
+    return ApiError(409, "job_finished",
+                    "the job has already ended; only queued or running jobs can be canceled")
 
 
 def unavailable(reason: str) -> ApiError:
@@ -50,14 +64,15 @@ class JobQueue:
         self.max_queued, self.result_ttl_s = max_queued, result_ttl_s
         self.retry_after_s = retry_after_s
 
-    def submit(self, script: str, limits: Limits) -> Job:
-        """Enqueue one run; 503 busy when the queue is full."""
+    def submit(self, script: str, limits: Limits, request_id: str) -> Job:
+        """Enqueue one run, which keeps its request's id; 503 busy when the queue is full."""
         try:
             if self.queue.count >= self.max_queued:
                 raise busy(f"the queue holds {self.max_queued} jobs", self.retry_after_s)
             return self.queue.enqueue(
                 JOB_FUNCTION, script, asdict(limits), job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S,
-                result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None)
+                result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None,
+                meta={"request_id": request_id})
         except RedisError as exc:
             raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
 
@@ -87,27 +102,63 @@ class JobQueue:
         raise ApiError(500, "internal_error", "the run did not end in time; the error was logged")
 
     def state(self, job_id: str) -> dict[str, Any]:
-        """{"id", "status", ...} for a job: its result or its error once it has ended."""
+        """{"id", "status", "request_id", ...} for a job: its result or its error once it has ended."""
+        return self._describe(self._fetch(job_id))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job and answer its state (canceled, once its worker has
+        killed the jail); a canceled job's state again; 409 job_finished for one that ended."""
+        job = self._fetch(job_id)
+        status, _ = self._resolve(job)
+        if status == "canceled":
+            return self._describe(job)
+        if status not in ("queued", "running"):
+            raise finished()
+        try:
+            request_cancel(self.redis, job.id, self.result_ttl_s)
+            if job.get_status() in WAITING:
+                job.cancel()  # never runs; a worker that took it meanwhile sees the cancel key
+        except RedisError as exc:
+            raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
+        except InvalidJobOperation:
+            pass  # taken or ended meanwhile: the worker honours the key, or it had finished
+        ends_by = time.monotonic() + CANCEL_WAIT_S
+        while (status := self._resolve(job)[0]) == "running" and time.monotonic() < ends_by:
+            time.sleep(0.05)
+        if status in ("finished", "failed"):
+            raise finished()  # it ended before its worker saw the cancel
+        return self._describe(job)
+
+    def _fetch(self, job_id: str) -> Job:
         if not JOB_ID.match(job_id):
             raise not_found()
         try:
-            status, detail = self._resolve(Job.fetch(job_id, connection=self.redis))
+            return Job.fetch(job_id, connection=self.redis)
         except NoSuchJobError:
             raise not_found() from None
-        if isinstance(detail, ApiError):
-            return {"id": job_id, "status": status, **detail.to_dict()}
-        return {"id": job_id, "status": status, **detail}
+        except RedisError as exc:
+            raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
+
+    def _describe(self, job: Job) -> dict[str, Any]:
+        status, detail = self._resolve(job)
+        head = {"id": job.id, "status": status, "request_id": job.meta.get("request_id")}
+        return {**head, **(detail.to_dict() if isinstance(detail, ApiError) else detail)}
 
     def _resolve(self, job: Job) -> tuple[str, dict[str, Any] | ApiError]:
         """The job's public status with its 200 body, or with the error it ended in."""
         try:
             status = job.get_status()
+            if status is JobStatus.CANCELED:
+                return "canceled", canceled()
             if status in WAITING:
                 return "queued", {}
             if status is JobStatus.STARTED:
                 return ("running", {}) if self._running(job) else ("failed", worker_lost())
-            if status is JobStatus.FINISHED:
-                outcome = Outcome.from_dict(job.return_value())
+            value = job.return_value() if status is JobStatus.FINISHED else None
+            if isinstance(value, dict):
+                outcome = Outcome.from_dict(value)
+                if outcome.status is Status.CANCELED:
+                    return "canceled", outcome_error(outcome)
                 return ("finished", outcome_body(outcome)) if outcome.ok else (
                     "failed", outcome_error(outcome))
         except RedisError as exc:
@@ -124,8 +175,8 @@ class JobQueue:
         if started is None:
             return True
         if started.tzinfo is None:
-            started = started.replace(tzinfo=timezone.utc)
-        age_s = (datetime.now(timezone.utc) - started).total_seconds()
+            started = started.replace(tzinfo=UTC)
+        age_s = (datetime.now(UTC) - started).total_seconds()
         return age_s < ALIVE_TTL_S or is_alive(self.redis, job.id)
 
     def health(self) -> dict[str, Any]:

@@ -1,11 +1,12 @@
-"""The HTTP endpoints: POST /execute (sync or ?async=1), GET /jobs/<id>, GET /health."""
+"""The HTTP endpoints: POST /execute (sync or ?async=1), GET and DELETE /jobs/<id>, GET /health."""
 import logging
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
 from api.capacity import Capacity
-from api.errors import ApiError, invalid
+from api.errors import ApiError
 from api.jobs import RQ_BACKSTOP_S, JobQueue, unavailable
+from api.request_ids import request_id
 from api.requests import parse_execute
 from api.responses import outcome_body
 from jail import Limits, SandboxError, run, warm_pool
@@ -13,7 +14,6 @@ from jail.selftest import SelfTest, self_test
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sandbox", __name__)
-TRUE, FALSE = {"1", "true", "yes"}, {"0", "false", "no", ""}
 
 
 def _state() -> dict:
@@ -35,13 +35,6 @@ def _queue() -> JobQueue:
     return jobs
 
 
-def _wants_async() -> bool:
-    value = request.args.get("async", "").lower()
-    if value not in TRUE | FALSE:
-        raise invalid("'async' must be 1 or 0")
-    return value in TRUE
-
-
 def _run_here(script: str, limits: Limits) -> dict:
     if not _checked().passed:
         raise ApiError(503, "sandbox_unavailable",
@@ -60,16 +53,16 @@ def _run_here(script: str, limits: Limits) -> dict:
 @bp.post("/execute")
 def execute():
     """Run the script and answer what its main() returned, or enqueue it (?async=1)."""
-    script, limits = parse_execute(request, current_app.config)
-    if _wants_async():
-        job = _queue().submit(script, limits)
+    script, limits, queued = parse_execute(request, current_app.config)
+    if queued:
+        job = _queue().submit(script, limits, request_id())
         response = jsonify({"id": job.id, "status": "queued"})
         response.status_code = 202
         response.headers["Location"] = url_for("sandbox.job", job_id=job.id)
         return response
     if current_app.config["EXECUTE_VIA_QUEUE"]:
         queue = _queue()
-        job = queue.submit(script, limits)
+        job = queue.submit(script, limits, request_id())
         return jsonify(queue.wait(job, current_app.config["QUEUE_WAIT_S"],
                                   limits.timeout_s + RQ_BACKSTOP_S))
     return jsonify(_run_here(script, limits))
@@ -79,6 +72,12 @@ def execute():
 def job(job_id: str):
     """A queued run's status; its result or error once it has ended."""
     return jsonify(_queue().state(job_id))
+
+
+@bp.delete("/jobs/<job_id>")
+def cancel_job(job_id: str):
+    """Cancel a queued or running run; answers its state, canceled."""
+    return jsonify(_queue().cancel(job_id))
 
 
 @bp.get("/health")

@@ -89,7 +89,8 @@ def drive(url: str, script: str, concurrency: int, seconds: float, at_most: int)
 
 
 def warm_memory_mb(port: str) -> tuple[float, float, int]:
-    """RSS and PSS (MB) of the warm jails of the service on `port` (nsjail and all under it), and their count."""
+    """RSS and PSS (MB) of the warm jails of the service on `port` (nsjail and all under it),
+    and their count."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:

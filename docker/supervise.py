@@ -16,9 +16,10 @@ Sync requests are still run by gunicorn itself; ?async=1 jobs by the workers.
 SIGTERM/SIGINT stop everything: the signal is forwarded to gunicorn and the workers first
 (both finish what they are running: gunicorn its requests, a worker its job), to redis
 last, within $PYSANDBOX_STOP_TIMEOUT_S (default 8 s, under the 10 s that `docker stop` and
-Cloud Run allow), then SIGKILL. A requested stop exits 0 (not 143): it is no failure. If any child ends on its own, even with
-status 0, the others are stopped the same way and the supervisor exits 1, so that Docker
-(--restart) or Cloud Run replaces the container rather than leave it half alive.
+Cloud Run allow), then SIGKILL. A requested stop exits 0 (not 143): it is no failure. If any
+child ends on its own, even with status 0, the others are stopped the same way and the
+supervisor exits 1, so that Docker (--restart) or Cloud Run replaces the container rather
+than leave it half alive.
 
 As PID 1 it also reaps orphans (e.g. what a killed worker leaves behind).
 
@@ -36,6 +37,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 from dataclasses import dataclass, field
 
 SOCKET_DIR = "/run/pysandbox"
@@ -99,14 +101,14 @@ class Child:
     def start(self) -> None:
         # Its own session: a terminal's Ctrl-C reaches the supervisor only, which forwards it
         # once; and SIGKILL can take the child's whole process group.
-        extra = {}
+        extra: dict[str, Any] = {}
         if self.user is not None:
             entry = pwd.getpwnam(self.user)
             extra = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True, close_fds=True,
                                 stdin=subprocess.PIPE if self.stdin_text is not None else
                                 subprocess.DEVNULL, **extra)
-        if self.stdin_text is not None:
+        if self.stdin_text is not None and proc.stdin is not None:
             proc.stdin.write(self.stdin_text.encode())
             proc.stdin.close()
         # The pid is reaped by Supervisor.reap() (waitpid(-1) as PID 1), never by Popen.
@@ -160,6 +162,7 @@ class Supervisor:
                     self._exited(child)
 
     def _exited(self, child: Child) -> None:
+        assert child.status is not None, "reap() sets it first"
         how = exit_text(child.status)
         if self.stop_signal is None and self.failed is None:
             self.failed = f"{child.name} {how}"

@@ -13,6 +13,7 @@ import select
 import signal
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from jail import cgroups
@@ -104,9 +105,12 @@ def one_off_limits(limits: Limits, run_cg: cgroups.RunCgroup) -> list[str]:
     return args + memory + run_cg.bound(limits.memory_mb * MIB, limits.max_pids)
 
 
-def run_once(script: str, limits: Limits, host: cgroups.Cgroups | None = None) -> Outcome:
-    """Run one script in a fresh nsjail and say how it ended (SandboxError if the jail failed)."""
+def run_once(script: str, limits: Limits, host: cgroups.Cgroups | None = None,
+             cancel: threading.Event | None = None) -> Outcome:
+    """Run one script in a fresh nsjail and say how it ended (SandboxError if the jail failed);
+    setting cancel kills the jail as a timeout does."""
     with cgroups.run_cgroup(host or host_cgroups()) as run_cg, RunPipes(with_log=True) as pipes:
+        assert pipes.log_w is not None, "asked for with_log"
         argv = jail_argv(policy_file(limits.tmp_mb), pipes.log_w, pipes.report_w,
                          one_off_limits(limits, run_cg), "main(int(sys.argv[1]))",
                          str(pipes.report_w))
@@ -121,7 +125,7 @@ def run_once(script: str, limits: Limits, host: cgroups.Cgroups | None = None) -
         watch = None if "memory" in run_cg.cgroups.available else MemoryWatch(
             proc.pid, limits.memory_mb * MIB)
         raw = pump(pipes, script.encode("utf-8", "surrogatepass"), limits,
-                   lambda: _terminate(proc), watch)
+                   lambda: _terminate(proc), watch, cancel)
         rusage = reap(proc)
         raw.usage = measured(run_cg.usage(), rusage, watch)
     raw.exit = parse_exit(bytes(raw.log))

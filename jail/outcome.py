@@ -17,6 +17,8 @@ class Status(str, Enum):
     OUTPUT_LIMIT = "output_limit"
     RESULT_TOO_LARGE = "result_too_large"
     NO_RESULT = "no_result"
+    CANCELED = "canceled"
+    """The caller's cancel event was set (a job canceled by its client): not the script's fault."""
 
 
 class SandboxError(Exception):

@@ -7,6 +7,7 @@ prints can pass for it.
 """
 import os
 import selectors
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from jail.watchdog import MemoryWatch
 CHUNK = 64 * 1024
 MAX_LOG_BYTES = 64 * 1024
 KILL_GRACE_S = 1.0
+CANCEL_POLL_S = 0.2
+"""How often a run with a cancel event looks at it: a canceled jail is stopped within this."""
 
 
 @dataclass
@@ -71,9 +74,9 @@ class RunPipes:
 
 
 def pump(pipes: RunPipes, source: bytes, limits: Limits, stop: Callable[[], None],
-         watch: MemoryWatch | None = None) -> RawRun:
+         watch: MemoryWatch | None = None, cancel: threading.Event | None = None) -> RawRun:
     """Feed the script in, read every pipe until the jail is gone; stop() it at its deadline,
-    past a cap, or (where a watchdog bounds memory) past its memory limit."""
+    past a cap, (where a watchdog bounds memory) past its memory limit, or once cancel is set."""
     raw, start = RawRun(), time.monotonic()
     deadline = start + limits.timeout_s
     next_watch = start
@@ -92,15 +95,20 @@ def pump(pipes: RunPipes, source: bytes, limits: Limits, stop: Callable[[], None
             if raw.killed_for is None and now >= deadline:
                 raw.killed_for = Status.TIMEOUT
                 stop()
+            if raw.killed_for is None and cancel is not None and cancel.is_set():
+                raw.killed_for = Status.CANCELED
+                stop()
             if raw.killed_for is not None and now >= deadline + 2 * KILL_GRACE_S:
                 break
             watching = watch is not None and raw.killed_for is None
-            if watching and now >= next_watch:
+            if watch is not None and watching and now >= next_watch:
                 if watch.over_limit():
                     raw.killed_for = Status.MEMORY_LIMIT
                     stop()
                 next_watch = now + watch.interval_s
             wait = next_watch - now if watching else max(0.01, min(deadline - now, 0.5))
+            if cancel is not None:
+                wait = min(wait, CANCEL_POLL_S)
             for key, _ in sel.select(timeout=wait):
                 if key.fd == pipes.stdin_w:
                     pending = _feed(sel, pipes, pending)

@@ -89,6 +89,7 @@ def parse_report(data: bytes, max_result_bytes: int, common: dict[str, Any]) -> 
 def interpret(raw: RawRun, limits: Limits) -> Outcome:
     """Turn what a jail produced into an Outcome; SandboxError when the jail itself failed."""
     peak, cpu_ns = raw.usage.peak_memory_bytes, raw.usage.cpu_ns
+    common: dict[str, Any]
     common = {"stdout": raw.stdout.decode("utf-8", "replace"),
               "stderr": raw.stderr.decode("utf-8", "replace"),
               "output_truncated": raw.killed_for is Status.OUTPUT_LIMIT,
@@ -108,6 +109,7 @@ def _kill_message(status: Status, limits: Limits) -> str:
         Status.MEMORY_LIMIT: _memory_message(limits),
         Status.OUTPUT_LIMIT: f"the script printed more than {limits.max_output_bytes} bytes",
         Status.RESULT_TOO_LARGE: f"main() returned more than {limits.max_result_bytes} bytes of JSON",
+        Status.CANCELED: "the run was canceled; its jail was killed",
     }[status]
 
 

@@ -4,6 +4,8 @@ Both are full jails; a warm one only skips nsjail's and Python's start-up and th
 and pandas imports. The pool is per process: the API's gunicorn worker and each RQ
 worker start their own.
 """
+import threading
+
 from jail.limits import Limits
 from jail.nsjail import run_once
 from jail.outcome import Outcome
@@ -35,8 +37,11 @@ def warm_pool() -> WarmPool | None:
     return _pool
 
 
-def run(script: str, limits: Limits) -> Outcome:
-    """Run one script in a fresh jail and say how it ended (SandboxError if the jail failed)."""
+def run(script: str, limits: Limits, cancel: threading.Event | None = None) -> Outcome:
+    """Run one script in a fresh jail and say how it ended (SandboxError if the jail failed).
+
+    Once `cancel` is set the jail is killed as at a timeout, within pipes.CANCEL_POLL_S, and
+    the outcome is Status.CANCELED."""
     pool = _pool
-    outcome = pool.run(script, limits) if pool is not None else None
-    return outcome if outcome is not None else run_once(script, limits)
+    outcome = pool.run(script, limits, cancel=cancel) if pool is not None else None
+    return outcome if outcome is not None else run_once(script, limits, cancel=cancel)

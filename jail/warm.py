@@ -117,8 +117,8 @@ class WarmJail:
             if self._receive(timeout_s) is not None:
                 raise WarmJailBroken("a child ended without a run")
 
-    def run(self, script: str, limits: Limits) -> Outcome:
-        """Run one script in this jail's next sealed child."""
+    def run(self, script: str, limits: Limits, cancel: threading.Event | None = None) -> Outcome:
+        """Run one script in this jail's next sealed child (killed, with the jail, once cancel is set)."""
         while self.unreaped:  # the last run's child must be gone before this run's limits are set
             if self._receive(READY_TIMEOUT_S) is not None:
                 raise WarmJailBroken("a child ended without a run")
@@ -127,11 +127,12 @@ class WarmJail:
         child = self._sealed.popleft()
         self.runs += 1
         try:
-            return self._run_in(child, script, limits)
+            return self._run_in(child, script, limits, cancel)
         finally:
             child.sock.close()  # lets a reported run end
 
-    def _run_in(self, child: SealedChild, script: str, limits: Limits) -> Outcome:
+    def _run_in(self, child: SealedChild, script: str, limits: Limits,
+                cancel: threading.Event | None) -> Outcome:
         baseline = 0
         try:
             if child.cgroup is not None:
@@ -153,7 +154,7 @@ class WarmJail:
                 raise WarmJailBroken(f"the sealed child is gone: {exc}") from exc
             pipes.close(*pipes.jail_ends)
             raw = pump(pipes, script.encode("utf-8", "surrogatepass"), limits,
-                       lambda: self._stop(child), watch)
+                       lambda: self._stop(child), watch, cancel)
         raw.usage = self._usage(child, baseline, watch)
         if raw.killed_for is None and raw.report:
             self.unreaped += 1  # the report says how it ended; the zygote's word can come later
@@ -306,7 +307,8 @@ class WarmPool:
         """Warm jails ready for a run now."""
         return self._idle.qsize()
 
-    def run(self, script: str, limits: Limits, wait_s: float = 0.0) -> Outcome | None:
+    def run(self, script: str, limits: Limits, wait_s: float = 0.0,
+            cancel: threading.Event | None = None) -> Outcome | None:
         """Run in a free warm jail (waiting up to wait_s for one); None when none was free."""
         if limits.tmp_mb != self.tmp_mb:
             return None
@@ -315,11 +317,11 @@ class WarmPool:
         except queue.Empty:
             return None
         try:
-            return jail.run(script, limits)
+            return jail.run(script, limits, cancel)
         except WarmJailBroken as exc:
             log.error("warm jail broken, running in a one-off jail instead: %s", exc)
             jail.kill()
-            return run_once(script, limits)
+            return run_once(script, limits, cancel=cancel)
         finally:
             self._give_back(jail)
 

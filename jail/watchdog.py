@@ -4,9 +4,10 @@ default capabilities): a sampler over the run's whole process tree.
 RLIMIT_AS bounds each process by itself, so a run that forks could otherwise hold
 max_pids times its limit. Every WATCH_INTERVAL_S (CLOSE_INTERVAL_S once past half its
 limit) the pump (jail/pipes.py) asks the watchdog to add up the anonymous memory of every
-process in the run's tree; past the limit, the whole run is killed as memory_limit. Pages that forked processes still share
-are counted once: the cheap sum (RssAnon) counts them in every process, so when it is
-over the limit the proportional share (Pss_Anon, which walks page tables) decides.
+process in the run's tree; past the limit, the whole run is killed as memory_limit. Pages
+that forked processes still share are counted once: the cheap sum (RssAnon) counts them
+in every process, so when it is over the limit the proportional share (Pss_Anon, which
+walks page tables) decides.
 
 Hand-rolled: no library samples a process tree against a shared budget. The slack is
 what a run can fault in between two samples: SLACK_MB, which the README documents.

@@ -26,6 +26,7 @@ from jail.watchdog import SLACK_MB
 from tests.hostile import MEMORY_SUM, memory_bound_problem
 from tests.images import (SERVICE_PARTS, docker, free_port, image,  # noqa: F401 (image: a fixture)
                           make_var)
+from tests.test_openapi import check_docs_page
 
 pytestmark = pytest.mark.docker
 
@@ -139,6 +140,11 @@ def test_print_goes_to_stdout_not_result(service: str) -> None:
     body = execute(service, "def main():\n    print('hello from the jail')\n    return [1, 2]\n")
     assert body["result"] == [1, 2]
     assert body["stdout"] == "hello from the jail\n"
+
+
+def test_docs_and_contract_are_served_from_the_image(service: str) -> None:
+    check_docs_page(service)
+    assert requests.get(f"{service}/openapi.json", timeout=10).json()["openapi"] == "3.1.0"
 
 
 def test_jail_limits_in_container(image: str, run_flags: list[str]) -> None:
@@ -278,6 +284,20 @@ def test_async_run_in_the_single_container(supervised: tuple[str, str]) -> None:
     assert body["result"] == 6 and body["stdout"] == "async\n", body
     # Sync runs are still run by gunicorn itself, next to the queue.
     assert execute(base, "def main(): return 'sync'")["result"] == "sync"
+
+
+def test_a_running_job_is_canceled_in_the_single_container(supervised: tuple[str, str]) -> None:
+    container, base = supervised
+    wait_workers(base, DEFAULT_WORKERS, container)
+    job_id = submit_async(base, "import os\ndef main():\n    os.fork()\n    while True: pass\n")
+    deadline = time.monotonic() + 30
+    while requests.get(f"{base}/jobs/{job_id}", timeout=10).json()["status"] != "running":
+        assert time.monotonic() < deadline, container_logs(container)
+        time.sleep(0.05)
+    answer = requests.delete(f"{base}/jobs/{job_id}", timeout=10)
+    assert answer.status_code == 200 and answer.json()["status"] == "canceled", answer.text
+    assert answer.json()["error"]["code"] == "canceled"
+    assert poll_job(base, submit_async(base, "def main(): return 'next'"))["result"] == "next"
 
 
 def test_jail_sees_neither_redis_nor_its_password(supervised: tuple[str, str]) -> None:

@@ -4,6 +4,11 @@ The API imports only this module, never the job code: it enqueues JOB_FUNCTION b
 A per-job key exists only while a live worker is running that job: RQ notices a dead
 worker only after its heartbeat TTL (a minute or more); this key, refreshed every second
 and expiring after ALIVE_TTL_S, lets the API say `worker_lost` within seconds.
+
+Canceling: the API sets a job's cancel key (DELETE /jobs/<id>); the worker running it polls
+that key every CANCEL_POLL_S and sets the run's cancel event, which kills its jail. RQ's own
+stop-job command would kill the work-horse, but these workers run jobs in-process
+(SimpleWorker, next to their warm jail), so the jail has to be told instead.
 """
 import threading
 from collections.abc import Iterator
@@ -15,6 +20,7 @@ QUEUE_NAME = "pysandbox"
 JOB_FUNCTION = "worker.jobs.execute"
 ALIVE_TTL_S = 10
 REFRESH_S = 1.0
+CANCEL_POLL_S = 0.2
 
 
 def alive_key(job_id: str) -> str:
@@ -22,25 +28,49 @@ def alive_key(job_id: str) -> str:
     return f"pysandbox:alive:{job_id}"
 
 
+def cancel_key(job_id: str) -> str:
+    """The Redis key that says job_id was canceled by its client."""
+    return f"pysandbox:cancel:{job_id}"
+
+
 def is_alive(redis: Redis, job_id: str) -> bool:
     """True while a worker is running job_id."""
     return bool(redis.exists(alive_key(job_id)))
 
 
+def request_cancel(redis: Redis, job_id: str, ttl_s: int) -> None:
+    """Ask whichever worker runs (or will take) job_id to stop it."""
+    redis.set(cancel_key(job_id), 1, ex=ttl_s)
+
+
+def is_canceled(redis: Redis, job_id: str) -> bool:
+    """True once job_id's client canceled it."""
+    return bool(redis.exists(cancel_key(job_id)))
+
+
 @contextmanager
-def keep_alive(redis: Redis, job_id: str) -> Iterator[None]:
-    """Refresh job_id's key while the body runs; delete it afterwards."""
-    key, done = alive_key(job_id), threading.Event()
+def keep_alive(redis: Redis, job_id: str) -> Iterator[threading.Event]:
+    """Refresh job_id's key while the body runs, and yield an event set once the job is
+    canceled; delete the key afterwards."""
+    key, done, canceled = alive_key(job_id), threading.Event(), threading.Event()
 
     def beat() -> None:
-        while not done.wait(REFRESH_S):
-            redis.set(key, 1, ex=ALIVE_TTL_S)
+        refresh_at = 0.0
+        while not done.wait(CANCEL_POLL_S):
+            refresh_at += CANCEL_POLL_S
+            if refresh_at >= REFRESH_S:
+                redis.set(key, 1, ex=ALIVE_TTL_S)
+                refresh_at = 0.0
+            if not canceled.is_set() and is_canceled(redis, job_id):
+                canceled.set()
 
     redis.set(key, 1, ex=ALIVE_TTL_S)
+    if is_canceled(redis, job_id):
+        canceled.set()
     thread = threading.Thread(target=beat, name=f"alive-{job_id}", daemon=True)
     thread.start()
     try:
-        yield
+        yield canceled
     finally:
         done.set()
         thread.join()

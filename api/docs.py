@@ -1,0 +1,58 @@
+"""GET /openapi.json and GET /docs: the contract, and Swagger UI over it from files inside the image.
+
+Swagger UI's files come from the flask-swagger-ui wheel (a pip dependency, so the image
+build needs nothing new); the page loads nothing from outside the service.
+"""
+from importlib.resources import files
+from pathlib import Path
+
+from flask import Blueprint, Response, current_app, jsonify, send_from_directory
+
+from api.openapi import document
+
+bp = Blueprint("docs", __name__)
+ASSETS = Path(str(files("flask_swagger_ui") / "dist"))
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>PySandbox API</title>
+  <link rel="stylesheet" href="docs/swagger-ui.css">
+  <link rel="icon" type="image/png" href="docs/favicon-32x32.png" sizes="32x32">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="docs/swagger-ui-bundle.js"></script>
+  <script src="docs/docs-init.js"></script>
+</body>
+</html>
+"""
+INIT = 'window.ui = SwaggerUIBundle({url: "openapi.json", dom_id: "#swagger-ui", deepLinking: true});\n'
+"""Relative URLs throughout, so the page also works behind a proxy that adds a path prefix."""
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 document, built once per app."""
+    state = current_app.extensions["pysandbox"]
+    if "openapi" not in state:
+        state["openapi"] = document()
+    return jsonify(state["openapi"])
+
+
+@bp.get("/docs")
+def page() -> Response:
+    """Swagger UI over /openapi.json."""
+    return Response(PAGE, mimetype="text/html")
+
+
+@bp.get("/docs/docs-init.js")
+def init() -> Response:
+    """The page's one script of its own (kept out of the HTML, so a strict CSP can allow it)."""
+    return Response(INIT, mimetype="text/javascript")
+
+
+@bp.get("/docs/<path:name>")
+def asset(name: str) -> Response:
+    """Swagger UI's own files."""
+    return send_from_directory(ASSETS, name, max_age=86400)

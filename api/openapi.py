@@ -1,0 +1,232 @@
+"""The OpenAPI 3.1 document, served at GET /openapi.json: api/schemas.py's models plus what no model says.
+
+Bodies come from the models' JSON Schemas (one declaration); this module adds the paths, the
+statuses each can answer with the error codes each status carries (ERROR_CODES, also the
+README's table: tests/test_openapi.py compares them), headers, examples and the async flow as
+links. See the note at the top of api/schemas.py for why it is assembled here.
+"""
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from api.request_ids import HEADER as REQUEST_ID
+from api.schemas import Error, ExecuteQuery, ExecuteRequest, Health, JobQueued, JobState, RunError, RunResult
+
+ERROR_CODES: dict[int, dict[str, str]] = {
+    400: {"invalid_request": "the body is not JSON or not an object; `script` missing, not a string or "
+                             "blank; a bad `timeout`/`memory_mb`; an unknown field; `async` not 0/1"},
+    404: {"not_found": "unknown path", "job_not_found": "unknown or expired job id"},
+    405: {"method_not_allowed": "wrong method (`Allow` says which)"},
+    409: {"job_finished": "DELETE of a job that already finished or failed"},
+    413: {"payload_too_large": "body over ~512 KiB, or script over PYSANDBOX_MAX_SCRIPT_BYTES"},
+    415: {"unsupported_media_type": "not `Content-Type: application/json`"},
+    422: {
+        "syntax_error": "the script does not compile (or is not UTF-8)",
+        "no_main": "no top-level callable `main`",
+        "main_error": "`main()` (or the script at import time) raised; `error.traceback` shows the "
+                      "script's frames",
+        "invalid_result": "`main()` returned something JSON cannot hold",
+        "timeout": "wall time (or CPU time) over the limit; the whole jail is killed",
+        "memory_limit": "over `memory_mb`, all of the run's processes together",
+        "output_limit": "stdout + stderr over 1 MiB; output kept up to the cap, `output_truncated: true`",
+        "result_too_large": "`main()`'s JSON over 1 MiB",
+        "no_result": "the script ended before `main()` returned",
+    },
+    500: {"internal_error": "the service's own fault (details in its log)",
+          "worker_lost": "sync request through the queue whose worker died"},
+    503: {"busy": "at capacity; `Retry-After` says when to retry",
+          "sandbox_unavailable": "the jail failed its self-test",
+          "queue_unavailable": "no Redis configured, or Redis unreachable"},
+}
+"""Every status an error is answered with, and its codes. A canceled job's `error.code` is
+`canceled`, in a job's state only (GET /jobs/{job_id}), never as an answer's status."""
+
+MESSAGES_422 = {
+    "syntax_error": "the script does not compile: invalid syntax (line 1)",
+    "no_main": "the script defines no top-level callable main()",
+    "main_error": "main() raised ZeroDivisionError: division by zero",
+    "invalid_result": "main() returned a set, which JSON cannot hold",
+    "timeout": "the script ran longer than its 5 s time limit",
+    "memory_limit": "the script used more than its 256 MB memory limit",
+    "output_limit": "the script printed more than 1048576 bytes",
+    "result_too_large": "main() returned more than 1048576 bytes of JSON",
+    "no_result": "the script exited (status 0) before main() returned",
+}
+RUN_FIELDS = {"stdout": "", "stderr": "", "output_truncated": False, "duration_ms": 4, "cpu_ms": 2,
+              "peak_memory_mb": 0.3}
+MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
+    (ExecuteRequest, "validation"), (RunResult, "serialization"), (RunError, "serialization"),
+    (Error, "serialization"), (JobQueued, "serialization"), (JobState, "serialization"),
+    (Health, "serialization")]
+
+
+def _ref(name: str, kind: str = "schemas") -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _headers(*names: str) -> dict[str, Any]:
+    return {name: _ref(name, "headers") for name in (REQUEST_ID, *names)}
+
+
+def _json(schema: dict[str, Any], examples: dict[str, Any] | None = None) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": schema}
+    if examples:
+        media["examples"] = {name: {"value": value} for name, value in examples.items()}
+    return {"application/json": media}
+
+
+def _error(status: int, *codes: str, headers: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The response of an error status limited to these codes, one example each."""
+    codes = codes or tuple(ERROR_CODES[status])
+    base = "RunError" if status == 422 else "Error"
+    schema = {"allOf": [_ref(base), {"type": "object", "properties": {
+        "error": {"type": "object", "properties": {"code": {"enum": list(codes)}}}}}]}
+    examples: dict[str, dict[str, Any]] = {
+        code: {"error": {"code": code, "message": MESSAGES_422.get(code, ERROR_CODES[status][code])},
+               **(RUN_FIELDS if status == 422 else {})} for code in codes}
+    if "main_error" in examples:
+        examples["main_error"]["error"]["traceback"] = (
+            'Traceback (most recent call last):\n  File "<script>", line 2, in main\n'
+            "ZeroDivisionError: division by zero\n")
+    description = "; ".join(f"`{code}`: {ERROR_CODES[status][code]}" for code in codes)
+    return {"description": description, "headers": _headers(*headers), "content": _json(schema, examples)}
+
+
+def _job_path() -> dict[str, Any]:
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"},
+              "description": "The id POST /execute?async=1 answered (a UUID)."}
+    state = {"description": "The job's state.", "headers": _headers(),
+             "content": _json(_ref("JobState"), {
+                 "finished": {"id": "5b7e2c1e-8f3a-4d5e-9b1a-2c3d4e5f6a7b", "status": "finished",
+                              "request_id": "4f9d2a", "result": 45, **RUN_FIELDS},
+                 "canceled": {"id": "5b7e2c1e-8f3a-4d5e-9b1a-2c3d4e5f6a7b", "status": "canceled",
+                              "request_id": "4f9d2a", "error": {
+                                  "code": "canceled", "message": "the run was canceled; its jail was killed"},
+                              **RUN_FIELDS}}),
+             "links": {"CancelJob": {"operationId": "cancelJob",
+                                     "parameters": {"job_id": "$request.path.job_id"}}}}
+    common = {"404": _error(404, "job_not_found"), "500": _error(500, "internal_error"),
+              "503": _error(503, "queue_unavailable", headers=("Retry-After",))}
+    return {
+        "parameters": [job_id],
+        "get": {"operationId": "getJob", "summary": "A queued run's state; its result or error once it ended",
+                "description": "`status` is `queued`, `running`, `finished` (with the fields of a sync 200), "
+                               "`failed` (with the error of a sync request, and the output when the script "
+                               "ran) or `canceled` (error code `canceled`). `request_id` is the X-Request-ID "
+                               "of the POST that queued it. Kept PYSANDBOX_RESULT_TTL_S (an hour) after it "
+                               "ends.",
+                "parameters": [_ref("RequestId", "parameters")],
+                "responses": {"200": state, **common}},
+        "delete": {"operationId": "cancelJob", "summary": "Cancel a queued or running run",
+                   "description": "A queued job never runs; a running job's jail is killed within a second "
+                                  "and its worker takes the next job. Answers the job's state, `canceled` "
+                                  "(again, for a job already canceled).",
+                   "parameters": [_ref("RequestId", "parameters")],
+                   "responses": {"200": state, "409": _error(409), **common}},
+    }
+
+
+def _execute_path() -> dict[str, Any]:
+    body_examples = {
+        "print_vs_result": {"script": 'print("at import")\ndef main():\n    print("in main")\n'
+                                      '    return {"answer": 42}'},
+        "with_limits": {"script": "def main():\n    return sum(range(10))", "timeout": 10, "memory_mb": 128},
+    }
+    queued = {"description": "`?async=1`: queued. Poll `Location` (GET /jobs/{job_id}).",
+              "headers": _headers("Location"),
+              "content": _json(_ref("JobQueued"), {"queued": {"id": "5b7e2c1e-8f3a-4d5e-9b1a-2c3d4e5f6a7b",
+                                                              "status": "queued"}}),
+              "links": {name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
+                        for name, op in (("GetJob", "getJob"), ("CancelJob", "cancelJob"))}}
+    return {"post": {
+        "operationId": "execute", "summary": "Run a script's main() in a fresh jail, or queue it",
+        "description": "The script is executed as module `script`, then `main()` is called; its return "
+                       "value is `result`, what it printed is `stdout`/`stderr`, never `result`.",
+        "parameters": [{"name": "async", "in": "query", "required": False,
+                        "schema": _async_schema(),
+                        "description": "`1` queues the run (202); `0` or absent runs it now."},
+                       _ref("RequestId", "parameters")],
+        "requestBody": {"required": True, "content": _json(_ref("ExecuteRequest"), body_examples)},
+        "responses": {
+            "200": {"description": "main() returned a JSON value.", "headers": _headers(),
+                    "content": _json(_ref("RunResult"), {"print_vs_result": {
+                        "result": {"answer": 42}, **RUN_FIELDS, "stdout": "at import\nin main\n"}})},
+            "202": queued,
+            "400": _error(400), "413": _error(413), "415": _error(415), "422": _error(422),
+            "500": _error(500), "503": _error(503, headers=("Retry-After",)),
+        }}}
+
+
+def _async_schema() -> dict[str, Any]:
+    field = ExecuteQuery.model_json_schema()["properties"]["async"]
+    return {"type": "string", "pattern": field["pattern"], "default": ""}
+
+
+def _simple_paths() -> dict[str, Any]:
+    health = {"headers": _headers(), "content": _json(_ref("Health"))}
+    return {
+        "/health": {"get": {
+            "operationId": "health", "summary": "Whether scripts can run here",
+            "parameters": [_ref("RequestId", "parameters")],
+            "responses": {"200": {"description": "The jail passed its escape probes.", **health},
+                          "500": _error(500, "internal_error"),
+                          "503": {"description": "The jail failed its self-test (or, on an API that only "
+                                                 "enqueues, no worker or no Redis).", **health}}}},
+        "/openapi.json": {"get": {
+            "operationId": "openapi", "summary": "This document",
+            "parameters": [_ref("RequestId", "parameters")],
+            "responses": {"200": {"description": "OpenAPI 3.1", "headers": _headers(),
+                                  "content": {"application/json": {"schema": {"type": "object"}}}},
+                          "500": _error(500, "internal_error")}}},
+        "/docs": {"get": {
+            "operationId": "docs",
+            "summary": "Interactive documentation (Swagger UI, served from this service)",
+            "parameters": [_ref("RequestId", "parameters")],
+            "responses": {"200": {"description": "An HTML page; its assets are under /docs/.",
+                                  "headers": _headers(),
+                                  "content": {"text/html": {"schema": {"type": "string"}}}},
+                          "500": _error(500, "internal_error")}}},
+    }
+
+
+def _components() -> dict[str, Any]:
+    _, schemas = models_json_schema(MODELS, ref_template="#/components/schemas/{model}")
+    return {
+        "schemas": schemas["$defs"],
+        "parameters": {"RequestId": {
+            "name": REQUEST_ID, "in": "header", "required": False, "schema": {"type": "string"},
+            "description": "Your id for this request: kept when 1-128 characters of [A-Za-z0-9._-], "
+                           "otherwise replaced by a new one (a uuid4 in hex)."}},
+        "headers": {
+            REQUEST_ID: {"required": True,
+                         "description": "The request's id (yours if well-formed, else made); on every "
+                                        "response, errors too.",
+                         "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}},
+            "Retry-After": {"required": True, "description": "Seconds to wait before retrying.",
+                            "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+            "Location": {"required": True, "description": "The job's URL: /jobs/{job_id}.",
+                         "schema": {"type": "string"}},
+            "Allow": {"required": True, "description": "The methods the path answers.",
+                      "schema": {"type": "string"}},
+        },
+        "responses": {
+            "NotFound": _error(404, "not_found"),
+            "MethodNotAllowed": _error(405, headers=("Allow",)),
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "PySandbox", "version": "1",
+                 "description": "Runs an untrusted Python script's `main()` in an nsjail sandbox and answers "
+                                "what it returned, with what it printed kept apart. Every error is "
+                                "`{\"error\": {\"code\", \"message\"}}`; any path answers 404 `not_found` "
+                                "when unknown and 405 `method_not_allowed` for a wrong method "
+                                "(components.responses). Every response carries `X-Request-ID`."},
+        "paths": {"/execute": _execute_path(), "/jobs/{job_id}": _job_path(), **_simple_paths()},
+        "components": _components(),
+    }

@@ -1,0 +1,181 @@
+"""The API's bodies, declared once: these pydantic models validate requests and make the OpenAPI document.
+
+Why pydantic plus our own small OpenAPI assembly (api/openapi.py), not flask-openapi3, spectree
+or APIFlask: all three own request validation and answer its failures in their own shape and
+status (422 with pydantic's error list, or 400 of their own), before the view runs. Our
+contract gives 422 to the *script's* faults only, answers a bad request 400 `invalid_request`
+in our one error shape, 415 before looking at the body and 413 before parsing it (and again
+for a script over a limit that is configuration, not schema), and clamps limits instead of
+rejecting them. Bending each library to that takes hooks, overrides and a second place that
+describes errors. Here the models are the only declaration: `parse_json()` validates with
+them, and `api/openapi.py` takes their JSON Schemas (pydantic emits JSON Schema 2020-12,
+which is OpenAPI 3.1's dialect) and adds what no model says: paths, statuses, headers,
+examples and links. The interactive page is Swagger UI from the `flask-swagger-ui` wheel.
+"""
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from api.errors import invalid
+
+M = TypeVar("M", bound=BaseModel)
+NonBlank = Annotated[str, Field(min_length=1, pattern=r"\S")]
+
+
+def _integral(value: object) -> object:
+    """JSON Schema's integer includes 2.0; strict pydantic would refuse it, 2.5 stays refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+PositiveInteger = Annotated[int, Field(gt=0), BeforeValidator(_integral)]
+
+
+class ExecuteRequest(BaseModel):
+    """The body of POST /execute. Limits above the server's maximum are clamped, not refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="ExecuteRequest")
+
+    script: NonBlank = Field(
+        description="Python source defining a top-level `main()` that takes no argument. Over "
+                    "PYSANDBOX_MAX_SCRIPT_BYTES (UTF-8) it is refused with 413.",
+        examples=['print("at import")\ndef main():\n    print("in main")\n    return {"answer": 42}'])
+    timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="Wall-time limit in seconds; default 5, clamped to PYSANDBOX_MAX_TIMEOUT_S (30).")
+    memory_mb: PositiveInteger | None = Field(
+        None, description="Memory limit in MiB; default 256, clamped to 64…PYSANDBOX_MAX_MEMORY_MB (1024).")
+
+
+class ExecuteQuery(BaseModel):
+    """The query of POST /execute."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_async: str = Field(
+        "", alias="async", pattern=r"^(|[01]|[tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[yY][eE][sS]|[nN][oO])$",
+        description="`1` (or true/yes) queues the run and answers 202 with the job; `0` (the default) "
+                    "runs it now.")
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the run is queued."""
+        return self.run_async.lower() in ("1", "true", "yes")
+
+
+class RunOutput(BaseModel):
+    """What a run printed, how long it ran and what it used: in every answer about a run."""
+
+    stdout: str = Field(description="Everything written to fd 1 by the script and its children.")
+    stderr: str = Field(description="Everything written to fd 2.")
+    output_truncated: bool = Field(description="stdout + stderr went over 1 MiB and were cut there.")
+    duration_ms: int = Field(description="Wall time of the run.")
+    cpu_ms: int | None = Field(description="CPU time of the run's processes; null if the host cannot say.")
+    peak_memory_mb: float | None = Field(
+        description="The most memory the run held at once, in MiB; null if the host cannot say.")
+
+
+class RunResult(RunOutput):
+    """200: main() returned a JSON value."""
+
+    result: Any = Field(description="What main() returned (any JSON value).")
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable code and a message for people."""
+
+    code: str = Field(description="Stable, machine-readable; see the statuses for the codes each can carry.")
+    message: str
+    traceback: str | None = Field(
+        None, description="main_error only: the script's own frames, never the service's.")
+
+
+class Error(BaseModel):
+    """Every error: 4xx and 5xx. Script faults (422) add the run's output."""
+
+    error: ErrorDetail
+
+
+class RunError(RunOutput):
+    """422: the script ran and did not return a JSON value."""
+
+    error: ErrorDetail
+
+
+class JobQueued(BaseModel):
+    """202: the run is queued; poll `Location`."""
+
+    id: str = Field(description="The job's id (a UUID).")
+    status: Literal["queued"]
+
+
+class JobState(BaseModel):
+    """A queued run, as GET and DELETE /jobs/{job_id} see it.
+
+    `finished` adds the fields of a sync 200; `failed` the error of a sync request (and the
+    run's output when the script ran); `canceled` the error `canceled` (and the output the
+    run had made, when it was canceled while running)."""
+
+    id: str
+    status: Literal["queued", "running", "finished", "failed", "canceled"]
+    request_id: str | None = Field(
+        description="The X-Request-ID of the POST that queued the job (null for jobs queued before ids "
+                    "were kept).")
+    result: Any = Field(None, description="finished: what main() returned.")
+    error: ErrorDetail | None = Field(None, description="failed and canceled: why.")
+    stdout: str | None = None
+    stderr: str | None = None
+    output_truncated: bool | None = None
+    duration_ms: int | None = None
+    cpu_ms: int | None = None
+    peak_memory_mb: float | None = None
+
+
+class WarmJails(BaseModel):
+    """Warm jails kept ready in this process."""
+
+    size: int
+    idle: int
+
+
+class Health(BaseModel):
+    """GET /health: 200 when scripts can run, else 503 with the reason."""
+
+    status: Literal["ok", "unavailable"]
+    enforcement: str | None = Field(
+        None, description="What bounds each run here: `cgroup v2`, `cgroup v1` or `rlimits + watchdog` "
+                          "(absent on an API that only enqueues).")
+    selftest: dict[str, Any] | None = Field(
+        None, description="The startup self-test: `passed`, `failures`, `degraded`.")
+    warm_jails: WarmJails | None = None
+    queue: dict[str, Any] | None = Field(
+        None, description="Redis, workers and queued jobs, when a queue is set.")
+
+
+def parse_json(model: type[M], data: bytes) -> M:
+    """The body validated by `model`; 400 invalid_request saying what is wrong."""
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise invalid(describe(exc)) from None
+
+
+def parse_query(model: type[M], args: dict[str, str]) -> M:
+    """The query string validated by `model`; 400 invalid_request saying what is wrong."""
+    try:
+        return model.model_validate(args)
+    except ValidationError as exc:
+        raise invalid(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    """One line for people: each wrong field and why."""
+    errors = exc.errors(include_url=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        return "the body is not valid JSON (or not UTF-8)"
+    if any(e["type"] == "model_type" for e in errors):
+        return "the body must be a JSON object"
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    parts = [f"unknown field(s) {unknown}"] if unknown else []
+    parts += [f"'{'.'.join(map(str, e['loc']))}': {e['msg']}"
+              for e in errors if e["type"] != "extra_forbidden"]
+    return "; ".join(parts)
+

@@ -1,0 +1,33 @@
+"""schemathesis against the real service (gunicorn, redis-server, a worker, real jails): every
+operation of /openapi.json, all of schemathesis' default checks (schemathesis.toml says which
+two are tuned and why), and stateful runs through the document's links."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.servers import REPO, gunicorn, redis_server, workers
+
+MAX_EXAMPLES = 40
+"""Per operation and phase: about 600 cases, under a minute on 2 cores (most scripts are
+generated text that fails to compile, answered in milliseconds)."""
+
+
+def test_the_running_service_keeps_its_openapi_contract(tmp_path):
+    st = Path(sys.executable).parent / "schemathesis"
+    with redis_server(tmp_path) as redis_url, workers(redis_url, 1), gunicorn(
+            {"REDIS_URL": redis_url, "PYSANDBOX_MAX_TIMEOUT_S": "2"}) as url:
+        run = subprocess.run(
+            [str(st), "--config-file", str(REPO / "schemathesis.toml"), "--no-color", "run",
+             f"{url}/openapi.json", "--phases", "examples,coverage,fuzzing,stateful",
+             "--max-examples", str(MAX_EXAMPLES), "--workers", "1", "--seed", "9",
+             "--request-timeout", "30", "--generation-database", "none"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-8000:]
+    generated = re.search(r"(\d+) generated", output)
+    links = re.search(r"API Links:\s+(\d+) covered", output)
+    assert generated and links, output[-3000:]
+    assert int(generated.group(1)) >= 200 and int(links.group(1)) >= 2, output[-3000:]
+    assert "Operations:       5 selected / 5 total" in output, output[:1500]
+    print(f"schemathesis: {generated.group(1)} cases generated, {links.group(1)} API links covered")
