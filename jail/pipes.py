@@ -100,13 +100,13 @@ def pump(pipes: RunPipes, source: bytes, limits: Limits, stop: Callable[[], None
                 stop()
             if raw.killed_for is not None and now >= deadline + 2 * KILL_GRACE_S:
                 break
-            watching = watch is not None and raw.killed_for is None
-            if watch is not None and watching and now >= next_watch:
-                if watch.over_limit():
+            watching = watch if raw.killed_for is None else None
+            if watching is not None and now >= next_watch:
+                if watching.over_limit():
                     raw.killed_for = Status.MEMORY_LIMIT
                     stop()
-                next_watch = now + watch.interval_s
-            wait = next_watch - now if watching else max(0.01, min(deadline - now, 0.5))
+                next_watch = now + watching.interval_s
+            wait = next_watch - now if watching is not None else max(0.01, min(deadline - now, 0.5))
             if cancel is not None:
                 wait = min(wait, CANCEL_POLL_S)
             for key, _ in sel.select(timeout=wait):
