@@ -129,7 +129,7 @@ class WarmJail:
         try:
             return self._run_in(child, script, limits, cancel)
         finally:
-            child.sock.close()  # lets a reported run end
+            child.sock.close()  # also where the run failed before its usage was read
 
     def _run_in(self, child: SealedChild, script: str, limits: Limits,
                 cancel: threading.Event | None) -> Outcome:
@@ -156,6 +156,7 @@ class WarmJail:
             raw = pump(pipes, script.encode("utf-8", "surrogatepass"), limits,
                        lambda: self._stop(child), watch, cancel)
         raw.usage = self._usage(child, baseline, watch)
+        child.sock.close()  # the held child may end now, while its report is read
         if raw.killed_for is None and raw.report:
             self.unreaped += 1  # the report says how it ended; the zygote's word can come later
         elif raw.killed_for is None:
