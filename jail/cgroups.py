@@ -31,6 +31,9 @@ CPU_PERIOD_US = 100_000
 """cpu.max's period; the quota is the same, so a run gets one core at most."""
 KILL_WAIT_S = 1.0
 """How long removing a cgroup waits for the processes cgroup.kill ended to go."""
+STALE_AFTER_S = 600.0
+"""An empty run cgroup this old was left by a process that was killed before it could remove
+it (a run lasts at most its time limit); sweep_stale() removes it."""
 
 
 class Enforcement(str, Enum):
@@ -117,6 +120,38 @@ def _detect_v2(root: Path) -> Cgroups:
     missing = sorted(set(CONTROLLERS) - available)
     reason = f"cgroup v2: {', '.join(missing)} not delegated to {parent}" if missing else ""
     return Cgroups(root, frozenset(available), reason, version=2)
+
+
+def sweep_stale(cgroups: Cgroups) -> int:
+    """Remove run and warm-jail cgroups that hold no process and are older than STALE_AFTER_S:
+    what processes killed mid-run left (others' live cgroups are populated or young).
+    Returns how many were removed."""
+    if cgroups.version == 2:
+        parents = [cgroups.root / PARENT] if cgroups.available else []
+    else:
+        parents = [cgroups.root / name / PARENT for name in cgroups.available]
+    removed, now = 0, time.time()
+    for parent in parents:
+        for run in parent.glob("*-*/"):
+            try:
+                if now - run.stat().st_mtime < STALE_AFTER_S or _populated(run):
+                    continue
+                for child in run.glob("*/"):
+                    child.rmdir()
+                run.rmdir()
+                removed += 1
+            except OSError:
+                continue  # in use after all, or already gone
+    return removed
+
+
+def _populated(cgroup: Path) -> bool:
+    """Whether any process is in the cgroup or below it."""
+    events = _read_key(cgroup / "cgroup.events", "populated")
+    if events is not None:
+        return events > 0
+    return any((path / "cgroup.procs").read_text().strip()
+               for path in (cgroup, *cgroup.glob("*/")))
 
 
 def _enabled(cgroup: Path) -> set[str]:

@@ -74,6 +74,9 @@ def policy_file(tmp_mb: int, warm: bool = False) -> Path:
 def host_cgroups() -> cgroups.Cgroups:
     """The cgroup controllers of this host, detected once; a warning when any is missing."""
     found = cgroups.detect(settings().cgroup_root)
+    swept = cgroups.sweep_stale(found)
+    if swept:
+        log.info("removed %d run cgroups that killed processes had left", swept)
     if not found.complete:
         log.warning("cgroups incomplete (%s); falling back to rlimits for the rest: %s",
                     ",".join(sorted(found.available)) or "none", found.missing_reason)
