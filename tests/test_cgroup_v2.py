@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -199,6 +200,8 @@ def test_health_reports_enforcement(service: Service) -> None:
 
 def test_memory_sum_of_children_is_bounded(service: Service) -> None:
     status, body = run(service, MEMORY_SUM)
+    print(f"\nprofile {service.profile.name}: {outcome(status, body)}, "
+          f"peak_memory_mb {body.get('peak_memory_mb')}")
     assert_memory_bounded(service, status, body)
     assert_still_serving(service)
 
@@ -213,10 +216,22 @@ def test_concurrent_memory_sums_kill_no_service_process(service: Service) -> Non
         answers += run_all(service, [MEMORY_SUM] * 4)
         assert service.state() == "running 0", service.explain(f"round {round_no}:", answers)
     after = service.service_pids()
+    seen = Counter(outcome(status, body) for status, body in answers)
+    peaks = [body.get("peak_memory_mb") or 0 for _, body in answers]
+    print(f"\nprofile {service.profile.name}: {ROUNDS} rounds x 4: {dict(seen)}, "
+          f"peak_memory_mb at most {max(peaks)}")
     assert after == before, service.explain("service processes changed:", before, after)
     assert_still_serving(service)
     for status, body in answers:
         assert_memory_bounded(service, status, body, crowded=True)
+
+
+def outcome(status: int, body: dict[str, Any]) -> str:
+    """An answer in a word: the error code, or 200 with how many children were killed."""
+    if status != 200:
+        return body.get("error", {}).get("code", str(status))
+    killed = sum(code != 0 for code in body["result"]["codes"])
+    return f"200 ({killed} of {len(body['result']['codes'])} children killed)"
 
 
 def test_fork_bomb_leaves_the_service_serving(service: Service) -> None:
