@@ -1,4 +1,5 @@
-"""Runs inside the jail (as `python -c`): reads the user's script on stdin, calls its main(), reports on its own fd.
+"""Runs inside the jail (as `python -c`): reads the user's script on stdin, calls its main(),
+reports on its own fd.
 
 jail/nsjail.py appends the entry call: main(<report fd>) for a one-off jail, or the
 zygote's loop (jail/zygote.py) for a warm one.
@@ -7,12 +8,18 @@ Standard library only. The report is one JSON object written to the result chann
 (the fd named in argv[1]) after main() returns; the service parses it defensively, since the user's code
 shares this process and could write anything there. Prints go to fd 1/2 untouched.
 """
+from __future__ import annotations  # annotations stay text: the jail never imports typing for them
+
 import json
 import linecache
 import os
 import sys
 import traceback
 import types
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # checkers only: importing typing would cost every one-off run ~4 ms
+    from typing import NoReturn
 
 REPORT_FD = -1
 """Set by main(): the inherited pipe the report goes to."""
@@ -28,7 +35,7 @@ TRACEBACK_FRAMES = 100
 JAIL_SITE = "/opt/site"
 
 
-def send(text: str) -> None:
+def send(text: str) -> NoReturn:
     """Write the one report on the result channel and end the run at once.
 
     os._exit skips atexit hooks and the wait for the user's non-daemon threads. A process
@@ -58,7 +65,7 @@ def send(text: str) -> None:
     os._exit(0)
 
 
-def report(message: dict) -> None:
+def report(message: dict) -> NoReturn:
     """Send a report made of plain values."""
     send(json.dumps(message))
 
@@ -71,7 +78,7 @@ def user_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb, limit=TRACEBACK_FRAMES))
 
 
-def fail(code: str, message: str, exc: "BaseException | None" = None) -> None:
+def fail(code: str, message: str, exc: BaseException | None = None) -> NoReturn:
     """Report one of the script's own faults."""
     body = {"status": code, "message": message}
     if exc is not None:
@@ -85,12 +92,12 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def handle_exit(exc: SystemExit) -> None:
+def handle_exit(exc: SystemExit) -> NoReturn:
     """sys.exit() before main() returned: there is no result."""
     fail("no_result", f"the script called sys.exit({exc.code!r}) before main() returned")
 
 
-def handle_error(exc: BaseException, where: str) -> None:
+def handle_error(exc: BaseException, where: str) -> NoReturn:
     """An exception escaped the user's code."""
     if isinstance(exc, MemoryError):
         fail("memory_limit", "the script ran out of memory", exc)

@@ -15,10 +15,17 @@ runs user code; it reaps each child and reports how it ended and its CPU time.
 """
 import ctypes
 import gc
+import json
+import os
 import resource
 import select
 import signal
 import socket
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # checkers only: at run time this text follows jail/harness.py's in one
+    from jail.harness import JAIL_SITE, main  # `python -c` program, which defines these
 
 CONTROL_FD = int(sys.argv[1])
 TMP_BYTES = int(sys.argv[2])
@@ -51,7 +58,8 @@ def inner_filter():
 
 
 def seal(rules) -> None:
-    """Turn this fresh child into a one-run jail: own session and /tmp, no capabilities, uid 65534, seccomp."""
+    """Turn this fresh child into a one-run jail: own session and /tmp, no capabilities,
+    uid 65534, seccomp."""
     os.setsid()  # its own session and process group: kill(0) reaches no spare child
     checked(LIBC.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
     for path, size in ((b"/tmp", TMP_BYTES), (b"/dev/shm", SHM_BYTES)):
@@ -91,7 +99,7 @@ def serve_one_run(control: socket.socket, rules, taken: int) -> None:
         control.send(json.dumps({"broken": str(exc)}).encode())
         os._exit(70)
     control.close()
-    for target, fd in zip((0, 1, 2), fds):
+    for target, fd in zip((0, 1, 2), fds[:3], strict=True):
         os.dup2(fd, target)
     report, release = fds[3], mine.detach()
     low, high = sorted((report, release))

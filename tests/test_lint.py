@@ -1,7 +1,8 @@
 """ruff and mypy, as configured in pyproject.toml, are clean on the service's code (part of `make test`).
 
-jail/harness.py and jail/zygote.py are excluded there: they are sent into the jail as
-`python -c` source text, the zygote appended to the harness, so neither stands alone."""
+jail/harness.py and jail/zygote.py included: they are sent into the jail as one `python -c`
+program, the zygote appended to the harness; a TYPE_CHECKING import shows checkers where the
+zygote's names come from."""
 import subprocess
 import sys
 from pathlib import Path
