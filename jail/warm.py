@@ -106,11 +106,6 @@ class WarmJail:
         self._spent: list[cgroups.V2Cgroup] = []
         self._zygote_pid: int | None = None
 
-    @property
-    def ready(self) -> int:
-        """Sealed children waiting for a run."""
-        return len(self._sealed)
-
     def wait_ready(self, timeout_s: float) -> None:
         """Wait until a sealed child is waiting for the next run."""
         while not self._sealed:
