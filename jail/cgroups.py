@@ -122,16 +122,19 @@ def _detect_v2(root: Path) -> Cgroups:
     return Cgroups(root, frozenset(available), reason, version=2)
 
 
+def parents(cgroups: Cgroups) -> list[Path]:
+    """The NSJAIL/ directories runs are made in: one on v2, one per controller on v1."""
+    if cgroups.version == 2:
+        return [cgroups.root / PARENT] if cgroups.available else []
+    return [cgroups.root / name / PARENT for name in cgroups.available]
+
+
 def sweep_stale(cgroups: Cgroups) -> int:
     """Remove run and warm-jail cgroups that hold no process and are older than STALE_AFTER_S:
     what processes killed mid-run left (others' live cgroups are populated or young).
     Returns how many were removed."""
-    if cgroups.version == 2:
-        parents = [cgroups.root / PARENT] if cgroups.available else []
-    else:
-        parents = [cgroups.root / name / PARENT for name in cgroups.available]
     removed, now = 0, time.time()
-    for parent in parents:
+    for parent in parents(cgroups):
         for run in parent.glob("*-*/"):
             try:
                 if now - run.stat().st_mtime < STALE_AFTER_S or _populated(run):
@@ -227,13 +230,13 @@ class V2Cgroup:
         """Kill whatever is left in this cgroup and its children, then remove them all."""
         if not self.path.exists():
             return
-        if _read_key(self.path / "cgroup.events", "populated"):
+        if _populated(self.path):
             try:
                 self._write("cgroup.kill", 1)  # kernel >= 5.14
             except OSError as exc:
                 log.warning("could not kill what is left in %s: %s", self.path, exc)
             deadline = time.monotonic() + KILL_WAIT_S
-            while _read_key(self.path / "cgroup.events", "populated") and time.monotonic() < deadline:
+            while _populated(self.path) and time.monotonic() < deadline:
                 time.sleep(0.01)
         for child in sorted(self.path.glob("*/"), reverse=True):
             _rmdir(child)

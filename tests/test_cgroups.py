@@ -18,12 +18,6 @@ def host() -> cgroups.Cgroups:
     return found
 
 
-def _parents(host: cgroups.Cgroups) -> list:
-    if host.version == 2:
-        return [host.root / cgroups.PARENT]
-    return [host.root / name / cgroups.PARENT for name in host.available]
-
-
 def test_enforcement_names_the_hierarchy(host):
     assert host.enforcement.value == f"cgroup v{host.version}"
     assert cgroups.Cgroups(host.root, frozenset(), "none").enforcement is cgroups.Enforcement.RLIMITS
@@ -32,17 +26,17 @@ def test_enforcement_names_the_hierarchy(host):
 def test_sweep_removes_only_old_empty_run_cgroups(host):
     old, young = f"run-{uuid.uuid4().hex}", f"run-{uuid.uuid4().hex}"
     long_ago = time.time() - 2 * cgroups.STALE_AFTER_S
-    for parent in _parents(host):
+    for parent in cgroups.parents(host):
         (parent / old / "NSJAIL.1").mkdir(parents=True)
         (parent / young).mkdir()
         os.utime(parent / old, (long_ago, long_ago))
     try:
-        assert cgroups.sweep_stale(host) >= len(_parents(host))
-        for parent in _parents(host):
+        assert cgroups.sweep_stale(host) >= len(cgroups.parents(host))
+        for parent in cgroups.parents(host):
             assert not (parent / old).exists()
             assert (parent / young).exists()
     finally:
-        for parent in _parents(host):
+        for parent in cgroups.parents(host):
             for path in (parent / old / "NSJAIL.1", parent / old, parent / young):
                 if path.exists():
                     path.rmdir()
@@ -52,7 +46,7 @@ def test_a_run_leaves_no_cgroup_behind(host):
     from jail import Limits
     from jail.nsjail import run_once
 
-    before = {path.name for parent in _parents(host) for path in parent.glob("run-*")}
+    before = {path.name for parent in cgroups.parents(host) for path in parent.glob("run-*")}
     assert run_once("import os\ndef main():\n    os.fork()\n    return 1", Limits()).ok
-    after = {path.name for parent in _parents(host) for path in parent.glob("run-*")}
+    after = {path.name for parent in cgroups.parents(host) for path in parent.glob("run-*")}
     assert after <= before
