@@ -179,11 +179,29 @@ class JobQueue:
         age_s = (datetime.now(UTC) - started).total_seconds()
         return age_s < ALIVE_TTL_S or is_alive(self.redis, job.id)
 
+    def persistent(self) -> bool:
+        """True when Redis writes an append-only file (jobs outlive a Redis restart)."""
+        return bool(self.redis.info("persistence").get("aof_enabled"))
+
     def health(self) -> dict[str, Any]:
-        """Whether Redis answers and how many workers serve the queue."""
+        """Whether Redis answers, keeps its data across restarts, and how many workers serve."""
         try:
-            self.redis.ping()
-            return {"redis": "ok", "workers": Worker.count(queue=self.queue),
-                    "queued": self.queue.count}
+            return {"redis": "ok", "persistent": self.persistent(),
+                    "workers": Worker.count(queue=self.queue), "queued": self.queue.count}
         except RedisError as exc:
             return {"redis": f"unreachable ({type(exc).__name__})", "workers": 0}
+
+    def metrics_state(self) -> dict[str, Any]:
+        """For /metrics: whether Redis answers, persists, its workers and jobs by RQ state."""
+        queue = self.queue
+        try:
+            registries = {"started": queue.started_job_registry, "finished": queue.finished_job_registry,
+                          "failed": queue.failed_job_registry, "canceled": queue.canceled_job_registry,
+                          "deferred": queue.deferred_job_registry,
+                          "scheduled": queue.scheduled_job_registry}
+            jobs = {"queued": queue.count, **{name: registry.get_job_count(cleanup=False)
+                                              for name, registry in registries.items()}}
+            return {"up": 1, "persistent": self.persistent(), "workers": Worker.count(queue=queue),
+                    "jobs": jobs}
+        except RedisError:
+            return {"up": 0}
