@@ -71,10 +71,13 @@ def observe_sandbox_error() -> None:
     RUNS.labels("sandbox_error", "unknown").inc()
 
 
+_IDLE_JAILS, _ALL_JAILS = WARM_JAILS.labels("idle"), WARM_JAILS.labels("total")
+
+
 def observe_warm_jails(idle: int, total: int) -> None:
     """The WarmPool's change hook: this process's idle and total warm jails."""
-    WARM_JAILS.labels("idle").set(idle)
-    WARM_JAILS.labels("total").set(total)
+    _IDLE_JAILS.set(idle)
+    _ALL_JAILS.set(total)
 
 
 class StateCollector(Collector):
