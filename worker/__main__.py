@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 
 from api import logs
 from api.config import load_config
@@ -37,13 +38,14 @@ class Worker(SimpleWorker):
 
 
 def wait_for(redis: Redis) -> None:
-    """Until Redis answers a PING."""
+    """Until Redis answers a PING (at least RECONNECT_S: never a busy loop)."""
     while True:
+        time.sleep(RECONNECT_S)
         try:
             redis.ping()
             return
         except RedisError:
-            time.sleep(RECONNECT_S)
+            pass
 
 
 def main() -> int:
@@ -61,7 +63,7 @@ def main() -> int:
     while True:
         # Jobs run in this process (not a forked work-horse), where the warm jail lives.
         worker = Worker([Queue(QUEUE_NAME, connection=redis)], connection=redis,
-                              job_monitoring_interval=5, log_job_description=False)
+                        job_monitoring_interval=5, log_job_description=False)
         try:
             worker.work(with_scheduler=False)
         except RedisError as exc:  # raised by RQ's teardown once its loop quit for the same cause
@@ -69,7 +71,10 @@ def main() -> int:
         if worker.stopping:
             return 0
         log.warning("worker: the RQ loop ended without a stop request; waiting for Redis")
-        wait_for(redis)
+        try:
+            wait_for(redis)
+        except StopRequested:  # RQ's signal handlers stay installed: a stop while waiting
+            return 0
         try:
             worker.register_death()  # the old registration, which Redis may still hold
         except RedisError:
