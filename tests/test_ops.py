@@ -16,6 +16,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import create_app
+from api.logs import trace_fields
 from tests.servers import free_port, gunicorn, redis_server, workers
 
 SECRET = "s3cr3t-d0-n0t-l0g-7f3a"
@@ -236,3 +238,21 @@ def test_a_redis_outage_is_503_queue_unavailable_and_passes_by_itself() -> None:
                 assert poll(base, answer.json()["id"])["result"] == 5
                 assert worker.poll() is None, "the worker was not restarted: it reconnected"
                 assert requests.get(f"{base}/health", timeout=30).json()["queue"]["redis"] == "ok"
+
+
+def test_metrics_can_be_turned_off() -> None:
+    app = create_app({"METRICS": False, "WARM_JAILS": 0})
+    answer = app.test_client().get("/metrics")
+    assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("header, fields", [
+    (f"{TRACE}/42;o=1", {"logging.googleapis.com/trace": f"projects/p1/traces/{TRACE}",
+                         "logging.googleapis.com/spanId": "42"}),
+    (TRACE.upper(), {"logging.googleapis.com/trace": f"projects/p1/traces/{TRACE}"}),
+    ("not-a-trace/1", {}), ("", {}), (None, {}),
+])
+def test_trace_fields_come_only_from_a_well_formed_header(monkeypatch: pytest.MonkeyPatch,
+                                                          header: str | None, fields: dict) -> None:
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "p1")
+    assert trace_fields(header) == fields
