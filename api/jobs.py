@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def worker_lost() -> ApiError:
-    """A job whose worker died mid-run: it is reported failed, never silently re-run."""
-    return ApiError(500, "worker_lost", "the worker running this job died before it finished; "
-                    "it was not re-run (submit it again)")
+    """A job whose worker died mid-run, or lost Redis before it could store the result: it is
+    reported failed, never silently re-run."""
+    return ApiError(500, "worker_lost", "the worker running this job died, or lost the queue, before "
+                    "it finished; it was not re-run (submit it again)")
 
 
 def not_found() -> ApiError:
@@ -163,7 +164,9 @@ class JobQueue:
                     "failed", outcome_error(outcome))
         except RedisError as exc:
             raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
-        if "AbandonedJobError" in (job.exc_info or ""):
+        # Abandoned: its worker died. A Redis error: the worker lost Redis (a restart, a
+        # failover) while storing the outcome, and RQ recorded that once Redis was back.
+        if any(mark in (job.exc_info or "") for mark in ("AbandonedJobError", "redis.exceptions.")):
             return "failed", worker_lost()
         log.error("job %s failed in the worker: %s", job.id, job.exc_info)
         return "failed", ApiError(500, "internal_error",
