@@ -232,4 +232,5 @@ def test_sigkill_of_redis_mid_burst_loses_no_accepted_job(compose: Compose) -> N
     assert len(ended) == len(accepted) == BURST, (counts, compose.logs())
     assert inspect(redis)["RestartCount"] >= 1, "compose restarted redis"
     assert all(inspect(worker)["RestartCount"] == 0 for worker in workers), compose.logs()
+    assert set(counts) <= {"finished", "failed worker_lost"}, counts
     assert counts["finished"] >= BURST // 2, counts
