@@ -336,6 +336,13 @@ def test_one_scrape_counts_the_runs_of_gunicorn_and_the_workers(supervised: tupl
     assert moved("pysandbox_queue_wait_seconds_count") == 1, delta
     assert moved("pysandbox_http_requests_total", route="/execute", status="202") == 1, delta
     assert after[("pysandbox_warm_jails", (("state", "total"),))] >= DEFAULT_WORKERS
+    # gunicorn's and the workers' lines are JSON; only the supervisor, the entrypoint and
+    # redis-server write plain text ("supervise: ...", "entrypoint: ...", "<pid>:<role> ...").
+    logs = docker("logs", container)
+    for line in (logs.stdout + logs.stderr).splitlines():
+        if re.match(r"(supervise|entrypoint): |\d+:[CMSX] ", line):
+            continue
+        assert isinstance(json.loads(line)["severity"], str), line
 
 
 def test_a_volume_at_var_lib_redis_keeps_the_jobs(image: str, run_flags: list[str]) -> None:
