@@ -1,11 +1,10 @@
 """PySandbox's HTTP API: create_app() builds the Flask app (gunicorn: "api:create_app()")."""
-import logging
 from typing import Any
 
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from api import docs, errors, request_ids, routes
+from api import docs, errors, logs, metrics, request_ids, routes
 from api.capacity import Capacity
 from api.config import load_config
 from api.jobs import JobQueue
@@ -20,9 +19,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = 2 * app.config["MAX_SCRIPT_BYTES"] + 4096
     assert isinstance(app.json, DefaultJSONProvider)
     app.json.sort_keys = False
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup()
     errors.register(app)
     request_ids.register(app)
+    logs.register(app)
     app.register_blueprint(routes.bp)
     app.register_blueprint(docs.bp)
     if app.config["EXECUTE_VIA_QUEUE"] and not app.config["REDIS_URL"]:
@@ -30,8 +30,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     jobs = JobQueue(app.config["REDIS_URL"], app.config["MAX_QUEUED_JOBS"],
                     app.config["RESULT_TTL_S"], app.config["RETRY_AFTER_S"]) \
         if app.config["REDIS_URL"] else None
-    if not app.config["EXECUTE_VIA_QUEUE"]:
-        start_warm_pool(app.config["WARM_JAILS"], app.config["TMP_MB"])
+    runs_here = not app.config["EXECUTE_VIA_QUEUE"]
+    if runs_here:
+        start_warm_pool(app.config["WARM_JAILS"], app.config["TMP_MB"], metrics.observe_warm_jails)
     app.extensions["pysandbox"] = {
         "capacity": Capacity(app.config["MAX_CONCURRENT_RUNS"], app.config["QUEUE_WAIT_S"],
                              app.config["RETRY_AFTER_S"]),
@@ -39,4 +40,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         "selftest": None if app.config["EXECUTE_VIA_QUEUE"] else self_test(),
         "jobs": jobs,
     }
+    metrics.register(app, app.config["MAX_CONCURRENT_RUNS"] if runs_here else 0)
     return app

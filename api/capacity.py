@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from api.errors import busy
+from api.metrics import SLOTS_IN_USE
 
 
 class Capacity:
@@ -18,7 +19,9 @@ class Capacity:
         """Hold a slot for one run, waiting at most wait_s for one; else 503 busy."""
         if not self._slots.acquire(timeout=self._wait_s):
             raise busy("the service is at capacity", self._retry_after_s)
+        SLOTS_IN_USE.inc()
         try:
             yield
         finally:
+            SLOTS_IN_USE.dec()
             self._slots.release()

@@ -24,6 +24,8 @@ DEFAULTS: dict[str, object] = {
     "EXECUTE_VIA_QUEUE": False,
     "MAX_QUEUED_JOBS": 100,
     "RESULT_TTL_S": 3600,
+    "METRICS": True,
+    "WORKER_METRICS_PORT": 0,
 }
 """Each is documented in the README's configuration table."""
 

@@ -5,6 +5,9 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from api.logs import annotate
+from api.metrics import ERRORS
+
 log = logging.getLogger(__name__)
 
 HTTP_CODES = {
@@ -42,6 +45,8 @@ def invalid(message: str) -> ApiError:
 
 
 def _respond(error: ApiError):
+    ERRORS.labels(error.code).inc()
+    annotate(code=error.code)
     response = jsonify(error.to_dict())
     response.status_code = error.status
     response.headers.update(error.headers)

@@ -1,7 +1,21 @@
 """gunicorn settings: one process of threads, so the capacity limit is one counter."""
 import os
+import shutil
+import tempfile
+from typing import Any
 
-from api.config import load_config
+# prometheus_client's multiprocess mode: every process that counts writes its values in this
+# directory, and GET /metrics adds them up. It must be set before anything imports
+# prometheus_client (importing api.config below imports the api package, which does), and be
+# empty at start (stale files would count a previous run's runs). docker/supervise.py makes
+# one for gunicorn and the RQ workers together; else gunicorn makes its own, fresh, in
+# $TMPDIR (a tmpfs in compose), and removes it when it stops.
+_own_multiproc_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _own_multiproc_dir = tempfile.mkdtemp(prefix="pysandbox-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_multiproc_dir
+
+from api.config import load_config  # noqa: E402 (after the directory is set: see above)
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 workers = 1
@@ -14,3 +28,18 @@ control_socket_disable = True
 """gunicorn's admin socket: unused, and it needs a writable home."""
 accesslog = "-"
 errorlog = "-"
+logger_class = "api.logs.GunicornLogger"
+"""JSON lines (PYSANDBOX_LOG_FORMAT=json, the default), gunicorn's own format for text."""
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A gunicorn worker's live gauges (warm jails, run slots) leave with it."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory gunicorn made for itself."""
+    if _own_multiproc_dir is not None:
+        shutil.rmtree(_own_multiproc_dir, ignore_errors=True)

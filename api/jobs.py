@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def worker_lost() -> ApiError:
-    """A job whose worker died mid-run: it is reported failed, never silently re-run."""
-    return ApiError(500, "worker_lost", "the worker running this job died before it finished; "
-                    "it was not re-run (submit it again)")
+    """A job whose worker died mid-run, or lost Redis before it could store the result: it is
+    reported failed, never silently re-run."""
+    return ApiError(500, "worker_lost", "the worker running this job died, or lost the queue, before "
+                    "it finished; it was not re-run (submit it again)")
 
 
 def not_found() -> ApiError:
@@ -163,7 +164,9 @@ class JobQueue:
                     "failed", outcome_error(outcome))
         except RedisError as exc:
             raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
-        if "AbandonedJobError" in (job.exc_info or ""):
+        # Abandoned: its worker died. A Redis error: the worker lost Redis (a restart, a
+        # failover) while storing the outcome, and RQ recorded that once Redis was back.
+        if any(mark in (job.exc_info or "") for mark in ("AbandonedJobError", "redis.exceptions.")):
             return "failed", worker_lost()
         log.error("job %s failed in the worker: %s", job.id, job.exc_info)
         return "failed", ApiError(500, "internal_error",
@@ -179,11 +182,29 @@ class JobQueue:
         age_s = (datetime.now(UTC) - started).total_seconds()
         return age_s < ALIVE_TTL_S or is_alive(self.redis, job.id)
 
+    def persistent(self) -> bool:
+        """True when Redis writes an append-only file (jobs outlive a Redis restart)."""
+        return bool(self.redis.info("persistence").get("aof_enabled"))
+
     def health(self) -> dict[str, Any]:
-        """Whether Redis answers and how many workers serve the queue."""
+        """Whether Redis answers, keeps its data across restarts, and how many workers serve."""
         try:
-            self.redis.ping()
-            return {"redis": "ok", "workers": Worker.count(queue=self.queue),
-                    "queued": self.queue.count}
+            return {"redis": "ok", "persistent": self.persistent(),
+                    "workers": Worker.count(queue=self.queue), "queued": self.queue.count}
         except RedisError as exc:
             return {"redis": f"unreachable ({type(exc).__name__})", "workers": 0}
+
+    def metrics_state(self) -> dict[str, Any]:
+        """For /metrics: whether Redis answers, persists, its workers and jobs by RQ state."""
+        queue = self.queue
+        try:
+            registries = {"started": queue.started_job_registry, "finished": queue.finished_job_registry,
+                          "failed": queue.failed_job_registry, "canceled": queue.canceled_job_registry,
+                          "deferred": queue.deferred_job_registry,
+                          "scheduled": queue.scheduled_job_registry}
+            jobs = {"queued": queue.count, **{name: registry.get_job_count(cleanup=False)
+                                              for name, registry in registries.items()}}
+            return {"up": 1, "persistent": self.persistent(), "workers": Worker.count(queue=queue),
+                    "jobs": jobs}
+        except RedisError:
+            return {"up": 0}

@@ -173,6 +173,16 @@ def _simple_paths() -> dict[str, Any]:
                           "500": _error(500, "internal_error"),
                           "503": {"description": "The jail failed its self-test (or, on an API that only "
                                                  "enqueues, no worker or no Redis).", **health}}}},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics (text format 0.0.4)",
+            "description": "Counters, histograms and gauges of runs, requests, refusals, warm jails and "
+                           "the queue: the README's \"Operating it\" section lists them. Not served "
+                           "(404) with PYSANDBOX_METRICS=false.",
+            "parameters": [_ref("RequestId", "parameters")],
+            "responses": {"200": {"description": "The Prometheus text exposition format.",
+                                  "headers": _headers(),
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          "500": _error(500, "internal_error")}}},
         "/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This document",
             "parameters": [_ref("RequestId", "parameters")],

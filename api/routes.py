@@ -5,7 +5,9 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 
 from api.capacity import Capacity
 from api.errors import ApiError
-from api.jobs import RQ_BACKSTOP_S, JobQueue, unavailable
+from api.jobs import JOB_ID, RQ_BACKSTOP_S, JobQueue, unavailable
+from api.logs import annotate, run_fields
+from api.metrics import observe_run, observe_sandbox_error
 from api.request_ids import request_id
 from api.requests import parse_execute
 from api.responses import outcome_body
@@ -45,8 +47,11 @@ def _run_here(script: str, limits: Limits) -> dict:
         try:
             outcome = run(script, limits)
         except SandboxError:
+            observe_sandbox_error()
             log.exception("the sandbox failed")
             raise ApiError(500, "internal_error", "the sandbox failed; the error was logged") from None
+    observe_run(outcome)
+    annotate(**run_fields(outcome))  # the request's line is the run's: no second line per run
     return outcome_body(outcome)
 
 
@@ -56,6 +61,7 @@ def execute():
     script, limits, queued = parse_execute(request, current_app.config)
     if queued:
         job = _queue().submit(script, limits, request_id())
+        annotate(job_id=job.id)
         response = jsonify({"id": job.id, "status": "queued"})
         response.status_code = 202
         response.headers["Location"] = url_for("sandbox.job", job_id=job.id)
@@ -63,6 +69,7 @@ def execute():
     if current_app.config["EXECUTE_VIA_QUEUE"]:
         queue = _queue()
         job = queue.submit(script, limits, request_id())
+        annotate(job_id=job.id)
         return jsonify(queue.wait(job, current_app.config["QUEUE_WAIT_S"],
                                   limits.timeout_s + RQ_BACKSTOP_S))
     return jsonify(_run_here(script, limits))
@@ -71,12 +78,14 @@ def execute():
 @bp.get("/jobs/<job_id>")
 def job(job_id: str):
     """A queued run's status; its result or error once it has ended."""
+    annotate(job_id=job_id if JOB_ID.match(job_id) else None)
     return jsonify(_queue().state(job_id))
 
 
 @bp.delete("/jobs/<job_id>")
 def cancel_job(job_id: str):
     """Cancel a queued or running run; answers its state, canceled."""
+    annotate(job_id=job_id if JOB_ID.match(job_id) else None)
     return jsonify(_queue().cancel(job_id))
 
 

@@ -147,7 +147,8 @@ class Health(BaseModel):
         None, description="The startup self-test: `passed`, `failures`, `degraded`.")
     warm_jails: WarmJails | None = None
     queue: dict[str, Any] | None = Field(
-        None, description="Redis, workers and queued jobs, when a queue is set.")
+        None, description="Redis, workers and queued jobs, when a queue is set; `persistent`: whether Redis "
+                    "keeps its jobs across a restart (an append-only file).")
 
 
 def parse_json(model: type[M], data: bytes) -> M:

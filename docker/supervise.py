@@ -6,12 +6,17 @@
 
 All-in-one (the default): starts
   1. redis-server on a unix socket in SOCKET_DIR (no TCP listener at all), protected by a
-     password generated now, with no persistence. The jail never sees it: it has no /run
-     mount and no network, and its environment is rebuilt from scratch (keep_env: false).
+     password generated now. It keeps its data in memory only (it lives and dies with the
+     container), unless a volume is mounted at DATA_DIR: then it writes an append-only file
+     there (fsync every second) and the jobs outlive the container. The jail never sees it:
+     it has no /run or /var mount and no network, and its environment is rebuilt from
+     scratch (keep_env: false).
   2. once redis answers: $PYSANDBOX_WORKERS (default 2) `python -m worker` processes and
      gunicorn, with REDIS_URL (socket path + password) in their environment only.
      With PYSANDBOX_WORKERS=0 there is no redis and no worker: gunicorn alone, sync only.
-Sync requests are still run by gunicorn itself; ?async=1 jobs by the workers.
+Sync requests are still run by gunicorn itself; ?async=1 jobs by the workers. All of them
+count into one prometheus_client multiprocess directory, METRICS_DIR, made empty at start,
+which gunicorn's GET /metrics reads.
 
 SIGTERM/SIGINT stop everything: the signal is forwarded to gunicorn and the workers first
 (both finish what they are running: gunicorn its requests, a worker its job), to redis
@@ -24,13 +29,15 @@ than leave it half alive.
 As PID 1 it also reaps orphans (e.g. what a killed worker leaves behind).
 
 `redis` mode (compose): exec redis-server on 0.0.0.0:6379 with the password from
-$REDIS_PASSWORD, never on a command line (the config is fed on stdin).
+$REDIS_PASSWORD, never on a command line (the config is fed on stdin), with its append-only
+file in DATA_DIR (compose mounts a named volume there).
 
 Standard library only; the supervisor's own lines go to stderr as "supervise: ...".
 """
 import os
 import pwd
 import secrets
+import shutil
 import select
 import signal
 import socket
@@ -42,6 +49,9 @@ from dataclasses import dataclass, field
 
 SOCKET_DIR = "/run/pysandbox"
 SOCKET = f"{SOCKET_DIR}/redis.sock"
+DATA_DIR = "/var/lib/redis"
+"""Where Redis keeps its append-only file: Debian's redis-server home, owned by redis."""
+METRICS_DIR = "/run/pysandbox-metrics"
 REDIS_USER = "redis"
 REDIS_READY_S = 15.0
 VENV_PYTHON = "/opt/venv/bin/python"
@@ -66,10 +76,13 @@ def env_int(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
-def redis_config(password: str, **settings: str) -> str:
-    """redis.conf text: no persistence, the password, 256 MB at most, then `settings`."""
+def redis_config(password: str, persist: bool, **settings: str) -> str:
+    """redis.conf text: an append-only file in DATA_DIR (fsync every second) or no persistence
+    at all, the password, 256 MB at most, then `settings`."""
     quoted = password.replace("\\", "\\\\").replace('"', '\\"')
-    lines = ['save ""', "appendonly no", f'requirepass "{quoted}"',
+    durability = ["appendonly yes", "appendfsync everysec", f"dir {DATA_DIR}"] if persist else \
+        ["appendonly no"]
+    lines = ['save ""', *durability, f'requirepass "{quoted}"',
              # Bounded: when full, writes fail (the API answers 503) instead of growing.
              "maxmemory 256mb", "maxmemory-policy noeviction"]
     lines += [f"{name} {value}" for name, value in settings.items()]
@@ -213,10 +226,18 @@ class Supervisor:
             os.chown(SOCKET_DIR, entry.pw_uid, entry.pw_gid)
         if os.path.lexists(SOCKET):
             os.unlink(SOCKET)
+        persist = os.path.ismount(DATA_DIR)
+        if persist:
+            if user is not None:  # a host directory bind-mounted here may belong to anyone
+                entry = pwd.getpwnam(user)
+                os.chown(DATA_DIR, entry.pw_uid, entry.pw_gid)
+            log(f"redis keeps its jobs in {DATA_DIR} (a mounted volume): append-only, fsync every second")
+        else:
+            log(f"redis keeps its jobs in memory only; mount a volume at {DATA_DIR} to keep them")
         # Root's clients (gunicorn, workers) reach the redis-owned 0700 socket through
         # CAP_DAC_OVERRIDE, which Docker grants by default; nothing else in the container can.
-        config = redis_config(password, port="0", unixsocket=SOCKET, unixsocketperm="700",
-                              dir=SOCKET_DIR, loglevel="warning")
+        config = redis_config(password, persist, port="0", unixsocket=SOCKET, unixsocketperm="700",
+                              loglevel="warning", **({} if persist else {"dir": SOCKET_DIR}))
         redis = Child("redis", ["redis-server", "-"], env, user=user, stdin_text=config)
         self.children.append(redis)
         self.start(redis)
@@ -245,7 +266,9 @@ class Supervisor:
     def run(self) -> int:
         workers = env_int("PYSANDBOX_WORKERS", 2)
         budget_s = env_int("PYSANDBOX_STOP_TIMEOUT_S", 8, minimum=2)
-        env = dict(os.environ)
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": METRICS_DIR}
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)  # a restarted container's old counts
+        os.makedirs(METRICS_DIR, mode=0o700)
         if workers:
             if env.get("REDIS_URL"):
                 log("REDIS_URL is ignored: this container runs its own redis")
@@ -322,7 +345,7 @@ def exec_redis_for_compose() -> None:
     if not password:
         raise SystemExit("supervise: redis mode needs REDIS_PASSWORD")
     # protected-mode only guards password-less servers; bind all: compose's network only.
-    config = redis_config(password, bind="0.0.0.0 -::*", port="6379", dir="/tmp")
+    config = redis_config(password, True, bind="0.0.0.0 -::*", port="6379")
     read, write = os.pipe()
     os.write(write, config.encode())  # far below a pipe's buffer: never blocks
     os.close(write)

@@ -41,6 +41,8 @@ class Outcome:
     """CPU time of the run's processes; None where the host cannot measure it."""
     peak_memory_mb: float | None = None
     """The most memory the run held at once (MiB, one decimal); None where not measured."""
+    jail: str = ""
+    """The kind of jail it ran in: "warm" or "one-off" (jail.run sets it)."""
 
     @property
     def ok(self) -> bool:

@@ -5,6 +5,8 @@ and pandas imports. The pool is per process: the API's gunicorn worker and each 
 worker start their own.
 """
 import threading
+from collections.abc import Callable
+from dataclasses import replace
 
 from jail.limits import Limits
 from jail.nsjail import run_once
@@ -14,13 +16,15 @@ from jail.warm import WarmPool
 _pool: WarmPool | None = None
 
 
-def start_warm_pool(size: int, tmp_mb: int) -> WarmPool | None:
-    """Keep `size` warm jails from now on (none when size is 0)."""
+def start_warm_pool(size: int, tmp_mb: int,
+                    on_change: Callable[[int, int], None] | None = None) -> WarmPool | None:
+    """Keep `size` warm jails from now on (none when size is 0); on_change(idle, size) is
+    called whenever the number of idle ones changes."""
     global _pool
     stop_warm_pool()
     if size <= 0:
         return None
-    _pool = WarmPool(size, tmp_mb)
+    _pool = WarmPool(size, tmp_mb, on_change=on_change)
     return _pool
 
 
@@ -44,4 +48,6 @@ def run(script: str, limits: Limits, cancel: threading.Event | None = None) -> O
     the outcome is Status.CANCELED."""
     pool = _pool
     outcome = pool.run(script, limits, cancel=cancel) if pool is not None else None
-    return outcome if outcome is not None else run_once(script, limits, cancel=cancel)
+    if outcome is not None:
+        return outcome if outcome.jail else replace(outcome, jail="warm")
+    return replace(run_once(script, limits, cancel=cancel), jail="one-off")

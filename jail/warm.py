@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,8 +289,10 @@ class WarmJail:
 class WarmPool:
     """`size` warm jails whose /tmp holds tmp_mb, refilled in the background."""
 
-    def __init__(self, size: int, tmp_mb: int, host: cgroups.Cgroups | None = None) -> None:
+    def __init__(self, size: int, tmp_mb: int, host: cgroups.Cgroups | None = None,
+                 on_change: Callable[[int, int], None] | None = None) -> None:
         self.size, self.tmp_mb = size, tmp_mb
+        self._on_change = on_change
         self._host = host or host_cgroups()
         self._idle: queue.SimpleQueue[WarmJail] = queue.SimpleQueue()
         self._wanted = threading.Semaphore(size)
@@ -312,18 +315,20 @@ class WarmPool:
             jail = self._idle.get(timeout=wait_s) if wait_s else self._idle.get_nowait()
         except queue.Empty:
             return None
+        self._changed()
         try:
             return jail.run(script, limits, cancel)
         except WarmJailBroken as exc:
             log.error("warm jail broken, running in a one-off jail instead: %s", exc)
             jail.kill()
-            return run_once(script, limits, cancel=cancel)
+            return dataclasses.replace(run_once(script, limits, cancel=cancel), jail="one-off")
         finally:
             self._give_back(jail)
 
     def _give_back(self, jail: WarmJail) -> None:
         if jail.reusable and not self._stopped.is_set():
             self._idle.put(jail)
+            self._changed()
             return
         jail.close()
         self._wanted.release()
@@ -348,6 +353,11 @@ class WarmPool:
                 time.sleep(min(30.0, 0.5 * failures))
                 continue
             self._idle.put(jail)
+            self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.idle, self.size)
 
     def close(self) -> None:
         """Stop refilling and kill every idle jail (busy ones are closed when their run ends)."""
@@ -357,4 +367,5 @@ class WarmPool:
             try:
                 self._idle.get_nowait().close()
             except queue.Empty:
+                self._changed()
                 return

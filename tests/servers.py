@@ -24,13 +24,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(env: dict[str, str] | None = None, wait_healthy: bool = True) -> Iterator[str]:
+def gunicorn(env: dict[str, str] | None = None, wait_healthy: bool = True,
+             log_path: Path | None = None) -> Iterator[str]:
     """A real gunicorn serving the app on a free port; yields its base URL.
 
-    Its log goes to a file (a pipe nobody reads would fill and block it), shown on failure.
+    Its log goes to a file (a pipe nobody reads would fill and block it), shown on failure:
+    log_path when given (for tests that read it), else a temporary one.
     """
     port = free_port()
-    with tempfile.TemporaryFile("w+") as log:
+    with open(log_path, "w+") if log_path else tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "gunicorn"), "--config", "api/gunicorn.conf.py",
              "api:create_app()"],
@@ -66,9 +68,9 @@ def _wait_up(proc: subprocess.Popen, url: str, wait_healthy: bool, log) -> None:
 
 
 @contextmanager
-def redis_server(directory: Path) -> Iterator[str]:
-    """A private, throwaway redis-server on loopback; yields its URL."""
-    port = free_port()
+def redis_server(directory: Path, port: int | None = None) -> Iterator[str]:
+    """A private, throwaway redis-server on loopback (on a free port unless given); yields its URL."""
+    port = port or free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                              "--save", "", "--appendonly", "no", "--dir", str(directory)],
                             stdout=subprocess.DEVNULL)
@@ -89,11 +91,14 @@ def redis_server(directory: Path) -> Iterator[str]:
 
 
 @contextmanager
-def workers(redis_url: str, count: int) -> Iterator[list[subprocess.Popen]]:
-    """count real RQ workers; waits until they are registered."""
+def workers(redis_url: str, count: int, env: dict[str, str] | None = None,
+            log_path: Path | None = None) -> Iterator[list[subprocess.Popen]]:
+    """count real RQ workers (their logs appended to log_path, if given); waits until they
+    are registered."""
+    log = open(log_path, "a") if log_path else subprocess.DEVNULL
     procs = [subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO,
-                              env={**os.environ, "REDIS_URL": redis_url},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env={**os.environ, "REDIS_URL": redis_url, **(env or {})},
+                              stdout=log, stderr=log)
              for _ in range(count)]
     try:
         redis, deadline = Redis.from_url(redis_url), time.monotonic() + 30
@@ -106,3 +111,5 @@ def workers(redis_url: str, count: int) -> Iterator[list[subprocess.Popen]]:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=30)
+        if not isinstance(log, int):
+            log.close()

@@ -5,11 +5,13 @@ One compose project per test module, with a unique project name, image tags, pas
 a free loopback port, so that it never meets a developer's own `docker-compose up`; it is
 always taken down (`down -v --rmi all`: the unique tags only, the layers stay cached).
 """
+import collections
 import json
 import os
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.images import BUILD_TIMEOUT_S, docker, free_port, make_var
 from tests.servers import REPO
@@ -28,6 +31,7 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 WORKERS = 2
 JOBS = 20
+BURST = 50
 HEALTH_TIMEOUT_S = 90
 
 
@@ -160,3 +164,74 @@ def test_redis_is_not_published_and_needs_the_password(compose: Compose) -> None
     assert not inspect(container)["HostConfig"]["PortBindings"], "redis must not be published"
     done = docker("exec", container, "redis-cli", "ping", check=False)
     assert "NOAUTH" in done.stdout + done.stderr, done.stdout
+
+
+def test_metrics_of_the_api_and_of_each_worker(compose: Compose) -> None:
+    """The unprivileged, read-only api serves /metrics (its multiprocess directory in /tmp);
+    each worker serves its own on the backend network, never published."""
+    job_id = submit_async(compose.base, "def main(): return 3")
+    assert poll_job(compose.base, job_id, within_s=60)["result"] == 3
+    answer = requests.get(f"{compose.base}/metrics", timeout=10)
+    assert answer.status_code == 200, answer.text[:2000]
+    samples = [s for f in text_string_to_metric_families(answer.text) for s in f.samples]
+    api = {s.name: s.value for s in samples if not s.labels}
+    assert api["pysandbox_workers"] == WORKERS and api["pysandbox_queue_persistent"] == 1
+    assert sum(s.value for s in samples if s.name == "pysandbox_http_requests_total"
+               and s.labels["status"] == "202") >= 1
+    runs = 0.0
+    for container in compose.containers("worker"):
+        assert not inspect(container)["HostConfig"]["PortBindings"], "worker metrics are never published"
+        text = docker("exec", container, "/opt/venv/bin/python", "-c",
+                      "import urllib.request; print(urllib.request.urlopen("
+                      "'http://127.0.0.1:9100/metrics', timeout=5).read().decode())").stdout
+        runs += sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                    if s.name == "pysandbox_runs_total")
+    assert runs >= 1
+
+
+def test_sigkill_of_redis_mid_burst_loses_no_accepted_job(compose: Compose) -> None:
+    """50 async jobs; redis SIGKILLed (from the host, as a crash) after the 25th was accepted and
+    restarted by compose. Every job answered 202 ends finished, failed or canceled, never 404;
+    submissions while redis is down are 503 queue_unavailable (and are retried); the workers
+    reconnect without being restarted."""
+    (redis,) = compose.containers("redis")
+    workers = compose.containers("worker")
+    script = "import time\ndef main():\n    time.sleep(0.2)\n    return 1\n"
+    accepted: list[str] = []
+    refused, killed = 0, False
+    while len(accepted) < BURST:
+        if len(accepted) == BURST // 2 and not killed:
+            os.kill(inspect(redis)["State"]["Pid"], signal.SIGKILL)
+            killed = True
+        try:
+            answer = requests.post(f"{compose.base}/execute?async=1", json={"script": script}, timeout=30)
+        except requests.RequestException as exc:
+            pytest.fail(f"the api did not answer while redis was down: {exc}")
+        if answer.status_code == 202:
+            accepted.append(answer.json()["id"])
+            continue
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "queue_unavailable", answer.text
+        refused += 1
+        time.sleep(0.2)
+    ended: dict[str, str] = {}
+    deadline = time.monotonic() + 240
+    while len(ended) < len(accepted) and time.monotonic() < deadline:
+        for job_id in accepted:
+            if job_id in ended:
+                continue
+            answer = requests.get(f"{compose.base}/jobs/{job_id}", timeout=10)
+            assert answer.status_code != 404, f"job {job_id} was lost: {answer.text}\n{compose.logs()}"
+            body = answer.json()
+            if answer.status_code == 200 and body["status"] in ("finished", "failed", "canceled"):
+                ended[job_id] = body["status"] if body["status"] == "finished" else \
+                    f"{body['status']} {body['error']['code']}"
+        time.sleep(0.5)
+    counts = collections.Counter(ended.values())
+    print(f"\nredis SIGKILL mid-burst: {len(accepted)} accepted, {refused} submissions refused "
+          f"503 queue_unavailable meanwhile; ended: {dict(counts)}")
+    assert len(ended) == len(accepted) == BURST, (counts, compose.logs())
+    assert inspect(redis)["RestartCount"] >= 1, "compose restarted redis"
+    assert all(inspect(worker)["RestartCount"] == 0 for worker in workers), compose.logs()
+    assert set(counts) <= {"finished", "failed worker_lost"}, counts
+    assert counts["finished"] >= BURST // 2, counts

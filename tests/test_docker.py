@@ -8,11 +8,13 @@ redis-server, PYSANDBOX_WORKERS (2) RQ workers and gunicorn. It must serve sync 
 runs, exit 1 within seconds when any of its parts dies (so Docker or Cloud Run replaces
 it), and exit 0 on `docker stop` well within the stop timeout.
 """
+import collections
 import json
 import re
 import shlex
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.config import DEFAULTS
 from jail.watchdog import SLACK_MB
@@ -51,11 +54,12 @@ def run_flags() -> list[str]:
 
 
 @contextmanager
-def running(image: str, run_flags: list[str], *env: str) -> Iterator[tuple[str, str]]:
-    """The image run as `make run` runs it (plus `-e` env), on a free port, healthy;
-    (container id, base URL). Removed afterwards."""
+def running(image: str, run_flags: list[str], *env: str,
+            volume: str | None = None) -> Iterator[tuple[str, str]]:
+    """The image run as `make run` runs it (plus `-e` env, and `-v volume`), on a free port,
+    healthy; (container id, base URL). Removed afterwards."""
     port = free_port()
-    options = [arg for pair in env for arg in ("-e", pair)]
+    options = [arg for pair in env for arg in ("-e", pair)] + (["-v", volume] if volume else [])
     started = docker("run", "-d", "-p", f"127.0.0.1:{port}:8080", *options, *run_flags, image)
     container = started.stdout.strip()
     base = f"http://127.0.0.1:{port}"
@@ -269,6 +273,7 @@ def test_health_reports_the_embedded_queue(supervised: tuple[str, str]) -> None:
     container, base = supervised
     queue = wait_workers(base, DEFAULT_WORKERS, container)
     assert queue["redis"] == "ok", queue
+    assert queue["persistent"] is False, "without a volume the embedded redis keeps nothing"
 
 
 def test_async_run_in_the_single_container(supervised: tuple[str, str]) -> None:
@@ -298,6 +303,63 @@ def test_a_running_job_is_canceled_in_the_single_container(supervised: tuple[str
     assert answer.status_code == 200 and answer.json()["status"] == "canceled", answer.text
     assert answer.json()["error"]["code"] == "canceled"
     assert poll_job(base, submit_async(base, "def main(): return 'next'"))["result"] == "next"
+
+
+def scrape(base: str) -> collections.Counter:
+    """/metrics through prometheus_client's parser: each sample by name and labels."""
+    answer = requests.get(f"{base}/metrics", timeout=10)
+    assert answer.status_code == 200, answer.text[:2000]
+    return collections.Counter({(s.name, tuple(sorted(s.labels.items()))): s.value
+                                for f in text_string_to_metric_families(answer.text) for s in f.samples})
+
+
+def test_one_scrape_counts_the_runs_of_gunicorn_and_the_workers(supervised: tuple[str, str]) -> None:
+    """The image's processes count into one multiprocess directory: a sync run (gunicorn's)
+    and an async one (a worker's) both appear in GET /metrics, exactly once."""
+    container, base = supervised
+    wait_workers(base, DEFAULT_WORKERS, container)
+    before = scrape(base)
+    assert execute(base, "def main(): return 1")["result"] == 1
+    assert requests.post(f"{base}/execute", json={"script": "def main(): return 1 / 0"},
+                         timeout=30).status_code == 422
+    assert poll_job(base, submit_async(base, "def main(): return 2"))["result"] == 2
+    after = scrape(base)
+    delta = {key: after[key] - before[key] for key in after if after[key] != before[key]}
+
+    def moved(name: str, **labels: str) -> float:
+        return sum(value for (found, have), value in delta.items()
+                   if found == name and set(labels.items()) <= set(have))
+
+    assert moved("pysandbox_runs_total", outcome="ok") == 2, delta
+    assert moved("pysandbox_runs_total", outcome="main_error") == 1, delta
+    assert moved("pysandbox_http_errors_total", code="main_error") == 1, delta
+    assert moved("pysandbox_queue_wait_seconds_count") == 1, delta
+    assert moved("pysandbox_http_requests_total", route="/execute", status="202") == 1, delta
+    assert after[("pysandbox_warm_jails", (("state", "total"),))] >= DEFAULT_WORKERS
+    # gunicorn's and the workers' lines are JSON; only the supervisor, the entrypoint and
+    # redis-server write plain text ("supervise: ...", "entrypoint: ...", "<pid>:<role> ...").
+    logs = docker("logs", container)
+    for line in (logs.stdout + logs.stderr).splitlines():
+        if re.match(r"(supervise|entrypoint): |\d+:[CMSX] ", line):
+            continue
+        assert isinstance(json.loads(line)["severity"], str), line
+
+
+def test_a_volume_at_var_lib_redis_keeps_the_jobs(image: str, run_flags: list[str]) -> None:
+    """With a volume mounted at /var/lib/redis, /health says the queue persists, and a job's
+    result outlives its container: a new container on the same volume still answers it."""
+    volume = f"pysandbox-test-{uuid.uuid4().hex[:12]}"
+    docker("volume", "create", volume)
+    try:
+        with running(image, run_flags, volume=f"{volume}:/var/lib/redis") as (container, base):
+            assert wait_workers(base, DEFAULT_WORKERS, container)["persistent"] is True
+            job_id = submit_async(base, "def main(): return 'kept'")
+            assert poll_job(base, job_id)["result"] == "kept"
+        with running(image, run_flags, volume=f"{volume}:/var/lib/redis") as (container, base):
+            body = poll_job(base, job_id)
+            assert body["status"] == "finished" and body["result"] == "kept", body
+    finally:
+        docker("volume", "rm", "-f", volume, check=False)
 
 
 def test_jail_sees_neither_redis_nor_its_password(supervised: tuple[str, str]) -> None:

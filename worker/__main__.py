@@ -1,35 +1,85 @@
 """`python -m worker`: an RQ worker on $REDIS_URL that refuses to start if the jail is unsafe.
 
 It runs one job at a time, in a warm jail of its own (PYSANDBOX_WARM_JAILS=0: one-off jails).
+When Redis goes away, RQ's worker quits its loop; this one waits for Redis to answer again and
+works on with a new RQ worker, without a restart. With PYSANDBOX_WORKER_METRICS_PORT set it
+serves its own /metrics on that port (compose: on the internal network only).
 """
 import logging
 import os
 import sys
+import time
 
+from prometheus_client import start_http_server
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 
+from api import logs
 from api.config import load_config
+from api.metrics import observe_warm_jails
 from jail import start_warm_pool
 from jail.selftest import self_test
 from worker.queue import QUEUE_NAME
 
+RECONNECT_S = 1.0
+log = logging.getLogger("worker")
+
+
+class Worker(SimpleWorker):
+    """RQ's in-process worker, which remembers that it was told to stop (SIGTERM, SIGINT)."""
+
+    stopping = False
+
+    def request_stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+        super().request_stop(signum, frame)
+
+
+def wait_for(redis: Redis) -> None:
+    """Until Redis answers a PING (at least RECONNECT_S: never a busy loop)."""
+    while True:
+        time.sleep(RECONNECT_S)
+        try:
+            redis.ping()
+            return
+        except RedisError:
+            pass
+
 
 def main() -> int:
     """Self-test the jail, then work the queue until told to stop."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup()
     config = load_config(None)
-    start_warm_pool(min(1, config["WARM_JAILS"]), config["TMP_MB"])
+    start_warm_pool(min(1, config["WARM_JAILS"]), config["TMP_MB"], observe_warm_jails)
     verdict = self_test()
     if not verdict.passed:
-        logging.error("worker: the jail failed its self-test (%s); not starting", verdict.failures)
+        log.error("worker: the jail failed its self-test (%s); not starting", verdict.failures)
         return 1
+    if config["WORKER_METRICS_PORT"]:
+        start_http_server(config["WORKER_METRICS_PORT"])
     redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    # Jobs run in this process (not a forked work-horse), where the warm jail lives.
-    worker = SimpleWorker([Queue(QUEUE_NAME, connection=redis)], connection=redis,
-                    job_monitoring_interval=5, log_job_description=False)
-    worker.work(with_scheduler=False)
-    return 0
+    while True:
+        # Jobs run in this process (not a forked work-horse), where the warm jail lives.
+        worker = Worker([Queue(QUEUE_NAME, connection=redis)], connection=redis,
+                        job_monitoring_interval=5, log_job_description=False)
+        try:
+            worker.work(with_scheduler=False)
+        except RedisError as exc:  # raised by RQ's teardown once its loop quit for the same cause
+            log.error("worker: lost Redis (%s)", type(exc).__name__)
+        if worker.stopping:
+            return 0
+        log.warning("worker: the RQ loop ended without a stop request; waiting for Redis")
+        try:
+            wait_for(redis)
+        except StopRequested:  # RQ's signal handlers stay installed: a stop while waiting
+            return 0
+        try:
+            worker.register_death()  # the old registration, which Redis may still hold
+        except RedisError:
+            pass
+        log.info("worker: Redis answers again; working on")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """The job function the API enqueues by name: run one script in the jail."""
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from rq import get_current_job
 
-from jail import Limits, Outcome, Status, run
+from api.logs import run_fields
+from api.metrics import QUEUE_WAIT_SECONDS, observe_run, observe_sandbox_error
+from jail import Limits, Outcome, SandboxError, Status, run
 from worker.queue import keep_alive
 
 log = logging.getLogger(__name__)
@@ -17,10 +20,21 @@ def execute(script: str, limits: dict[str, Any]) -> dict[str, Any]:
     jail killed. Both end as Status.CANCELED."""
     job = get_current_job()
     assert job is not None, "execute() runs inside an RQ job"
-    log.info("job %s (request %s) started", job.id, job.meta.get("request_id"))
+    ids = {"job_id": job.id, "request_id": job.meta.get("request_id")}
+    if job.enqueued_at is not None:
+        enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
+        QUEUE_WAIT_SECONDS.observe(max(0.0, (datetime.now(UTC) - enqueued).total_seconds()))
+    log.info("job started", extra=ids)
     with keep_alive(job.connection, job.id) as canceled:
         if canceled.is_set():
-            return Outcome(Status.CANCELED, message="the job was canceled before it ran").to_dict()
-        outcome = run(script, Limits(**limits), cancel=canceled)
-    log.info("job %s (request %s) ended: %s", job.id, job.meta.get("request_id"), outcome.status.value)
+            outcome = Outcome(Status.CANCELED, message="the job was canceled before it ran")
+        else:
+            try:
+                outcome = run(script, Limits(**limits), cancel=canceled)
+            except SandboxError:
+                observe_sandbox_error()
+                log.exception("job failed: the sandbox failed", extra=ids)
+                raise
+            observe_run(outcome)
+    log.info("job ended: %s", outcome.status.value, extra={**ids, **run_fields(outcome)})
     return outcome.to_dict()

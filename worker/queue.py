@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 QUEUE_NAME = "pysandbox"
 JOB_FUNCTION = "worker.jobs.execute"
@@ -51,18 +52,22 @@ def is_canceled(redis: Redis, job_id: str) -> bool:
 @contextmanager
 def keep_alive(redis: Redis, job_id: str) -> Iterator[threading.Event]:
     """Refresh job_id's key while the body runs, and yield an event set once the job is
-    canceled; delete the key afterwards."""
+    canceled; delete the key afterwards. A Redis outage meanwhile does not stop the run:
+    the beat retries, and a key left behind expires by itself."""
     key, done, canceled = alive_key(job_id), threading.Event(), threading.Event()
 
     def beat() -> None:
         refresh_at = 0.0
         while not done.wait(CANCEL_POLL_S):
             refresh_at += CANCEL_POLL_S
-            if refresh_at >= REFRESH_S:
-                redis.set(key, 1, ex=ALIVE_TTL_S)
-                refresh_at = 0.0
-            if not canceled.is_set() and is_canceled(redis, job_id):
-                canceled.set()
+            try:
+                if refresh_at >= REFRESH_S:
+                    redis.set(key, 1, ex=ALIVE_TTL_S)
+                    refresh_at = 0.0
+                if not canceled.is_set() and is_canceled(redis, job_id):
+                    canceled.set()
+            except RedisError:
+                pass  # Redis is away: try again at the next beat
 
     redis.set(key, 1, ex=ALIVE_TTL_S)
     if is_canceled(redis, job_id):
@@ -74,4 +79,7 @@ def keep_alive(redis: Redis, job_id: str) -> Iterator[threading.Event]:
     finally:
         done.set()
         thread.join()
-        redis.delete(key)
+        try:
+            redis.delete(key)
+        except RedisError:
+            pass

@@ -1,0 +1,138 @@
+"""Logs: one JSON object per line with the fields Cloud Logging reads, or readable text lines.
+
+PYSANDBOX_LOG_FORMAT=json (the default) or text. In JSON every line has `severity`, `message`,
+`time` and `logger`; lines written while a request is served add `request_id` and, when the
+request carries X-Cloud-Trace-Context, `logging.googleapis.com/trace` (and `spanId`).
+gunicorn's access log (GunicornLogger) writes the one line per request, with `httpRequest`
+and what the app noted about the request in its WSGI environ (annotate()): the job id, the
+error or outcome code, the run's usage, the client. A script's source, output and result
+are never passed to a log: only ids, codes, durations and sizes.
+"""
+import logging
+import os
+import re
+from typing import Any
+
+from flask import Flask, Response, g, has_request_context, request
+from gunicorn.glogging import Logger as BaseGunicornLogger
+from pythonjsonlogger.json import JsonFormatter
+
+from api.request_ids import request_id
+from jail import Outcome
+
+FORMAT_ENV = "PYSANDBOX_LOG_FORMAT"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+ENVIRON_KEY = "pysandbox.log"
+"""The WSGI environ entry where a request's log fields gather until gunicorn logs it."""
+TRACE_HEADER = "X-Cloud-Trace-Context"
+TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/(\d{1,20}))?")
+TRACE_KEY, SPAN_KEY = "logging.googleapis.com/trace", "logging.googleapis.com/spanId"
+
+
+def json_format() -> bool:
+    """True unless PYSANDBOX_LOG_FORMAT=text (anything else but json is refused)."""
+    value = os.environ.get(FORMAT_ENV, "json").strip().lower()
+    if value not in ("json", "text"):
+        raise ValueError(f"{FORMAT_ENV} must be json or text, not {value!r}")
+    return value == "json"
+
+
+def formatter() -> logging.Formatter:
+    """The formatter every handler of ours uses: JSON, or the readable text line."""
+    if not json_format():
+        return logging.Formatter(TEXT_FORMAT)
+    return JsonFormatter("{levelname}{name}{message}", style="{", timestamp="time",
+                         rename_fields={"levelname": "severity", "name": "logger"})
+
+
+def trace_fields(header: str | None) -> dict[str, str]:
+    """Cloud Logging's trace fields from an X-Cloud-Trace-Context value ("TRACE/SPAN;o=1")."""
+    found = TRACE.match(header or "")
+    if found is None:
+        return {}
+    project = os.environ.get("GOOGLE_CLOUD_PROJECT", "")
+    trace = found[1].lower()
+    fields = {TRACE_KEY: f"projects/{project}/traces/{trace}" if project else trace}
+    if found[2]:
+        fields[SPAN_KEY] = found[2]
+    return fields
+
+
+class RequestContext(logging.Filter):
+    """Adds the request id and trace to every line logged while a request is served."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if has_request_context():
+            record.request_id = request_id()
+            record.__dict__.update(trace_fields(request.headers.get(TRACE_HEADER)))
+        return True
+
+
+def setup() -> None:
+    """Route the root logger (the app's, the jail's, rq's lines) through our formatter."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter())
+    handler.addFilter(RequestContext())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def annotate(**fields: Any) -> None:
+    """Note fields for this request's access-log line (None values are left out)."""
+    if has_request_context():
+        noted = request.environ.setdefault(ENVIRON_KEY, {})
+        noted.update({name: value for name, value in fields.items() if value is not None})
+
+
+def run_fields(outcome: Outcome) -> dict[str, Any]:
+    """What a log line says about a run: how it ended, in which jail, what it used."""
+    return {"outcome": outcome.status.value, "jail": outcome.jail, "duration_ms": outcome.duration_ms,
+            "cpu_ms": outcome.cpu_ms, "peak_memory_mb": outcome.peak_memory_mb}
+
+
+def _note_request(response: Response) -> Response:
+    annotate(request_id=request_id(), client=g.get("client"))
+    return response
+
+
+def register(app: Flask) -> None:
+    """Put the request id and the client's name (flask.g.client, when set) in the request's line."""
+    app.after_request(_note_request)
+
+
+class GunicornLogger(BaseGunicornLogger):
+    """gunicorn's logs in our format; the access line in JSON carries httpRequest and our fields.
+
+    With PYSANDBOX_LOG_FORMAT=text it is gunicorn's own logger, unchanged."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(formatter())
+
+    def access(self, resp: Any, req: Any, environ: dict, request_time: Any) -> None:
+        if not json_format():
+            super().access(resp, req, environ, request_time)
+            return
+        if not self.access_log_enabled:
+            return
+        status = int(str(resp.status).split(None, 1)[0])
+        path = environ.get("PATH_INFO", "")
+        query = environ.get("QUERY_STRING", "")
+        method = environ.get("REQUEST_METHOD", "")
+        http = {"requestMethod": method, "requestUrl": f"{path}?{query}" if query else path,
+                "status": status, "responseSize": str(getattr(resp, "sent", 0) or 0),
+                "userAgent": environ.get("HTTP_USER_AGENT", ""),
+                "remoteIp": environ.get("REMOTE_ADDR", ""),
+                "protocol": environ.get("SERVER_PROTOCOL", ""),
+                "latency": f"{request_time.total_seconds():.6f}s"}
+        fields = {"httpRequest": http, **trace_fields(environ.get("HTTP_X_CLOUD_TRACE_CONTEXT")),
+                  **environ.get(ENVIRON_KEY, {})}
+        try:
+            self.access_log.info("%s %s %d", method, path, status, extra=fields)
+        except Exception:
+            self.error("access log failed", exc_info=True)
