@@ -1,24 +1,120 @@
-"""A fixed number of concurrent runs; past it, requests are refused with 503 busy."""
+"""Run slots shared fairly between clients; past them, requests are refused with 503 busy.
+
+A fixed number of slots (PYSANDBOX_MAX_CONCURRENT_RUNS) run at once. Three rules share them:
+
+- A cap per client. A client alone may hold every slot. While other clients are present (they
+  asked for a slot in the last PRESENT_S seconds, or hold or wait for one), each of them keeps
+  one slot free of a big client: a client's cap is slots - (others present), and never under
+  its even share, slots // clients present. So a light client never waits behind a heavy one's
+  long runs, and the heavy one still gets slots - 1 of them (3 of 4 here) while one light
+  client is about.
+- Turns between clients. Requests that find no slot they may take wait in a queue of their
+  own client; a freed slot goes to the next client in turn that is under its cap (round robin),
+  and within a client to its oldest request. A client's flood does not push others back.
+- Short, bounded waits. A request waits at most PYSANDBOX_QUEUE_WAIT_S, and at most `slots`
+  requests of one client (2 x slots in all) wait at once: past that, 503 busy at once, with
+  Retry-After. So waiting requests never hold more than 2 x slots of gunicorn's threads
+  (api/gunicorn.conf.py has 3 x slots + 4), and a flood of one client is answered in
+  milliseconds instead of filling the threads and the accept queue ahead of everybody else.
+
+Hand-rolled: threading has no fair semaphore, and no library schedules per-client turns
+in-process; this is a few dozen lines over one lock.
+With fair sharing off (PYSANDBOX_FAIR_SHARING=false) every request counts as one client: the
+slots are then first come, first served, as a plain semaphore.
+"""
 import threading
+import time
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from api.errors import busy
 
+PRESENT_S = 5.0
+"""A client that asked for a slot this recently still counts as present (it is between
+requests, not gone): a light client sending every few hundred ms keeps its free slot."""
+EVERYONE = "*"
+
 
 class Capacity:
-    """Slots for concurrent runs in this process."""
+    """Slots for concurrent runs in this process, shared fairly between clients."""
 
-    def __init__(self, slots: int, wait_s: float, retry_after_s: int) -> None:
-        self._slots = threading.BoundedSemaphore(slots)
-        self._wait_s, self._retry_after_s = wait_s, retry_after_s
+    def __init__(self, slots: int, wait_s: float, retry_after_s: int, fair: bool = True) -> None:
+        self.slots, self._wait_s, self._retry_after_s, self._fair = slots, wait_s, retry_after_s, fair
+        self._lock = threading.Lock()
+        self._held: Counter[str] = Counter()
+        self._seen: dict[str, float] = {}
+        self._waiting: OrderedDict[str, deque[threading.Event]] = OrderedDict()
+        """Clients in turn order, each with its waiting requests, oldest first."""
 
     @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold a slot for one run, waiting at most wait_s for one; else 503 busy."""
-        if not self._slots.acquire(timeout=self._wait_s):
-            raise busy("the service is at capacity", self._retry_after_s)
+    def slot(self, client: str) -> Iterator[float]:
+        """Hold a slot for one run, waiting for it at most wait_s (else 503 busy); yields the
+        seconds waited."""
+        client = client if self._fair else EVERYONE
+        started = time.monotonic()
+        self._acquire(client, started)
         try:
-            yield
+            yield time.monotonic() - started
         finally:
-            self._slots.release()
+            with self._lock:
+                self._held[client] -= 1
+                if not self._held[client]:
+                    del self._held[client]
+                self._grant()
+
+    def _acquire(self, client: str, now: float) -> None:
+        with self._lock:
+            self._seen[client] = now
+            self._forget(now)
+            self._grant()  # caps change as clients come and go
+            if client not in self._waiting and self._free() and self._held[client] < self._cap(client):
+                self._held[client] += 1
+                return
+            queue = self._waiting.get(client, deque())
+            if len(queue) >= self.slots or sum(map(len, self._waiting.values())) >= 2 * self.slots:
+                raise self._busy()
+            turn = threading.Event()
+            queue.append(turn)
+            self._waiting.setdefault(client, queue)
+        if turn.wait(self._wait_s):
+            return
+        with self._lock:
+            if turn.is_set():  # granted just as the wait ended
+                return
+            queue.remove(turn)
+            if not queue:
+                del self._waiting[client]
+        raise self._busy()
+
+    def _busy(self):
+        return busy("the service is at capacity", self._retry_after_s)
+
+    def _free(self) -> int:
+        return self.slots - sum(self._held.values())
+
+    def _present(self) -> int:
+        return len(self._seen.keys() | self._held.keys() | self._waiting.keys())
+
+    def _cap(self, client: str) -> int:
+        others = self._present() - 1
+        return self.slots if others <= 0 else max(1, self.slots // (others + 1), self.slots - others)
+
+    def _grant(self) -> None:
+        """Give free slots to waiting requests, one client after another (lock held)."""
+        while self._free() > 0:
+            client = next((c for c in self._waiting if self._held[c] < self._cap(c)), None)
+            if client is None:
+                return
+            queue = self._waiting[client]
+            queue.popleft().set()
+            self._held[client] += 1
+            if queue:
+                self._waiting.move_to_end(client)  # its next request waits for the others' turns
+            else:
+                del self._waiting[client]
+
+    def _forget(self, now: float) -> None:
+        """Drop clients not seen for PRESENT_S (lock held)."""
+        for client in [c for c, seen in self._seen.items() if now - seen > PRESENT_S]:
+            del self._seen[client]
