@@ -102,18 +102,16 @@ def unauthorized(message: str, invalid: bool = False) -> ApiError:
 def presented_key() -> str:
     """The key this request carries (Authorization: Bearer, or X-API-Key); 401 if none or two."""
     authorization = request.headers.get("Authorization")
-    header_key = request.headers.get("X-API-Key")
-    bearer = None
+    header_key = request.headers.get("X-API-Key", "").strip()  # empty counts as absent
+    bearer = ""
     if authorization is not None:
         found = BEARER.fullmatch(authorization)
         if not found:
             raise unauthorized("malformed Authorization header: send `Authorization: Bearer <key>`")
         bearer = found.group(1)
-    if header_key is not None and not header_key.strip():
-        raise unauthorized("empty X-API-Key header")
-    if bearer is not None and header_key is not None and bearer != header_key.strip():
+    if bearer and header_key and bearer != header_key:
         raise unauthorized("two different keys: send one, as Authorization: Bearer or as X-API-Key")
-    key = bearer or (header_key or "").strip()
+    key = bearer or header_key
     if not key:
         raise unauthorized("an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")
     return key

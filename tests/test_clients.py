@@ -186,3 +186,18 @@ def test_each_client_has_its_share_of_the_queue_across_restarts(redis_url):
     restarted.submit(TRIVIAL["script"], Limits(), "r4", "key:b")
     assert restarted.cancel(first.id)["status"] == "canceled"
     restarted.submit(TRIVIAL["script"], Limits(), "r5", "key:a")
+
+
+def test_the_queue_share_is_per_key_through_the_api(redis_url):
+    config = {"REDIS_URL": redis_url, "MAX_QUEUED_JOBS_PER_CLIENT": 1,
+              "API_KEYS": ",".join(f"{name}:{sha256(key)}" for name, key in KEYS.items())}
+    client = create_app(config).test_client()
+
+    def queue(name: str):
+        return client.post("/execute?async=1", json=TRIVIAL, headers=bearer(name))
+
+    assert queue("alice").status_code == 202
+    refused = queue("alice")
+    assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "busy"
+    assert "share" in refused.get_json()["error"]["message"]
+    assert queue("bob").status_code == 202
