@@ -3,11 +3,12 @@
 A fixed number of slots (PYSANDBOX_MAX_CONCURRENT_RUNS) run at once. Three rules share them:
 
 - A cap per client. A client alone may hold every slot. While other clients are present (they
-  asked for a slot in the last PRESENT_S seconds, or hold or wait for one), each of them keeps
-  one slot free of a big client: a client's cap is slots - (others present), and never under
-  its even share, slots // clients present. So a light client never waits behind a heavy one's
-  long runs, and the heavy one still gets slots - 1 of them (3 of 4 here) while one light
-  client is about.
+  asked for a slot in the last PRESENT_S seconds, or hold or wait for one), a client's cap leaves
+  each of them the slots it holds and waits for plus one free: slots - sum(held + waiting + 1)
+  over the others, never under its even share, slots // clients present. So a light client
+  finds a free slot for its next request at once, instead of waiting behind a heavy one's long
+  runs; the heavy one keeps slots - 1 (3 of 4 here) while the light one is between requests,
+  and comes down towards its even share only as the light one's runs overlap.
 - Turns between clients. Requests that find no slot they may take wait in a queue of their
   own client; a freed slot goes to the next client in turn that is under its cap (round robin),
   and within a client to its oldest request. A client's flood does not push others back.
@@ -93,12 +94,12 @@ class Capacity:
     def _free(self) -> int:
         return self.slots - sum(self._held.values())
 
-    def _present(self) -> int:
-        return len(self._seen.keys() | self._held.keys() | self._waiting.keys())
-
     def _cap(self, client: str) -> int:
-        others = self._present() - 1
-        return self.slots if others <= 0 else max(1, self.slots // (others + 1), self.slots - others)
+        others = (self._seen.keys() | self._held.keys() | self._waiting.keys()) - {client}
+        if not others:
+            return self.slots
+        kept = sum(self._held[other] + len(self._waiting.get(other, ())) + 1 for other in others)
+        return max(1, self.slots // (len(others) + 1), self.slots - kept)
 
     def _grant(self) -> None:
         """Give free slots to waiting requests, one client after another (lock held)."""

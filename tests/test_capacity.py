@@ -67,19 +67,36 @@ def test_another_client_present_gets_the_next_slot_and_a_free_one_from_then_on()
 
 
 def test_waiting_clients_are_served_in_turn_not_first_come():
-    capacity, granted = Capacity(4, 2.0, 1), []
-    held = [Holder(capacity, client, granted) for client in "aabb"]  # a and b at their cap of 2
+    capacity, granted = Capacity(8, 2.0, 1), []
+    held = [Holder(capacity, "x", granted) for _ in range(8)]  # x alone: every slot
     settle()
-    waiting = [Holder(capacity, "a", granted), Holder(capacity, "a", granted)]
+    waiting = [Holder(capacity, "a", granted) for _ in range(3)]
     settle()
     waiting.append(Holder(capacity, "c", granted))
     settle()
     held[0].done()
     held[1].done()
     settle()
-    assert granted[4:] == ["a", "c"], granted
+    assert granted[8:] == ["a", "c"], granted  # first come would be a, a
     for holder in held[2:] + waiting:
         holder.done()
+
+
+def test_a_light_client_needing_two_slots_gets_the_next_one_freed():
+    capacity, granted = Capacity(4, 2.0, 1), []
+    heavy = [Holder(capacity, "a", granted) for _ in range(4)]
+    settle()
+    light = [Holder(capacity, "b", granted), Holder(capacity, "b", granted)]
+    settle()
+    heavy_waiting = Holder(capacity, "a", granted)
+    heavy[0].done()
+    heavy[1].done()
+    settle()
+    assert granted[4:] == ["b", "b"], granted  # a is down to 2: half, while b needs two
+    for holder in heavy[2:] + light:
+        holder.done()
+    settle()
+    assert granted[-1] == "a" and heavy_waiting.done() == "granted"
 
 
 def test_a_client_waits_with_few_requests_and_the_rest_are_refused_at_once():
