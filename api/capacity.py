@@ -4,11 +4,14 @@ A fixed number of slots (PYSANDBOX_MAX_CONCURRENT_RUNS) run at once. Three rules
 
 - A cap per client. A client alone may hold every slot. While other clients are present (they
   asked for a slot in the last PRESENT_S seconds, or hold or wait for one), a client's cap leaves
-  each of them the slots it holds and waits for plus one free: slots - sum(held + waiting + 1)
-  over the others, never under its even share, slots // clients present. So a light client
-  finds a free slot for its next request at once, instead of waiting behind a heavy one's long
-  runs; the heavy one keeps slots - 1 (3 of 4 here) while the light one is between requests,
-  and comes down towards its even share only as the light one's runs overlap.
+  each of them the slots it holds and waits for plus one free, or as many as it asked for at
+  once in the last PRESENT_S if more: slots - sum(max(held + waiting + 1, recent peak)) over the
+  others, never under its even share, slots // clients present. So a light client finds a free
+  slot for its next request at once, instead of waiting behind a heavy one's long runs (which
+  give a slot back only as they end: the recent peak keeps room for a light client whose runs
+  overlap, on a loaded machine); the heavy one keeps slots - 1 (3 of 4 here) while the light
+  one sends one request at a time, and comes down towards its even share as the light one
+  needs more.
 - Turns between clients. Requests that find no slot they may take wait in a queue of their
   own client; a freed slot goes to the next client in turn that is under its cap (round robin),
   and within a client to its oldest request. A client's flood does not push others back.
@@ -45,6 +48,8 @@ class Capacity:
         self._lock = threading.Lock()
         self._held: Counter[str] = Counter()
         self._seen: dict[str, float] = {}
+        self._peak: dict[str, tuple[int, float]] = {}
+        """Each client's most slots held and asked for at once lately, and since when."""
         self._waiting: OrderedDict[str, deque[threading.Event]] = OrderedDict()
         """Clients in turn order, each with its waiting requests, oldest first."""
 
@@ -68,6 +73,9 @@ class Capacity:
         with self._lock:
             self._seen[client] = now
             self._forget(now)
+            demand = self._held[client] + len(self._waiting.get(client, ())) + 1
+            if demand >= self._peak.get(client, (0, 0.0))[0]:
+                self._peak[client] = (demand, now)
             self._grant()  # caps change as clients come and go
             if client not in self._waiting and self._free() and self._held[client] < self._cap(client):
                 self._held[client] += 1
@@ -98,7 +106,8 @@ class Capacity:
         others = (self._seen.keys() | self._held.keys() | self._waiting.keys()) - {client}
         if not others:
             return self.slots
-        kept = sum(self._held[other] + len(self._waiting.get(other, ())) + 1 for other in others)
+        kept = sum(max(self._held[other] + len(self._waiting.get(other, ())) + 1,
+                       self._peak.get(other, (0, 0.0))[0]) for other in others)
         return max(1, self.slots // (len(others) + 1), self.slots - kept)
 
     def _grant(self) -> None:
@@ -116,6 +125,8 @@ class Capacity:
                 del self._waiting[client]
 
     def _forget(self, now: float) -> None:
-        """Drop clients not seen for PRESENT_S (lock held)."""
+        """Drop clients not seen, and peaks not reached again, for PRESENT_S (lock held)."""
         for client in [c for c, seen in self._seen.items() if now - seen > PRESENT_S]:
             del self._seen[client]
+        for client in [c for c, (_, since) in self._peak.items() if now - since > PRESENT_S]:
+            del self._peak[client]

@@ -120,3 +120,14 @@ def test_with_fair_sharing_off_one_client_holds_every_slot():
     assert Holder(capacity, "b", granted).done() == "busy"
     for holder in held:
         holder.done()
+
+
+def test_a_client_whose_runs_overlapped_lately_keeps_room_for_as_many():
+    capacity = Capacity(4, 0, 1)
+    with capacity.slot("b"), capacity.slot("b"):
+        pass  # b needed two slots at once
+    with ExitStack() as stack:
+        for _ in range(2):
+            stack.enter_context(capacity.slot("a"))
+        with pytest.raises(ApiError):
+            stack.enter_context(capacity.slot("a"))
