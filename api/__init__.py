@@ -25,7 +25,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     request_ids.register(app)
     keys = clients.load_keys(app.config)
     clients.register(app)
-    ratelimits.register(app, app.config["REDIS_URL"])
+    ratelimits.register(app, app.config["REDIS_URL"], keys)
     app.register_blueprint(routes.bp)
     app.register_blueprint(docs.bp)
     if app.config["EXECUTE_VIA_QUEUE"] and not app.config["REDIS_URL"]:

@@ -10,7 +10,7 @@ Unix time).
 from flask import Flask, Response, current_app, request
 from flask_limiter import HeaderNames, Limiter
 
-from api.clients import client_id, client_key, is_public
+from api.clients import Key, client_id, client_key, is_public
 
 RETRY_AFTER_HEADER = "X-PySandbox-Rate-Retry-After"
 """Internal: never sent (see _retry_after_on_429_only)."""
@@ -46,12 +46,14 @@ def _retry_after_on_429_only(response: Response) -> Response:
     return response
 
 
-def register(app: Flask, redis_url: str) -> Limiter:
-    """Count every protected request against its client's limits (after authentication)."""
+def register(app: Flask, redis_url: str, keys: list[Key]) -> None:
+    """Count every protected request against its client's limits (after authentication).
+    With no limit configured there is no limiter at all: nothing is added to a request's path."""
+    if not app.config["RATE_LIMIT"] and not any(key.rate_limit for key in keys):
+        return
     app.after_request(_retry_after_on_429_only)  # runs after Flask-Limiter's headers
-    limiter = Limiter(
+    Limiter(
         client_id, app=app, application_limits=[_limit], application_limits_exempt_when=_exempt,
         storage_uri=storage_uri(redis_url), strategy=STRATEGY, headers_enabled=True,
         in_memory_fallback_enabled=True, swallow_errors=True, key_prefix="pysandbox-rate",
         retry_after="delta-seconds", header_name_mapping={HeaderNames.RETRY_AFTER: RETRY_AFTER_HEADER})
-    return limiter
