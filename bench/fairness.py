@@ -1,7 +1,7 @@
 """Fair sharing under a flood: client A keeps 20 CPU-bound 2-second scripts in flight, client B
 sends a trivial script every 200 ms. Measures B's latency (p50/p99), the part of it B spent
-waiting for a run slot (the service's Server-Timing `slot`), B's errors, and A's share of the
-run capacity, against a service with fair sharing on and one with it off.
+waiting for a run slot (the service's Server-Timing `slot`; a refused request's whole latency),
+B's errors, and A's share of the run capacity, against a service with fair sharing on and one with it off.
 
     .venv/bin/python bench/fairness.py URL_FAIR URL_UNFAIR KEY_A KEY_B [SECONDS]
 
@@ -99,7 +99,8 @@ def flood(url: str, key_a: str, key_b: str, seconds: float, slots: int, warmup_s
         try:
             answer = requests.post(f"{url}/execute", json={"script": TRIVIAL},
                                    headers={"Authorization": f"Bearer {key_b}"}, timeout=30)
-            error = None if answer.status_code == 200 else str(answer.status_code)
+            error = None if answer.status_code == 200 else \
+                f"{answer.status_code} {answer.json().get('error', {}).get('code')}"
             wait = SLOT.search(answer.headers.get("Server-Timing", ""))
         except requests.RequestException as exc:
             error, wait = type(exc).__name__, None
@@ -107,8 +108,8 @@ def flood(url: str, key_a: str, key_b: str, seconds: float, slots: int, warmup_s
         if began >= start:
             with lock:
                 figures.b_latency_ms.append(took_ms)
-                if wait:
-                    figures.b_slot_wait_ms.append(float(wait.group(1)))
+                if wait or error:  # a refused request waited all its answer's time
+                    figures.b_slot_wait_ms.append(float(wait.group(1)) if wait else took_ms)
                 if error:
                     figures.b_errors[error] = figures.b_errors.get(error, 0) + 1
 
