@@ -65,8 +65,12 @@ HEADER = (f"{'sharing':<8} {'B req':>5} {'B p50ms':>8} {'B p99ms':>8} {'B wait99
           f"{'A share':>8} {'load':>6}")
 
 
-def flood(url: str, key_a: str, key_b: str, seconds: float, slots: int, warmup_s: float = 2.0) -> Figures:
-    """Run the flood for warmup_s + seconds; measure over the last `seconds`."""
+def flood(url: str, key_a: str, key_b: str, seconds: float, slots: int, warmup_s: float = 4.0) -> Figures:
+    """Run the flood for warmup_s + seconds; measure over the last `seconds`.
+
+    The warm-up is two of A's runs: A, alone for an instant, takes every slot, and slots are
+    never taken back from a running script, so B's first requests wait for A's first runs to
+    end (up to a run's length). The figures are those of the steady state after it."""
     figures, lock, stop = Figures(seconds, slots), threading.Lock(), threading.Event()
     start = time.monotonic() + warmup_s
     end = start + seconds
