@@ -4,7 +4,7 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from api import docs, errors, logs, metrics, request_ids, routes
+from api import clients, docs, errors, logs, metrics, ratelimits, request_ids, routes
 from api.capacity import Capacity
 from api.config import load_config
 from api.jobs import JobQueue
@@ -23,19 +23,24 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors.register(app)
     request_ids.register(app)
     logs.register(app)
+    keys = clients.load_keys(app.config)
+    clients.register(app)
+    ratelimits.register(app, app.config["REDIS_URL"], keys)
     app.register_blueprint(routes.bp)
     app.register_blueprint(docs.bp)
     if app.config["EXECUTE_VIA_QUEUE"] and not app.config["REDIS_URL"]:
         raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
     jobs = JobQueue(app.config["REDIS_URL"], app.config["MAX_QUEUED_JOBS"],
-                    app.config["RESULT_TTL_S"], app.config["RETRY_AFTER_S"]) \
+                    app.config["MAX_QUEUED_JOBS_PER_CLIENT"], app.config["RESULT_TTL_S"],
+                    app.config["RETRY_AFTER_S"]) \
         if app.config["REDIS_URL"] else None
     runs_here = not app.config["EXECUTE_VIA_QUEUE"]
     if runs_here:
         start_warm_pool(app.config["WARM_JAILS"], app.config["TMP_MB"], metrics.observe_warm_jails)
     app.extensions["pysandbox"] = {
         "capacity": Capacity(app.config["MAX_CONCURRENT_RUNS"], app.config["QUEUE_WAIT_S"],
-                             app.config["RETRY_AFTER_S"]),
+                             app.config["RETRY_AFTER_S"], app.config["FAIR_SHARING"]),
+        "keys": keys,
         # An API that only enqueues never runs the jail, and needs no privileges for it.
         "selftest": None if app.config["EXECUTE_VIA_QUEUE"] else self_test(),
         "jobs": jobs,

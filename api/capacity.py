@@ -1,27 +1,135 @@
-"""A fixed number of concurrent runs; past it, requests are refused with 503 busy."""
+"""Run slots shared fairly between clients; past them, requests are refused with 503 busy.
+
+A fixed number of slots (PYSANDBOX_MAX_CONCURRENT_RUNS) run at once. Three rules share them:
+
+- A cap per client. A client alone may hold every slot. While other clients are present (they
+  asked for a slot in the last PRESENT_S seconds, or hold or wait for one), a client's cap leaves
+  each of them the slots it holds and waits for plus one free, or as many as it asked for at
+  once in the last PRESENT_S if more: slots - sum(max(held + waiting + 1, recent peak)) over the
+  others, never under its even share, slots // clients present. So a light client finds a free
+  slot for its next request at once, instead of waiting behind a heavy one's long runs (which
+  give a slot back only as they end: the recent peak keeps room for a light client whose runs
+  overlap, on a loaded machine); the heavy one keeps slots - 1 (3 of 4 here) while the light
+  one sends one request at a time, and comes down towards its even share as the light one
+  needs more.
+- Turns between clients. Requests that find no slot they may take wait in a queue of their
+  own client; a freed slot goes to the next client in turn that is under its cap (round robin),
+  and within a client to its oldest request. A client's flood does not push others back.
+- Short, bounded waits. A request waits at most PYSANDBOX_QUEUE_WAIT_S, and at most `slots`
+  requests of one client (2 x slots in all) wait at once: past that, 503 busy at once, with
+  Retry-After. So waiting requests never hold more than 2 x slots of gunicorn's threads
+  (api/gunicorn.conf.py has 3 x slots + 4), and a flood of one client is answered in
+  milliseconds instead of filling the threads and the accept queue ahead of everybody else.
+
+Hand-rolled: threading has no fair semaphore, and no library schedules per-client turns
+in-process; this is a few dozen lines over one lock.
+With fair sharing off (PYSANDBOX_FAIR_SHARING=false) every request counts as one client: the
+slots are then first come, first served, as a plain semaphore.
+"""
 import threading
+import time
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from api.errors import busy
 from api.metrics import SLOTS_IN_USE
 
+PRESENT_S = 5.0
+"""A client that asked for a slot this recently still counts as present (it is between
+requests, not gone): a light client sending every few hundred ms keeps its free slot."""
+EVERYONE = "*"
+
 
 class Capacity:
-    """Slots for concurrent runs in this process."""
+    """Slots for concurrent runs in this process, shared fairly between clients."""
 
-    def __init__(self, slots: int, wait_s: float, retry_after_s: int) -> None:
-        self._slots = threading.BoundedSemaphore(slots)
-        self._wait_s, self._retry_after_s = wait_s, retry_after_s
+    def __init__(self, slots: int, wait_s: float, retry_after_s: int, fair: bool = True) -> None:
+        self.slots, self._wait_s, self._retry_after_s, self._fair = slots, wait_s, retry_after_s, fair
+        self._lock = threading.Lock()
+        self._held: Counter[str] = Counter()
+        self._seen: dict[str, float] = {}
+        self._peak: dict[str, tuple[int, float]] = {}
+        """Each client's most slots held and asked for at once lately, and since when."""
+        self._waiting: OrderedDict[str, deque[threading.Event]] = OrderedDict()
+        """Clients in turn order, each with its waiting requests, oldest first."""
 
     @contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold a slot for one run, waiting at most wait_s for one; else 503 busy."""
-        if not self._slots.acquire(timeout=self._wait_s):
-            raise busy("the service is at capacity", self._retry_after_s)
+    def slot(self, client: str) -> Iterator[float]:
+        """Hold a slot for one run, waiting for it at most wait_s (else 503 busy); yields the
+        seconds waited."""
+        client = client if self._fair else EVERYONE
+        started = time.monotonic()
+        self._acquire(client, started)
         SLOTS_IN_USE.inc()
         try:
-            yield
+            yield time.monotonic() - started
         finally:
             SLOTS_IN_USE.dec()
-            self._slots.release()
+            with self._lock:
+                self._held[client] -= 1
+                if not self._held[client]:
+                    del self._held[client]
+                self._grant()
+
+    def _acquire(self, client: str, now: float) -> None:
+        with self._lock:
+            self._seen[client] = now
+            self._forget(now)
+            demand = self._held[client] + len(self._waiting.get(client, ())) + 1
+            if demand >= self._peak.get(client, (0, 0.0))[0]:
+                self._peak[client] = (demand, now)
+            self._grant()  # caps change as clients come and go
+            if client not in self._waiting and self._free() and self._held[client] < self._cap(client):
+                self._held[client] += 1
+                return
+            queue = self._waiting.get(client, deque())
+            if len(queue) >= self.slots or sum(map(len, self._waiting.values())) >= 2 * self.slots:
+                raise self._busy()
+            turn = threading.Event()
+            queue.append(turn)
+            self._waiting.setdefault(client, queue)
+        if turn.wait(self._wait_s):
+            return
+        with self._lock:
+            if turn.is_set():  # granted just as the wait ended
+                return
+            queue.remove(turn)
+            if not queue:
+                del self._waiting[client]
+        raise self._busy()
+
+    def _busy(self):
+        return busy("the service is at capacity", self._retry_after_s)
+
+    def _free(self) -> int:
+        return self.slots - sum(self._held.values())
+
+    def _cap(self, client: str) -> int:
+        others = (self._seen.keys() | self._held.keys() | self._waiting.keys()) - {client}
+        if not others:
+            return self.slots
+        kept = sum(max(self._held[other] + len(self._waiting.get(other, ())) + 1,
+                       self._peak.get(other, (0, 0.0))[0]) for other in others)
+        return max(1, self.slots // (len(others) + 1), self.slots - kept)
+
+    def _grant(self) -> None:
+        """Give free slots to waiting requests, one client after another (lock held)."""
+        while self._free() > 0:
+            client = next((c for c in self._waiting if self._held[c] < self._cap(c)), None)
+            if client is None:
+                return
+            queue = self._waiting[client]
+            queue.popleft().set()
+            self._held[client] += 1
+            if queue:
+                self._waiting.move_to_end(client)  # its next request waits for the others' turns
+            else:
+                del self._waiting[client]
+
+    def _forget(self, now: float) -> None:
+        """Drop clients not seen, and peaks not reached again, for PRESENT_S (lock held)."""
+        for client in [c for c, seen in self._seen.items() if now - seen > PRESENT_S]:
+            del self._seen[client]
+        for client in [c for c, (_, since) in self._peak.items() if now - since > PRESENT_S]:
+            del self._peak[client]

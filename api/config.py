@@ -23,9 +23,15 @@ DEFAULTS: dict[str, object] = {
     "REDIS_URL": "",
     "EXECUTE_VIA_QUEUE": False,
     "MAX_QUEUED_JOBS": 100,
+    "MAX_QUEUED_JOBS_PER_CLIENT": -1,
     "RESULT_TTL_S": 3600,
     "METRICS": True,
     "WORKER_METRICS_PORT": 0,
+    "API_KEYS": "",
+    "API_KEYS_FILE": "",
+    "TRUSTED_PROXIES": 0,
+    "RATE_LIMIT": "",
+    "FAIR_SHARING": True,
 }
 """Each is documented in the README's configuration table."""
 
@@ -41,6 +47,8 @@ def load_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     config.update(overrides or {})
     if config["WARM_JAILS"] < 0:  # the default: one warm jail per run slot
         config["WARM_JAILS"] = config["MAX_CONCURRENT_RUNS"]
+    if config["MAX_QUEUED_JOBS_PER_CLIENT"] < 0:  # the default: a quarter of the queue
+        config["MAX_QUEUED_JOBS_PER_CLIENT"] = max(1, config["MAX_QUEUED_JOBS"] // 4)
     for name, default in DEFAULTS.items():
         if not isinstance(config[name], type(default)) and not (
                 isinstance(default, float) and isinstance(config[name], int)):

@@ -16,6 +16,7 @@ HTTP_CODES = {
     405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    429: "rate_limited",
 }
 
 
@@ -57,7 +58,10 @@ def _from_http(exc: HTTPException):
     code = HTTP_CODES.get(exc.code or 500, "http_error")
     headers = dict(exc.get_headers()) if exc.code == 405 else {}
     headers.pop("Content-Type", None)
-    return _respond(ApiError(exc.code or 500, code, exc.description or exc.name, headers=headers))
+    message = exc.description or exc.name
+    if exc.code == 429:  # Flask-Limiter's description is the limit, e.g. "10 per 1 minute"
+        message = f"rate limit exceeded: at most {message} for this client; Retry-After says when to retry"
+    return _respond(ApiError(exc.code or 500, code, message, headers=headers))
 
 
 def _from_unexpected(exc: Exception):

@@ -21,9 +21,15 @@ JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 RQ_BACKSTOP_S = 30
 """RQ's own job timeout is the jail's wall limit plus this: a backstop, never the limit."""
 WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED}
+WAITING_NAMES = {status.value for status in WAITING}
 CANCEL_WAIT_S = 3.0
 """How long DELETE waits for a running job's worker to confirm it killed the jail."""
 log = logging.getLogger(__name__)
+
+
+def client_jobs_key(client: str) -> str:
+    """The Redis set of a client's jobs that may still be waiting for a worker."""
+    return f"pysandbox:client-jobs:{client}"
 
 
 def worker_lost() -> ApiError:
@@ -58,24 +64,54 @@ def unavailable(reason: str) -> ApiError:
 class JobQueue:
     """The API's side of the queue."""
 
-    def __init__(self, redis_url: str, max_queued: int, result_ttl_s: int,
+    def __init__(self, redis_url: str, max_queued: int, max_queued_per_client: int, result_ttl_s: int,
                  retry_after_s: int) -> None:
         self.redis = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
         self.queue = Queue(QUEUE_NAME, connection=self.redis)
-        self.max_queued, self.result_ttl_s = max_queued, result_ttl_s
-        self.retry_after_s = retry_after_s
+        self.max_queued, self.max_queued_per_client = max_queued, max_queued_per_client
+        self.result_ttl_s, self.retry_after_s = result_ttl_s, retry_after_s
 
-    def submit(self, script: str, limits: Limits, request_id: str) -> Job:
-        """Enqueue one run, which keeps its request's id; 503 busy when the queue is full."""
+    def submit(self, script: str, limits: Limits, request_id: str, client: str) -> Job:
+        """Enqueue one run, which keeps its request's id; 503 busy when the queue is full, or
+        when this client already has its share of it waiting."""
         try:
             if self.queue.count >= self.max_queued:
                 raise busy(f"the queue holds {self.max_queued} jobs", self.retry_after_s)
-            return self.queue.enqueue(
+            waiting = self._waiting_of(client)
+            if waiting >= self.max_queued_per_client:
+                raise busy(f"this client has {waiting} jobs waiting in the queue, its share of it",
+                           self.retry_after_s)
+            job = self.queue.enqueue(
                 JOB_FUNCTION, script, asdict(limits), job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S,
                 result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None,
                 meta={"request_id": request_id})
+            pipe = self.redis.pipeline()
+            pipe.sadd(client_jobs_key(client), job.id)
+            pipe.expire(client_jobs_key(client), self.result_ttl_s)
+            pipe.execute()
+            return job
         except RedisError as exc:
             raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
+
+    def _waiting_of(self, client: str) -> int:
+        """How many of client's jobs wait for a worker. The count lives in Redis, so it holds
+        across API restarts and replicas: a set of the client's job ids, from which the jobs a
+        worker took (or that ended, were canceled or expired) are dropped here, by their status
+        in RQ. Two submits of one client at once may both pass at its last place: the cap is
+        exceeded by at most the client's concurrent requests, which the rate limits bound."""
+        key = client_jobs_key(client)
+        ids = [member.decode() for member in self.redis.smembers(key)]  # type: ignore[union-attr]
+        if not ids:
+            return 0
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hget(Job.key_for(job_id), "status")
+        statuses = pipe.execute()
+        gone = [job_id for job_id, status in zip(ids, statuses, strict=True)
+                if status is None or status.decode() not in WAITING_NAMES]
+        if gone:
+            self.redis.srem(key, *gone)
+        return len(ids) - len(gone)
 
     def wait(self, job: Job, queue_wait_s: float, run_s: float) -> dict[str, Any]:
         """Block until the job ends; the sync answer's 200 body, or its error raised.

@@ -16,11 +16,15 @@ from api.schemas import Error, ExecuteQuery, ExecuteRequest, Health, JobQueued, 
 ERROR_CODES: dict[int, dict[str, str]] = {
     400: {"invalid_request": "the body is not JSON or not an object; `script` missing, not a string or "
                              "blank; a bad `timeout`/`memory_mb`; an unknown field; `async` not 0/1"},
+    401: {"unauthorized": "keys are on and the request has no key, a malformed one, two different ones "
+                          "or an unknown one (`WWW-Authenticate` says the scheme)"},
     404: {"not_found": "unknown path", "job_not_found": "unknown or expired job id"},
     405: {"method_not_allowed": "wrong method (`Allow` says which)"},
     409: {"job_finished": "DELETE of a job that already finished or failed"},
     413: {"payload_too_large": "body over ~512 KiB, or script over PYSANDBOX_MAX_SCRIPT_BYTES"},
     415: {"unsupported_media_type": "not `Content-Type: application/json`"},
+    429: {"rate_limited": "over this client's rate limit (PYSANDBOX_RATE_LIMIT or its key's own); "
+                          "`Retry-After` says when to retry"},
     422: {
         "syntax_error": "the script does not compile (or is not UTF-8)",
         "no_main": "no top-level callable `main`",
@@ -93,6 +97,17 @@ def _error(status: int, *codes: str, headers: tuple[str, ...] = ()) -> dict[str,
     return {"description": description, "headers": _headers(*headers), "content": _json(schema, examples)}
 
 
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+"""Protected operations take either header; /health, /openapi.json and /docs take none."""
+RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+def _client_errors() -> dict[str, Any]:
+    """The answers of a protected operation to a client without a valid key or over its limit."""
+    return {"401": _error(401, headers=("WWW-Authenticate",)),
+            "429": _error(429, headers=("Retry-After", *RATE_HEADERS))}
+
+
 def _job_path() -> dict[str, Any]:
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"},
               "description": "The id POST /execute?async=1 answered (a UUID)."}
@@ -106,7 +121,7 @@ def _job_path() -> dict[str, Any]:
                               **RUN_FIELDS}}),
              "links": {"CancelJob": {"operationId": "cancelJob",
                                      "parameters": {"job_id": "$request.path.job_id"}}}}
-    common = {"404": _error(404, "job_not_found"), "500": _error(500, "internal_error"),
+    common = {**_client_errors(), "404": _error(404, "job_not_found"), "500": _error(500, "internal_error"),
               "503": _error(503, "queue_unavailable", headers=("Retry-After",))}
     return {
         "parameters": [job_id],
@@ -116,13 +131,13 @@ def _job_path() -> dict[str, Any]:
                                "ran) or `canceled` (error code `canceled`). `request_id` is the X-Request-ID "
                                "of the POST that queued it. Kept PYSANDBOX_RESULT_TTL_S (an hour) after it "
                                "ends.",
-                "parameters": [_ref("RequestId", "parameters")],
+                "parameters": [_ref("RequestId", "parameters")], "security": SECURITY,
                 "responses": {"200": state, **common}},
         "delete": {"operationId": "cancelJob", "summary": "Cancel a queued or running run",
                    "description": "A queued job never runs; a running job's jail is killed within a second "
                                   "and its worker takes the next job. Answers the job's state, `canceled` "
                                   "(again, for a job already canceled).",
-                   "parameters": [_ref("RequestId", "parameters")],
+                   "parameters": [_ref("RequestId", "parameters")], "security": SECURITY,
                    "responses": {"200": state, "409": _error(409), **common}},
     }
 
@@ -148,8 +163,11 @@ def _execute_path() -> dict[str, Any]:
                         "description": "`1` queues the run (202); `0` or absent runs it now."},
                        _ref("RequestId", "parameters")],
         "requestBody": {"required": True, "content": _json(_ref("ExecuteRequest"), body_examples)},
+        "security": SECURITY,
         "responses": {
-            "200": {"description": "main() returned a JSON value.", "headers": _headers(),
+            **_client_errors(),
+            "200": {"description": "main() returned a JSON value. `Server-Timing: slot;dur=<ms>` says "
+                                   "how long the request waited for a run slot.", "headers": _headers(),
                     "content": _json(_ref("RunResult"), {"print_vs_result": {
                         "result": {"answer": 42}, **RUN_FIELDS, "stdout": "at import\nin main\n"}})},
             "202": queued,
@@ -219,6 +237,22 @@ def _components() -> dict[str, Any]:
                          "schema": {"type": "string"}},
             "Allow": {"required": True, "description": "The methods the path answers.",
                       "schema": {"type": "string"}},
+            "WWW-Authenticate": {"required": True, "description": 'The scheme: `Bearer realm="pysandbox"`, '
+                                 'with `error="invalid_token"` for an unknown key.',
+                                 "schema": {"type": "string"}},
+            "X-RateLimit-Limit": {"required": True, "description": "Requests allowed in the window.",
+                                  "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+            "X-RateLimit-Remaining": {"required": True, "description": "Requests left in the window.",
+                                      "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+            "X-RateLimit-Reset": {"required": True, "description": "When the window resets (Unix time).",
+                                  "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+        },
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "`Authorization: Bearer <key>`: an API key, when the service has keys "
+                                      "configured (PYSANDBOX_API_KEYS); with none, no key is needed."},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                       "description": "The same key in `X-API-Key`."},
         },
         "responses": {
             "NotFound": _error(404, "not_found"),
@@ -236,7 +270,10 @@ def document() -> dict[str, Any]:
                                 "what it returned, with what it printed kept apart. Every error is "
                                 "`{\"error\": {\"code\", \"message\"}}`; any path answers 404 `not_found` "
                                 "when unknown and 405 `method_not_allowed` for a wrong method "
-                                "(components.responses). Every response carries `X-Request-ID`."},
+                                "(components.responses). Every response carries `X-Request-ID`. When the "
+                                "service has API keys, every operation but /health, /openapi.json and /docs "
+                                "needs one (401 `unauthorized` first, also for unknown paths), and "
+                                "rate limits answer 429 `rate_limited`."},
         "paths": {"/execute": _execute_path(), "/jobs/{job_id}": _job_path(), **_simple_paths()},
         "components": _components(),
     }

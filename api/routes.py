@@ -1,9 +1,10 @@
 """The HTTP endpoints: POST /execute (sync or ?async=1), GET and DELETE /jobs/<id>, GET /health."""
 import logging
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from api.capacity import Capacity
+from api.clients import client_id
 from api.errors import ApiError
 from api.jobs import JOB_ID, RQ_BACKSTOP_S, JobQueue, unavailable
 from api.logs import annotate, run_fields
@@ -37,13 +38,14 @@ def _queue() -> JobQueue:
     return jobs
 
 
-def _run_here(script: str, limits: Limits) -> dict:
+def _run_here(script: str, limits: Limits) -> Response:
+    """The run's answer, with how long it waited for a run slot as Server-Timing `slot`."""
     if not _checked().passed:
         raise ApiError(503, "sandbox_unavailable",
                        "the sandbox failed its self-test; no script is run until it passes",
                        headers={"Retry-After": "30"})
     capacity: Capacity = _state()["capacity"]
-    with capacity.slot():
+    with capacity.slot(client_id()) as waited_s:
         try:
             outcome = run(script, limits)
         except SandboxError:
@@ -52,7 +54,9 @@ def _run_here(script: str, limits: Limits) -> dict:
             raise ApiError(500, "internal_error", "the sandbox failed; the error was logged") from None
     observe_run(outcome)
     annotate(**run_fields(outcome))  # the request's line is the run's: no second line per run
-    return outcome_body(outcome)
+    response = jsonify(outcome_body(outcome))
+    response.headers["Server-Timing"] = f"slot;dur={waited_s * 1000:.1f}"
+    return response
 
 
 @bp.post("/execute")
@@ -60,7 +64,7 @@ def execute():
     """Run the script and answer what its main() returned, or enqueue it (?async=1)."""
     script, limits, queued = parse_execute(request, current_app.config)
     if queued:
-        job = _queue().submit(script, limits, request_id())
+        job = _queue().submit(script, limits, request_id(), client_id())
         annotate(job_id=job.id)
         response = jsonify({"id": job.id, "status": "queued"})
         response.status_code = 202
@@ -68,11 +72,11 @@ def execute():
         return response
     if current_app.config["EXECUTE_VIA_QUEUE"]:
         queue = _queue()
-        job = queue.submit(script, limits, request_id())
+        job = queue.submit(script, limits, request_id(), client_id())
         annotate(job_id=job.id)
         return jsonify(queue.wait(job, current_app.config["QUEUE_WAIT_S"],
                                   limits.timeout_s + RQ_BACKSTOP_S))
-    return jsonify(_run_here(script, limits))
+    return _run_here(script, limits)
 
 
 @bp.get("/jobs/<job_id>")

@@ -78,6 +78,23 @@ def test_every_response_carries_x_request_id_and_503_retry_after(doc):
     assert "Location" in doc["paths"]["/execute"]["post"]["responses"]["202"]["headers"]
 
 
+def test_protected_operations_declare_the_keys_and_their_401_and_429(doc):
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+    assert schemes["apiKey"] == {**schemes["apiKey"], "type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if method not in METHODS:
+                continue
+            protected = path not in ("/health", "/openapi.json", "/docs")
+            assert bool(operation.get("security")) == protected, (path, method)
+            assert ({"401", "429"} <= set(operation["responses"])) == protected, (path, method)
+            if protected:
+                assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
+                assert {"Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} \
+                    <= set(operation["responses"]["429"]["headers"])
+
+
 def test_async_flow_is_described_by_links(doc):
     links = doc["paths"]["/execute"]["post"]["responses"]["202"]["links"]
     operations = {op["operationId"] for item in doc["paths"].values() for m, op in item.items() if m in METHODS}

@@ -91,7 +91,8 @@ def test_unknown_or_malformed_job_ids_are_404(redis_url):
 
 
 def test_a_full_queue_answers_503_busy(redis_url):
-    client = create_app({"REDIS_URL": redis_url, "MAX_QUEUED_JOBS": 3}).test_client()
+    client = create_app({"REDIS_URL": redis_url, "MAX_QUEUED_JOBS": 3,
+                         "MAX_QUEUED_JOBS_PER_CLIENT": 3}).test_client()
     for _ in range(3):
         submit(client, "def main(): return 1")
     response = client.post("/execute?async=1", json={"script": "def main(): return 1"})
@@ -100,7 +101,7 @@ def test_a_full_queue_answers_503_busy(redis_url):
 
 
 def test_fifty_jobs_on_two_workers_all_finish_right(redis_url):
-    client = create_app({"REDIS_URL": redis_url}).test_client()
+    client = create_app({"REDIS_URL": redis_url, "MAX_QUEUED_JOBS_PER_CLIENT": 50}).test_client()
     with workers(redis_url, 2):
         ids = {submit(client, f"def main():\n    return {n} * {n}"): n for n in range(50)}
         results = {job_id: poll(client, job_id, within_s=120) for job_id in ids}

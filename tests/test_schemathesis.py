@@ -1,6 +1,7 @@
 """schemathesis against the real service (gunicorn, redis-server, a worker, real jails): every
 operation of /openapi.json, all of schemathesis' default checks (schemathesis.toml says which
 two are tuned and why), and stateful runs through the document's links."""
+import hashlib
 import re
 import subprocess
 import sys
@@ -13,13 +14,21 @@ MAX_EXAMPLES = 40
 generated text that fails to compile, answered in milliseconds)."""
 
 
+KEY = "schemathesis-" + "k" * 32
+"""With API keys on, as a public deployment runs: schemathesis sends this key in both headers
+(else it fills X-API-Key with data of its own), and its ignored_auth check sends requests
+without it and with a wrong one, which must be refused."""
+
+
 def test_the_running_service_keeps_its_openapi_contract(tmp_path):
     st = Path(sys.executable).parent / "schemathesis"
+    keys = f"schemathesis:{hashlib.sha256(KEY.encode()).hexdigest()}"
     with redis_server(tmp_path) as redis_url, workers(redis_url, 1), gunicorn(
-            {"REDIS_URL": redis_url, "PYSANDBOX_MAX_TIMEOUT_S": "2"}) as url:
+            {"REDIS_URL": redis_url, "PYSANDBOX_MAX_TIMEOUT_S": "2", "PYSANDBOX_API_KEYS": keys}) as url:
         run = subprocess.run(
             [str(st), "--config-file", str(REPO / "schemathesis.toml"), "--no-color", "run",
-             f"{url}/openapi.json", "--phases", "examples,coverage,fuzzing,stateful",
+             f"{url}/openapi.json", "-H", f"Authorization: Bearer {KEY}", "-H", f"X-API-Key: {KEY}",
+             "--phases", "examples,coverage,fuzzing,stateful",
              "--max-examples", str(MAX_EXAMPLES), "--workers", "1", "--seed", "9",
              "--request-timeout", "30", "--generation-database", "none"],
             cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -1,0 +1,160 @@
+"""Who is asking: optional API keys, and the client each request is counted against.
+
+Keys are off unless configured (PYSANDBOX_API_KEYS and/or PYSANDBOX_API_KEYS_FILE). The
+service stores only each key's SHA-256: keys are long random strings (`secrets.token_urlsafe(32)`,
+256 bits), for which a fast hash is as safe as a slow one and costs microseconds per request.
+A presented key is hashed, then compared with every stored hash by hmac.compare_digest, all of
+them every time, so neither the bytes of a key nor which key matched shows in the timing.
+A key is never logged nor echoed: errors say only that it is missing, malformed or unknown.
+
+A client is the key's name when keys are on, else the request's address (after
+PYSANDBOX_TRUSTED_PROXIES proxies, through werkzeug's ProxyFix). `g.client` holds the key's
+name or None: names are few and chosen by the operator, so logs and metrics may label by them;
+addresses are unbounded and never become a metric label.
+"""
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app, g, request
+from limits import parse_many
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from api.errors import ApiError
+
+PUBLIC_PATHS = frozenset({"/health", "/", "/openapi.json", "/docs"})
+"""Answered without a key: health checks, the playground page (it asks its user for a key),
+and the API's documentation, which holds no user data and says nothing the README does not.
+/metrics is not here: with keys on it needs one (add "/metrics" here to expose it)."""
+PUBLIC_PREFIXES = ("/docs/", "/playground/")
+"""The assets of /docs and of the playground page."""
+NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+BEARER = re.compile(r"Bearer +([^\s,]+) *", re.IGNORECASE)
+CHALLENGE = 'Bearer realm="pysandbox"'
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configured key: its name, its SHA-256, and its own rate limits ("" = the default)."""
+
+    name: str
+    digest: bytes
+    rate_limit: str = ""
+
+
+def parse_keys(text: str, origin: str) -> list[Key]:
+    """Keys from lines (or comma-separated entries) of `name:sha256-hex[:rate limits]`;
+    blank lines and `#` comments are skipped. Errors name the entry, never its hash."""
+    keys = []
+    for number, entry in enumerate(re.split(r"[\n,]", text), 1):
+        entry = entry.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        name, _, rest = entry.partition(":")
+        digest, _, rate_limit = rest.partition(":")
+        where = f"{origin}, entry {number}"
+        if not NAME.fullmatch(name):
+            raise ValueError(f"{where}: a key's name is 1-64 characters of A-Z a-z 0-9 . _ -")
+        if not SHA256_HEX.fullmatch(digest):
+            raise ValueError(f"{where} ({name}): expected name:sha256-hex[:limits], "
+                             "the hash as 64 hex digits")
+        if rate_limit:
+            try:
+                parse_many(rate_limit)
+            except ValueError:
+                raise ValueError(f"{where} ({name}): bad rate limit {rate_limit!r}") from None
+        keys.append(Key(name, bytes.fromhex(digest), rate_limit))
+    return keys
+
+
+def load_keys(config: dict[str, Any]) -> list[Key]:
+    """The keys of PYSANDBOX_API_KEYS and of the file PYSANDBOX_API_KEYS_FILE names; [] = keys off."""
+    keys = parse_keys(config["API_KEYS"], "PYSANDBOX_API_KEYS")
+    if config["API_KEYS_FILE"]:
+        path = Path(config["API_KEYS_FILE"])
+        keys += parse_keys(path.read_text(), str(path))
+    names = [key.name for key in keys]
+    if len(set(names)) != len(names):
+        raise ValueError("API keys: two keys have the same name")
+    return keys
+
+
+def identify(presented: str, keys: list[Key]) -> Key | None:
+    """The key whose hash matches, comparing with every key in constant time."""
+    digest = hashlib.sha256(presented.encode()).digest()
+    found = None
+    for key in keys:
+        if hmac.compare_digest(digest, key.digest):
+            found = key
+    return found
+
+
+def unauthorized(message: str, invalid: bool = False) -> ApiError:
+    """401 unauthorized, with the challenge RFC 6750 describes."""
+    challenge = CHALLENGE + (', error="invalid_token"' if invalid else "")
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
+
+
+def presented_key() -> str:
+    """The key this request carries (Authorization: Bearer, or X-API-Key); 401 if none or two."""
+    authorization = request.headers.get("Authorization")
+    header_key = request.headers.get("X-API-Key", "").strip()  # empty counts as absent
+    bearer = ""
+    if authorization is not None:
+        found = BEARER.fullmatch(authorization)
+        if not found:
+            raise unauthorized("malformed Authorization header: send `Authorization: Bearer <key>`")
+        bearer = found.group(1)
+    if bearer and header_key and bearer != header_key:
+        raise unauthorized("two different keys: send one, as Authorization: Bearer or as X-API-Key")
+    key = bearer or header_key
+    if not key:
+        raise unauthorized("an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")
+    return key
+
+
+def is_public(path: str) -> bool:
+    """Whether path is answered without a key (PUBLIC_PATHS and PUBLIC_PREFIXES)."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def client_id() -> str:
+    """Whom this request counts against for rate limits and fair sharing: "key:<name>" when keys
+    are on, else "addr:<address>" (after the trusted proxies)."""
+    name = g.get("client")
+    return f"key:{name}" if name else f"addr:{request.remote_addr or '-'}"
+
+
+def client_key() -> Key | None:
+    """The key this request authenticated with (None when keys are off or the path is public)."""
+    return g.get("client_key")
+
+
+def _authenticate() -> None:
+    keys: list[Key] = _keys()
+    g.client = None
+    if not keys or is_public(request.path):
+        return
+    key = identify(presented_key(), keys)
+    if key is None:
+        raise unauthorized("unknown API key", invalid=True)
+    g.client, g.client_key = key.name, key
+
+
+def _keys() -> list[Key]:
+    return current_app.extensions["pysandbox"]["keys"]
+
+
+def register(app: Flask) -> None:
+    """Trust PYSANDBOX_TRUSTED_PROXIES proxies' X-Forwarded-For, and ask for a key when keys are on.
+    Registered before the rate limiter, which counts by the client this decides."""
+    proxies = app.config["TRUSTED_PROXIES"]
+    if proxies < 0:
+        raise ValueError("PYSANDBOX_TRUSTED_PROXIES must be 0 or more")
+    if proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies)  # type: ignore[method-assign]
+    app.before_request(_authenticate)
