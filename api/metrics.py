@@ -7,7 +7,8 @@ Without it each process counts in memory (a compose worker serves its own on
 PYSANDBOX_WORKER_METRICS_PORT: worker/__main__.py). What Redis holds (queue depth, live
 workers) and this process's self-test are read when scraped, by StateCollector.
 
-Labels take few values: outcome and error codes, jail kind, route templates; never ids.
+Labels take few values: outcome and error codes, jail kind, route templates, API key names
+(chosen by the operator); never ids or client addresses.
 The README's "Operating it" section lists every metric.
 """
 import os
@@ -42,8 +43,10 @@ RUN_PEAK_MEMORY = Histogram("pysandbox_run_peak_memory_bytes", "The most memory 
                             "once, where the host measures it", buckets=MEMORY_BUCKETS_BYTES)
 QUEUE_WAIT_SECONDS = Histogram("pysandbox_queue_wait_seconds", "From a job's enqueueing to a "
                                "worker starting it", buckets=RUN_BUCKETS_S)
+ANONYMOUS = "anonymous"
+"""The client label of a request without a valid API key (every request when keys are off)."""
 REQUESTS = Counter("pysandbox_http_requests", "HTTP requests answered, by route template, "
-                   "method and status", ["route", "method", "status"])
+                   "method, status and API key name", ["route", "method", "status", "client"])
 REQUEST_SECONDS = Histogram("pysandbox_http_request_duration_seconds", "Time to answer an HTTP "
                             "request", ["route", "method"], buckets=RUN_BUCKETS_S)
 ERRORS = Counter("pysandbox_http_errors", "Error answers ({\"error\": ...}), by error code: "
@@ -136,7 +139,7 @@ def _started() -> None:
 def _answered(response: Response) -> Response:
     route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
     method = request.method if request.method in METHODS else "other"
-    REQUESTS.labels(route, method, str(response.status_code)).inc()
+    REQUESTS.labels(route, method, str(response.status_code), g.get("client") or ANONYMOUS).inc()
     started = g.get("metrics_started")
     if started is not None:
         REQUEST_SECONDS.labels(route, method).observe(time.perf_counter() - started)

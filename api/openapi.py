@@ -98,7 +98,7 @@ def _error(status: int, *codes: str, headers: tuple[str, ...] = ()) -> dict[str,
 
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
-"""Protected operations take either header; /health, /openapi.json and /docs take none."""
+"""Protected operations take either header; the public ones (api/clients.py PUBLIC_PATHS) none."""
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
@@ -195,12 +195,13 @@ def _simple_paths() -> dict[str, Any]:
             "operationId": "metrics", "summary": "Prometheus metrics (text format 0.0.4)",
             "description": "Counters, histograms and gauges of runs, requests, refusals, warm jails and "
                            "the queue: the README's \"Operating it\" section lists them. Not served "
-                           "(404) with PYSANDBOX_METRICS=false.",
-            "parameters": [_ref("RequestId", "parameters")],
+                           "(404) with PYSANDBOX_METRICS=false. With API keys on it needs a key, "
+                           "like the API (give Prometheus one: `authorization` in its scrape config).",
+            "parameters": [_ref("RequestId", "parameters")], "security": SECURITY,
             "responses": {"200": {"description": "The Prometheus text exposition format.",
                                   "headers": _headers(),
                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
-                          "500": _error(500, "internal_error")}}},
+                          **_client_errors(), "500": _error(500, "internal_error")}}},
         "/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This document",
             "parameters": [_ref("RequestId", "parameters")],

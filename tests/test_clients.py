@@ -5,6 +5,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
 from api.clients import PUBLIC_PATHS, parse_keys
@@ -201,3 +202,22 @@ def test_the_queue_share_is_per_key_through_the_api(redis_url):
     assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "busy"
     assert "share" in refused.get_json()["error"]["message"]
     assert queue("bob").status_code == 202
+
+
+def test_metrics_need_a_key_and_count_requests_by_key_name(client):
+    """/metrics is behind the keys like the API; its request counter is labelled by the key's
+    name, and requests without a valid key count as anonymous."""
+    assert_unauthorized(client.get("/metrics"))
+
+    def count(name: str) -> float:
+        text = client.get("/metrics", headers=bearer("alice")).get_data(as_text=True)
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples
+                   if sample.name == "pysandbox_http_requests_total"
+                   and sample.labels["route"] == "/execute" and sample.labels["client"] == name)
+
+    before = {name: count(name) for name in ("alice", "anonymous")}
+    assert client.post("/execute", json=TRIVIAL, headers=bearer("alice")).status_code == 200
+    assert_unauthorized(client.post("/execute", json=TRIVIAL))
+    assert count("alice") == before["alice"] + 1
+    assert count("anonymous") == before["anonymous"] + 1

@@ -9,6 +9,7 @@ import requests
 from openapi_spec_validator import validate
 
 from api import create_app
+from api.clients import is_public
 from api.openapi import ERROR_CODES
 from api.schemas import Error, JobQueued, JobState, RunError, RunResult
 from tests.servers import REPO
@@ -86,7 +87,7 @@ def test_protected_operations_declare_the_keys_and_their_401_and_429(doc):
         for method, operation in item.items():
             if method not in METHODS:
                 continue
-            protected = path not in ("/health", "/openapi.json", "/docs")
+            protected = not is_public(path)
             assert bool(operation.get("security")) == protected, (path, method)
             assert ({"401", "429"} <= set(operation["responses"])) == protected, (path, method)
             if protected:
