@@ -179,6 +179,14 @@ def _simple_paths() -> dict[str, Any]:
             "responses": {"200": {"description": "OpenAPI 3.1", "headers": _headers(),
                                   "content": {"application/json": {"schema": {"type": "object"}}}},
                           "500": _error(500, "internal_error")}}},
+        "/": {"get": {
+            "operationId": "playground",
+            "summary": "The playground: a page to write and run scripts in (served from this service)",
+            "parameters": [_ref("RequestId", "parameters")],
+            "responses": {"200": {"description": "An HTML page; its assets are under /playground/.",
+                                  "headers": _headers(),
+                                  "content": {"text/html": {"schema": {"type": "string"}}}},
+                          "500": _error(500, "internal_error")}}},
         "/docs": {"get": {
             "operationId": "docs",
             "summary": "Interactive documentation (Swagger UI, served from this service)",
