@@ -163,6 +163,17 @@ def _async_schema() -> dict[str, Any]:
     return {"type": "string", "pattern": field["pattern"], "default": ""}
 
 
+def _html_page(operation_id: str, summary: str, assets: str) -> dict[str, Any]:
+    """A GET path that answers an HTML page whose own files are under `assets`."""
+    return {"get": {
+        "operationId": operation_id, "summary": summary,
+        "parameters": [_ref("RequestId", "parameters")],
+        "responses": {"200": {"description": f"An HTML page; its assets are under {assets}.",
+                              "headers": _headers(),
+                              "content": {"text/html": {"schema": {"type": "string"}}}},
+                      "500": _error(500, "internal_error")}}}
+
+
 def _simple_paths() -> dict[str, Any]:
     health = {"headers": _headers(), "content": _json(_ref("Health"))}
     return {
@@ -179,22 +190,10 @@ def _simple_paths() -> dict[str, Any]:
             "responses": {"200": {"description": "OpenAPI 3.1", "headers": _headers(),
                                   "content": {"application/json": {"schema": {"type": "object"}}}},
                           "500": _error(500, "internal_error")}}},
-        "/": {"get": {
-            "operationId": "playground",
-            "summary": "The playground: a page to write and run scripts in (served from this service)",
-            "parameters": [_ref("RequestId", "parameters")],
-            "responses": {"200": {"description": "An HTML page; its assets are under /playground/.",
-                                  "headers": _headers(),
-                                  "content": {"text/html": {"schema": {"type": "string"}}}},
-                          "500": _error(500, "internal_error")}}},
-        "/docs": {"get": {
-            "operationId": "docs",
-            "summary": "Interactive documentation (Swagger UI, served from this service)",
-            "parameters": [_ref("RequestId", "parameters")],
-            "responses": {"200": {"description": "An HTML page; its assets are under /docs/.",
-                                  "headers": _headers(),
-                                  "content": {"text/html": {"schema": {"type": "string"}}}},
-                          "500": _error(500, "internal_error")}}},
+        "/": _html_page("playground", "The playground: a page to write and run scripts in "
+                                      "(served from this service)", "/playground/"),
+        "/docs": _html_page("docs", "Interactive documentation (Swagger UI, served from this service)",
+                            "/docs/"),
     }
 
 
