@@ -255,6 +255,30 @@ def test_what_the_api_returns_is_shown_as_text_never_run(page: Page) -> None:
     assert page.evaluate("window.pwned") is None
 
 
+def test_input_and_stdin_reach_the_script(page: Page) -> None:
+    run(page, "Input and stdin")
+    cells = page.get_by_role("table").get_by_role("cell")
+    expect(cells).to_have_text(["Ada", "Hello, Ada!", "Grace", "Hello, Grace!"])
+    set_script(page, "def main():\n    return 1\n")  # the example's input stays: main() cannot take it
+    run(page)
+    expect(page.get_by_role("alert")).to_contain_text("main_signature")
+    expect(page.get_by_role("alert")).to_contain_text("main(input)")
+
+
+def test_files_go_in_and_come_back_as_downloads(page: Page) -> None:
+    page.get_by_label("Example").select_option(label="Files in and out")
+    page.get_by_role("button", name=re.compile(r"^Files")).set_input_files(
+        files=[{"name": "data.csv", "mimeType": "text/csv", "buffer": b"a,b\n1,2\n"}])
+    run(page)
+    expect(result(page)).to_contain_text('"files_given": [\n    "data.csv"\n  ]')
+    link = page.get_by_role("link", name="squares.csv")
+    expect(link).to_be_visible()
+    with page.expect_download() as download:
+        link.click()
+    assert download.value.suggested_filename == "squares.csv"
+    assert Path(download.value.path()).read_text().startswith("n,square\r\n0,0\r\n")
+
+
 def test_keyboard_only_edit_and_run(page: Page) -> None:
     page.keyboard.press("Tab")  # the API docs link
     page.keyboard.press("Tab")
