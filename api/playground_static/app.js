@@ -17,7 +17,14 @@ let job = null;    // the async job being polled: {id, run}
 
 // ---------------------------------------------------------------- API key (401 unauthorized)
 
+let keyAsked = null;  // one prompt at a time: the package probe and a run may both meet a 401
+
 function askKey(message) {
+  keyAsked ??= promptKey(message).finally(() => { keyAsked = null; });
+  return keyAsked;
+}
+
+function promptKey(message) {
   const dialog = $("key-dialog");
   $("key-reason").textContent = message || "This service asks for an API key.";
   $("key").value = "";
@@ -271,7 +278,12 @@ $("cancel").addEventListener("click", async () => {
   if (job === null) return;
   const { id, run } = job;
   $("status").textContent = `Cancelling job ${id}…`;
-  const answer = await api("DELETE", `jobs/${encodeURIComponent(id)}`);
+  let answer;
+  try {
+    answer = await api("DELETE", `jobs/${encodeURIComponent(id)}`);
+  } catch {
+    return;  // unreachable: the poll says so
+  }
   // 409 job_finished: it ended first; the poll shows how.
   if (answer.status === 200 && run === runCount) {
     runCount += 1;
