@@ -192,6 +192,15 @@ def test_a_run_shows_the_result_table_output_and_usage(page: Page) -> None:
     run(page, "Hello")
     expect(result(page)).to_contain_text('"answer": 42')
     expect(stream(page, "stdout")).to_have_text("hello from the sandbox\n")
+    set_script(page, "def main():\n    return {'n': [1, 2], 'square': [1, 4]}\n")  # a dict of columns
+    run(page)
+    expect(page.get_by_role("table").get_by_role("cell")).to_have_text(["1", "1", "2", "4"])
+
+
+def test_a_timeout_is_an_error_the_page_names(page: Page) -> None:
+    run(page, "A timeout")
+    expect(page.get_by_role("alert")).to_contain_text("timeout")
+    expect(page.get_by_role("status")).to_have_text("Failed: timeout.")
 
 
 def test_an_error_shows_its_code_and_marks_its_line(page: Page) -> None:
