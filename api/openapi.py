@@ -15,15 +15,22 @@ from api.schemas import Error, ExecuteQuery, ExecuteRequest, Health, JobQueued, 
 
 ERROR_CODES: dict[int, dict[str, str]] = {
     400: {"invalid_request": "the body is not JSON or not an object; `script` missing, not a string or "
-                             "blank; a bad `timeout`/`memory_mb`; an unknown field; `async` not 0/1"},
+                             "blank; a bad `timeout`/`memory_mb`/`stdin`/`files`; an unknown field; "
+                             "`async` not 0/1",
+          "invalid_file": "a file's name is not allowed (`..`, absolute, bad characters, too deep or long, "
+                          "under `out/`, or under another file) or its base64 is not valid"},
     404: {"not_found": "unknown path", "job_not_found": "unknown or expired job id"},
     405: {"method_not_allowed": "wrong method (`Allow` says which)"},
     409: {"job_finished": "DELETE of a job that already finished or failed"},
-    413: {"payload_too_large": "body over ~512 KiB, or script over PYSANDBOX_MAX_SCRIPT_BYTES"},
+    413: {"payload_too_large": "body over its cap, or script, input, stdin or files over theirs "
+                               "(PYSANDBOX_MAX_SCRIPT_BYTES, _MAX_INPUT_BYTES, _MAX_STDIN_BYTES, _MAX_FILES, "
+                               "half of _TMP_MB)"},
     415: {"unsupported_media_type": "not `Content-Type: application/json`"},
     422: {
         "syntax_error": "the script does not compile (or is not UTF-8)",
         "no_main": "no top-level callable `main`",
+        "main_signature": "`main` cannot be called as the request asks: it needs an argument and the "
+                          "request has no `input`, or it takes none and the request has one",
         "main_error": "`main()` (or the script at import time) raised; `error.traceback` shows the "
                       "script's frames",
         "invalid_result": "`main()` returned something JSON cannot hold",
@@ -45,6 +52,7 @@ ERROR_CODES: dict[int, dict[str, str]] = {
 MESSAGES_422 = {
     "syntax_error": "the script does not compile: invalid syntax (line 1)",
     "no_main": "the script defines no top-level callable main()",
+    "main_signature": "main() cannot take the request's input as its one argument; define main(input)",
     "main_error": "main() raised ZeroDivisionError: division by zero",
     "invalid_result": "main() returned a set, which JSON cannot hold",
     "timeout": "the script ran longer than its 5 s time limit",
@@ -54,7 +62,7 @@ MESSAGES_422 = {
     "no_result": "the script exited (status 0) before main() returned",
 }
 RUN_FIELDS = {"stdout": "", "stderr": "", "output_truncated": False, "duration_ms": 4, "cpu_ms": 2,
-              "peak_memory_mb": 0.3}
+              "peak_memory_mb": 0.3, "files": [], "files_truncated": False}
 MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
     (ExecuteRequest, "validation"), (RunResult, "serialization"), (RunError, "serialization"),
     (Error, "serialization"), (JobQueued, "serialization"), (JobState, "serialization"),

@@ -9,7 +9,7 @@ from api.jobs import RQ_BACKSTOP_S, JobQueue, unavailable
 from api.request_ids import request_id
 from api.requests import parse_execute
 from api.responses import outcome_body
-from jail import Limits, SandboxError, run, warm_pool
+from jail import Limits, RunInput, SandboxError, run, warm_pool
 from jail.selftest import SelfTest, self_test
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def _queue() -> JobQueue:
     return jobs
 
 
-def _run_here(script: str, limits: Limits) -> dict:
+def _run_here(script: str, limits: Limits, inputs: RunInput | None) -> dict:
     if not _checked().passed:
         raise ApiError(503, "sandbox_unavailable",
                        "the sandbox failed its self-test; no script is run until it passes",
@@ -43,7 +43,7 @@ def _run_here(script: str, limits: Limits) -> dict:
     capacity: Capacity = _state()["capacity"]
     with capacity.slot():
         try:
-            outcome = run(script, limits)
+            outcome = run(script, limits, inputs=inputs)
         except SandboxError:
             log.exception("the sandbox failed")
             raise ApiError(500, "internal_error", "the sandbox failed; the error was logged") from None
@@ -53,19 +53,19 @@ def _run_here(script: str, limits: Limits) -> dict:
 @bp.post("/execute")
 def execute():
     """Run the script and answer what its main() returned, or enqueue it (?async=1)."""
-    script, limits, queued = parse_execute(request, current_app.config)
+    script, limits, inputs, queued = parse_execute(request, current_app.config)
     if queued:
-        job = _queue().submit(script, limits, request_id())
+        job = _queue().submit(script, limits, inputs, request_id())
         response = jsonify({"id": job.id, "status": "queued"})
         response.status_code = 202
         response.headers["Location"] = url_for("sandbox.job", job_id=job.id)
         return response
     if current_app.config["EXECUTE_VIA_QUEUE"]:
         queue = _queue()
-        job = queue.submit(script, limits, request_id())
+        job = queue.submit(script, limits, inputs, request_id())
         return jsonify(queue.wait(job, current_app.config["QUEUE_WAIT_S"],
                                   limits.timeout_s + RQ_BACKSTOP_S))
-    return jsonify(_run_here(script, limits))
+    return jsonify(_run_here(script, limits, inputs))
 
 
 @bp.get("/jobs/<job_id>")
