@@ -285,7 +285,7 @@ def test_files_go_in_and_come_back_as_downloads(page: Page) -> None:
     with page.expect_download() as download:
         link.click()
     assert download.value.suggested_filename == "squares.csv"
-    assert Path(download.value.path()).read_text().startswith("n,square\r\n0,0\r\n")
+    assert Path(download.value.path()).read_bytes().startswith(b"n,square\r\n0,0\r\n1,1\r\n")
 
 
 def test_keyboard_only_edit_and_run(page: Page) -> None:
