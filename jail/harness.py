@@ -45,6 +45,8 @@ SCRIPT_NAME = "<script>"
 TRACEBACK_FRAMES = 100
 """The outermost frames shown: walking a million-deep recursion would outlast the run."""
 JAIL_SITE = "/opt/site"
+MPL_CONFIG = JAIL_SITE + "/.matplotlib"
+"""Only in images built with matplotlib: its font cache, made at build time (Dockerfile.api)."""
 
 
 def send(text: str) -> NoReturn:
@@ -285,6 +287,16 @@ def signature_problem(entry: Callable[..., object], given: int) -> str | None:
     return f"{shown} needs an argument but the request has no input; send \"input\" or define main()"
 
 
+def matplotlib_config() -> None:
+    """Make matplotlib's config dir (MPLCONFIGDIR in nsjail.cfg) in this run's /tmp, linked to
+    the font cache made at build time: matplotlib wants the dir writable, and would rebuild
+    the cache (a second or more) in every fresh /tmp."""
+    target = TMP + "/.matplotlib"
+    os.mkdir(target)
+    for name in os.listdir(MPL_CONFIG):
+        os.symlink(f"{MPL_CONFIG}/{name}", f"{target}/{name}")
+
+
 def load(source: bytes) -> types.ModuleType:
     """Compile and execute the script as module 'script'."""
     try:
@@ -339,6 +351,8 @@ def main(report_fd: int, release_fd: int = -1, max_files_out: int = MAX_FILES_OU
     sys.stdin = open(0, encoding="utf-8", closefd=False) if has_stdin else open(os.devnull)
     if JAIL_SITE not in sys.path:
         sys.path.append(JAIL_SITE)
+    if os.path.isdir(MPL_CONFIG):
+        matplotlib_config()
     module = load(source)
     entry = module.__dict__.get("main")
     if not callable(entry):
