@@ -25,7 +25,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, ConsoleMessage, Page, Response, expect, sync_playwright
 
-from tests.images import image  # noqa: F401 (a fixture)
+from tests.images import image, plot_image  # noqa: F401 (fixtures)
 from tests.servers import REPO
 from tests.test_docker import run_flags, running  # noqa: F401 (run_flags: a fixture)
 
@@ -42,6 +42,13 @@ API_PATHS = re.compile(r"^/(execute|jobs/[^/]+)$")
 def service(image: str, run_flags: list[str]) -> Iterator[str]:  # noqa: F811
     """The default image, run as `make run` runs it: its base URL."""
     with running(image, run_flags) as (_, base):
+        yield base
+
+
+@pytest.fixture(scope="module")
+def plot_service(plot_image: str, run_flags: list[str]) -> Iterator[str]:  # noqa: F811
+    """The image with matplotlib in the jail (`make image-plot`), for the plot test only."""
+    with running(plot_image, run_flags) as (_, base):
         yield base
 
 
@@ -286,6 +293,16 @@ def test_files_go_in_and_come_back_as_downloads(page: Page) -> None:
         link.click()
     assert download.value.suggested_filename == "squares.csv"
     assert Path(download.value.path()).read_bytes().startswith(b"n,square\r\n0,0\r\n1,1\r\n")
+
+
+def test_a_plot_is_shown_inline_where_matplotlib_is(browser: Browser, plot_service: str) -> None:
+    with open_page(browser, plot_service, "plot") as page:
+        run(page, "A plot (matplotlib)")
+        expect(page.get_by_role("status")).to_have_text("Finished.")
+        plot = page.get_by_role("img", name="plot.png")
+        expect(plot).to_be_visible()
+        assert plot.evaluate("image => [image.complete, image.naturalWidth]") == [True, 512]
+        expect(page.get_by_role("link", name="plot.png")).to_be_visible()
 
 
 def test_keyboard_only_edit_and_run(page: Page) -> None:
