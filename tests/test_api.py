@@ -183,7 +183,7 @@ def test_input_is_mains_one_argument(client, value):
 
 
 @pytest.mark.parametrize("script, options, named", [
-    ("def main():\n    return 1", {"input": 1}, "main()"),
+    ("def main():\n    return 1", {"input": 1}, "main() takes no argument"),
     ("def main(a, b):\n    return 1", {"input": 1}, "main(a, b)"),
     ("def main(input):\n    return 1", {}, "main(input)"),
     ("def main(*, key):\n    return 1", {"input": 1}, "main(*, key)"),
