@@ -52,7 +52,7 @@ ERROR_CODES: dict[int, dict[str, str]] = {
 MESSAGES_422 = {
     "syntax_error": "the script does not compile: invalid syntax (line 1)",
     "no_main": "the script defines no top-level callable main()",
-    "main_signature": "main() cannot take the request's input as its one argument; define main(input)",
+    "main_signature": "main() takes no argument but the request has an input; define main(input)",
     "main_error": "main() raised ZeroDivisionError: division by zero",
     "invalid_result": "main() returned a set, which JSON cannot hold",
     "timeout": "the script ran longer than its 5 s time limit",

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Request
 
 from api.errors import ApiError
-from api.schemas import ExecuteQuery, ExecuteRequest, FileContent, parse_json, parse_query
+from api.schemas import ExecuteQuery, ExecuteRequest, FileContent, TextFile, parse_json, parse_query
 from jail import Limits, RunInput
 from jail.limits import MIB
 from jail.runinput import in_name_problem
@@ -96,7 +96,7 @@ def content_bytes(name: str, given: str | FileContent) -> bytes:
     """A file's bytes: its text as UTF-8, or its base64 decoded (strictly)."""
     if isinstance(given, str):
         return given.encode("utf-8", "surrogatepass")
-    if given.encoding == "utf-8":
+    if isinstance(given, TextFile):
         return given.content.encode("utf-8", "surrogatepass")
     try:
         return binascii.a2b_base64(given.content.encode("ascii"), strict_mode=True)

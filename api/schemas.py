@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from api.errors import invalid
+from jail.runinput import IN_NAME_PATTERN, MAX_NAME_CHARS
 
 M = TypeVar("M", bound=BaseModel)
 NonBlank = Annotated[str, Field(min_length=1, pattern=r"\S")]
@@ -30,14 +31,28 @@ def _integral(value: object) -> object:
 PositiveInteger = Annotated[int, Field(gt=0), BeforeValidator(_integral)]
 
 
-class FileContent(BaseModel):
-    """An input file's content with its encoding."""
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
-    model_config = ConfigDict(extra="forbid", strict=True, title="FileContent")
+
+class TextFile(BaseModel):
+    """An input file given as text (UTF-8)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="TextFile")
 
     content: str
-    encoding: Literal["utf-8", "base64"] = Field(
-        "utf-8", description="`base64` for bytes (decoded before the run; bad base64 is 400 invalid_file).")
+    encoding: Literal["utf-8"] = "utf-8"
+
+
+class Base64File(BaseModel):
+    """An input file given as base64 (bad base64 is 400 invalid_file, not invalid_request)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="Base64File")
+
+    content: str = Field(json_schema_extra={"pattern": BASE64})
+    encoding: Literal["base64"]
+
+
+FileContent = TextFile | Base64File
 
 
 class ExecuteRequest(BaseModel):
@@ -56,14 +71,15 @@ class ExecuteRequest(BaseModel):
     stdin: str | None = Field(
         None, description="Text the script (and its child processes) read on standard input; absent, "
                           "standard input is empty. Over PYSANDBOX_MAX_STDIN_BYTES (UTF-8): 413.")
-    files: dict[str, str | FileContent] | None = Field(
+    files: dict[str, str | TextFile | Base64File] | None = Field(
         None, description="Files written into the run's working directory `/tmp` before the script runs: "
                           "name → text, or `{content, encoding}`. A name is a relative path of parts "
                           "(`/`-separated) of 1-255 of `A-Z a-z 0-9 . _ -`, not `.` or `..`, at most 8 "
                           "parts and 1024 characters, not under `out/`; else 400 `invalid_file`. More than "
                           "PYSANDBOX_MAX_FILES files, or more than half the run's `/tmp` in all: 413.",
         examples=[{"data.csv": "a,b\n1,2\n", "raw/logo.png": {"content": "iVBORw0KGgo=",
-                                                            "encoding": "base64"}}])
+                                                            "encoding": "base64"}}],
+        json_schema_extra={"propertyNames": {"pattern": IN_NAME_PATTERN, "maxLength": MAX_NAME_CHARS}})
     timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="Wall-time limit in seconds; default 5, clamped to PYSANDBOX_MAX_TIMEOUT_S (30).")
     memory_mb: PositiveInteger | None = Field(

@@ -281,9 +281,10 @@ def signature_problem(entry: Callable[..., object], given: int) -> str | None:
         shown = f"main{inspect.signature(entry)}"
     except (TypeError, ValueError):
         shown = "main"
+    if given and shown.endswith("()"):
+        return f"{shown} takes no argument but the request has an input; define main(input)"
     if given:
-        return (f"{shown} cannot take the request's input as its one argument; "
-                "define main(input)")
+        return f"{shown} cannot take the request's input as its one argument; define main(input)"
     return f"{shown} needs an argument but the request has no input; send \"input\" or define main()"
 
 

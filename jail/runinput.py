@@ -16,6 +16,14 @@ MAX_NAME_DEPTH = 8
 MAX_NAME_CHARS = 1024
 MAX_PART_BYTES = 255
 IN_PART = re.compile(r"[A-Za-z0-9._-]{1,255}\Z")
+_PART = (r"(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,253}"
+         r"|\.\.[A-Za-z0-9._-]{1,253})")
+_FIRST = (r"(?:[A-Za-np-z0-9_-][A-Za-z0-9._-]{0,254}|o|o[A-Za-tv-z0-9._-][A-Za-z0-9._-]{0,253}|ou"
+          r"|ou[A-Za-su-z0-9._-][A-Za-z0-9._-]{0,252}|out[A-Za-z0-9._-]{1,252}"
+          r"|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,253}|\.\.[A-Za-z0-9._-]{1,253})")
+IN_NAME_PATTERN = f"^{_FIRST}(?:/{_PART}){{0,{MAX_NAME_DEPTH - 1}}}$"
+"""in_name_problem()'s rule as one regular expression without lookarounds, for the OpenAPI
+document (a part is not `.` or `..`, the first is not `out`); tests/test_api.py checks they agree."""
 OUT_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]")
 """Control characters (newlines included), separators: no name returned holds any."""
 

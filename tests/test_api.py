@@ -1,11 +1,13 @@
 """POST /execute and GET /health through Flask's test client, with the real jail behind it."""
 import base64
+import re
 import threading
 
 import pytest
 
 from api import create_app
 from jail import host_cgroups
+from jail.runinput import in_name_problem
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +183,7 @@ def test_input_is_mains_one_argument(client, value):
 
 
 @pytest.mark.parametrize("script, options, named", [
-    ("def main():\n    return 1", {"input": 1}, "main()"),
+    ("def main():\n    return 1", {"input": 1}, "main() takes no argument"),
     ("def main(a, b):\n    return 1", {"input": 1}, "main(a, b)"),
     ("def main(input):\n    return 1", {}, "main(input)"),
     ("def main(*, key):\n    return 1", {"input": 1}, "main(*, key)"),
@@ -311,3 +313,15 @@ def test_inputs_at_their_caps_run(small_caps):
 def test_files_out_past_a_cap_are_left_out_and_flagged(small_caps, script, names):
     body = execute(small_caps, script).get_json()
     assert [f["name"] for f in body["files"]] == names and body["files_truncated"] is True, body
+
+
+def test_the_documented_name_pattern_is_the_rule_the_api_applies(client):
+    """The OpenAPI document's propertyNames pattern (for clients and schemathesis) and the check."""
+    doc = client.get("/openapi.json").get_json()
+    files = doc["components"]["schemas"]["ExecuteRequest"]["properties"]["files"]
+    pattern = re.compile(files["propertyNames"]["pattern"])
+    names = ["a", "a.b", ".a", "..a", "...", "o", "ou", "outx", "out.txt", "x/out", "Out", "x" * 255,
+             "d/" * 7 + "f", "..", ".", "out", "out/x", "a/../b", "a//b", "/a", "a/", "x" * 256,
+             "d/" * 8 + "f", "a b", "é", "a\nb"]
+    for name in names:
+        assert (pattern.search(name) is not None) == (in_name_problem(name) is None), repr(name)

@@ -187,6 +187,14 @@ def test_a_huge_sparse_file_is_left_out_unread():
     assert outcome.result == 0 and names(outcome) == ["small"] and outcome.files_truncated is True
 
 
+def test_files_up_to_the_default_caps_come_back_whole():
+    script = ("import os\ndef main():\n    for n in range(2):\n"
+              "        open(f'out/{n}.bin', 'wb').write(os.urandom(4 * 1024 * 1024))\n    return 1")
+    outcome = ok(jailed(script, Limits(timeout_s=10.0, memory_mb=256)))
+    assert [f.size for f in outcome.files] == [4 * 1024 * 1024] * 2 and outcome.files_truncated is False
+    assert all(len(base64.b64decode(f.content)) == f.size for f in outcome.files)
+
+
 def test_files_past_the_count_or_size_cap_are_left_out_and_flagged():
     script = ("def main():\n    for n in range(5):\n        open(f'out/{n}', 'w').write('x' * 1500)\n")
     outcome = jailed(script + "    return 1", SMALL_CAPS)
