@@ -2,7 +2,9 @@
 #
 #   make test     venv + jail site-packages, then every test (the Docker tests build the image)
 #   make test-vm  only the cgroup v2 tier: the image in a Debian 12 VM (qemu, .ci/vm/build-disk)
-#   make image    build the API image (IMAGE=pysandbox:latest) from Dockerfile.api
+#   make image    build the API image (IMAGE=pysandbox:latest) from Dockerfile.api;
+#                 JAIL_PACKAGES="pkg==1.0 ..." adds pinned packages to the jail's site-packages
+#   make image-plot     the image with matplotlib in the jail (PLOT_IMAGE=$(IMAGE)-matplotlib)
 #   make run      build the image (cached) and serve it on http://localhost:8080
 #                 (one container: embedded redis, PYSANDBOX_WORKERS=2 workers, gunicorn)
 #   make image-worker   the worker image (WORKER_IMAGE) from Dockerfile.worker, on top of IMAGE
@@ -15,6 +17,13 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 IMAGE ?= pysandbox:latest
+# Extra packages for the jail only (pip requirement specifiers, pinned by whoever builds).
+JAIL_PACKAGES ?=
+# The plot variant: matplotlib and its dependencies, pinned (numpy and dateutil come from
+# jail/requirements.txt).
+PLOT_IMAGE ?= $(IMAGE)-matplotlib
+PLOT_PACKAGES ?= matplotlib==3.10.7 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 \
+	kiwisolver==1.5.1 packaging==26.4 pillow==13.0.0 pyparsing==3.3.3
 WORKER_IMAGE ?= pysandbox-worker:latest
 COMPOSE_ARGS ?=
 # What nsjail needs inside a container (see the README): namespaces need seccomp off;
@@ -34,8 +43,9 @@ PYTEST_ARGS ?=
 # stage of the image only (pip needs them to reach PyPI), never to the final image.
 EXTRA_CA_FILES := $(wildcard /usr/local/share/ca-certificates/*.crt)
 DOCKER_BUILD_ARGS := $(if $(EXTRA_CA_FILES),--build-arg EXTRA_CA_CERTS="$$(cat $(EXTRA_CA_FILES))")
+DOCKER_BUILD_ARGS += $(if $(strip $(JAIL_PACKAGES)),--build-arg JAIL_PACKAGES="$(strip $(JAIL_PACKAGES))")
 
-.PHONY: help venv jail-site image image-worker compose-up run test test-vm clean print-%
+.PHONY: help venv jail-site image image-plot image-worker compose-up run test test-vm clean print-%
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -67,6 +77,9 @@ $(JAIL_SITE)/.installed: jail/requirements.txt | $(VENV)/bin/python
 
 image:
 	docker build -f Dockerfile.api -t $(IMAGE) $(DOCKER_BUILD_ARGS) .
+
+image-plot:
+	$(MAKE) --no-print-directory image IMAGE=$(PLOT_IMAGE) JAIL_PACKAGES="$(PLOT_PACKAGES)"
 
 # Dockerfile.worker adds only a CMD to IMAGE (see its header).
 image-worker: image

@@ -4,19 +4,27 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from api import clients, docs, errors, logs, metrics, ratelimits, request_ids, routes
+from api import clients, docs, errors, logs, metrics, playground, ratelimits, request_ids, routes
 from api.capacity import Capacity
 from api.config import load_config
 from api.jobs import JobQueue
+from api.requests import files_in_cap
 from jail import start_warm_pool
 from jail.selftest import self_test
+
+
+def max_body_bytes(config: dict[str, Any]) -> int:
+    """The largest body: the script and stdin as JSON strings (escapes: 2 bytes a byte), the
+    input, the files as base64 (4/3) with their names, and room for the rest."""
+    return (2 * (config["MAX_SCRIPT_BYTES"] + config["MAX_STDIN_BYTES"]) + config["MAX_INPUT_BYTES"]
+            + 4 * files_in_cap(config) // 3 + config["MAX_FILES"] * 2048 + 4096)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The app, configured from PYSANDBOX_* variables (and REDIS_URL), after a self-test of the jail."""
     app = Flask(__name__)
     app.config.update(load_config(test_config))
-    app.config["MAX_CONTENT_LENGTH"] = 2 * app.config["MAX_SCRIPT_BYTES"] + 4096
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(app.config)
     assert isinstance(app.json, DefaultJSONProvider)
     app.json.sort_keys = False
     logs.setup()
@@ -28,6 +36,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     ratelimits.register(app, app.config["REDIS_URL"], keys)
     app.register_blueprint(routes.bp)
     app.register_blueprint(docs.bp)
+    app.register_blueprint(playground.bp)
     if app.config["EXECUTE_VIA_QUEUE"] and not app.config["REDIS_URL"]:
         raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
     jobs = JobQueue(app.config["REDIS_URL"], app.config["MAX_QUEUED_JOBS"],

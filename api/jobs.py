@@ -14,7 +14,7 @@ from rq.job import Job, JobStatus
 
 from api.errors import ApiError, busy
 from api.responses import outcome_body, outcome_error
-from jail import Limits, Outcome, Status
+from jail import Limits, Outcome, RunInput, Status
 from worker.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
 
 JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -71,9 +71,11 @@ class JobQueue:
         self.max_queued, self.max_queued_per_client = max_queued, max_queued_per_client
         self.result_ttl_s, self.retry_after_s = result_ttl_s, retry_after_s
 
-    def submit(self, script: str, limits: Limits, request_id: str, client: str) -> Job:
+    def submit(self, script: str, limits: Limits, inputs: RunInput | None, request_id: str,
+               client: str) -> Job:
         """Enqueue one run, which keeps its request's id; 503 busy when the queue is full, or
         when this client already has its share of it waiting."""
+        args = (script, asdict(limits)) if inputs is None else (script, asdict(limits), asdict(inputs))
         try:
             if self.queue.count >= self.max_queued:
                 raise busy(f"the queue holds {self.max_queued} jobs", self.retry_after_s)
@@ -82,7 +84,7 @@ class JobQueue:
                 raise busy(f"this client has {waiting} jobs waiting in the queue, its share of it",
                            self.retry_after_s)
             job = self.queue.enqueue(
-                JOB_FUNCTION, script, asdict(limits), job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S,
+                JOB_FUNCTION, *args, job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S,
                 result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None,
                 meta={"request_id": request_id})
             pipe = self.redis.pipeline()

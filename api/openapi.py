@@ -15,19 +15,26 @@ from api.schemas import Error, ExecuteQuery, ExecuteRequest, Health, JobQueued, 
 
 ERROR_CODES: dict[int, dict[str, str]] = {
     400: {"invalid_request": "the body is not JSON or not an object; `script` missing, not a string or "
-                             "blank; a bad `timeout`/`memory_mb`; an unknown field; `async` not 0/1"},
+                             "blank; a bad `timeout`/`memory_mb`/`stdin`/`files`; an unknown field; "
+                             "`async` not 0/1",
+          "invalid_file": "a file's name is not allowed (`..`, absolute, bad characters, too deep or long, "
+                          "under `out/`, or under another file) or its base64 is not valid"},
     401: {"unauthorized": "keys are on and the request has no key, a malformed one, two different ones "
                           "or an unknown one (`WWW-Authenticate` says the scheme)"},
     404: {"not_found": "unknown path", "job_not_found": "unknown or expired job id"},
     405: {"method_not_allowed": "wrong method (`Allow` says which)"},
     409: {"job_finished": "DELETE of a job that already finished or failed"},
-    413: {"payload_too_large": "body over ~512 KiB, or script over PYSANDBOX_MAX_SCRIPT_BYTES"},
+    413: {"payload_too_large": "body over its cap, or script, input, stdin or files over theirs "
+                               "(PYSANDBOX_MAX_SCRIPT_BYTES, _MAX_INPUT_BYTES, _MAX_STDIN_BYTES, _MAX_FILES, "
+                               "half of _TMP_MB)"},
     415: {"unsupported_media_type": "not `Content-Type: application/json`"},
     429: {"rate_limited": "over this client's rate limit (PYSANDBOX_RATE_LIMIT or its key's own); "
                           "`Retry-After` says when to retry"},
     422: {
         "syntax_error": "the script does not compile (or is not UTF-8)",
         "no_main": "no top-level callable `main`",
+        "main_signature": "`main` cannot be called as the request asks: it needs an argument and the "
+                          "request has no `input`, or it takes none and the request has one",
         "main_error": "`main()` (or the script at import time) raised; `error.traceback` shows the "
                       "script's frames",
         "invalid_result": "`main()` returned something JSON cannot hold",
@@ -49,6 +56,7 @@ ERROR_CODES: dict[int, dict[str, str]] = {
 MESSAGES_422 = {
     "syntax_error": "the script does not compile: invalid syntax (line 1)",
     "no_main": "the script defines no top-level callable main()",
+    "main_signature": "main() takes no argument but the request has an input; define main(input)",
     "main_error": "main() raised ZeroDivisionError: division by zero",
     "invalid_result": "main() returned a set, which JSON cannot hold",
     "timeout": "the script ran longer than its 5 s time limit",
@@ -58,7 +66,7 @@ MESSAGES_422 = {
     "no_result": "the script exited (status 0) before main() returned",
 }
 RUN_FIELDS = {"stdout": "", "stderr": "", "output_truncated": False, "duration_ms": 4, "cpu_ms": 2,
-              "peak_memory_mb": 0.3}
+              "peak_memory_mb": 0.3, "files": [], "files_truncated": False}
 MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
     (ExecuteRequest, "validation"), (RunResult, "serialization"), (RunError, "serialization"),
     (Error, "serialization"), (JobQueued, "serialization"), (JobState, "serialization"),
@@ -181,6 +189,17 @@ def _async_schema() -> dict[str, Any]:
     return {"type": "string", "pattern": field["pattern"], "default": ""}
 
 
+def _html_page(operation_id: str, summary: str, assets: str) -> dict[str, Any]:
+    """A GET path that answers an HTML page whose own files are under `assets`."""
+    return {"get": {
+        "operationId": operation_id, "summary": summary,
+        "parameters": [_ref("RequestId", "parameters")],
+        "responses": {"200": {"description": f"An HTML page; its assets are under {assets}.",
+                              "headers": _headers(),
+                              "content": {"text/html": {"schema": {"type": "string"}}}},
+                      "500": _error(500, "internal_error")}}}
+
+
 def _simple_paths() -> dict[str, Any]:
     health = {"headers": _headers(), "content": _json(_ref("Health"))}
     return {
@@ -208,14 +227,10 @@ def _simple_paths() -> dict[str, Any]:
             "responses": {"200": {"description": "OpenAPI 3.1", "headers": _headers(),
                                   "content": {"application/json": {"schema": {"type": "object"}}}},
                           "500": _error(500, "internal_error")}}},
-        "/docs": {"get": {
-            "operationId": "docs",
-            "summary": "Interactive documentation (Swagger UI, served from this service)",
-            "parameters": [_ref("RequestId", "parameters")],
-            "responses": {"200": {"description": "An HTML page; its assets are under /docs/.",
-                                  "headers": _headers(),
-                                  "content": {"text/html": {"schema": {"type": "string"}}}},
-                          "500": _error(500, "internal_error")}}},
+        "/": _html_page("playground", "The playground: a page to write and run scripts in "
+                                      "(served from this service)", "/playground/"),
+        "/docs": _html_page("docs", "Interactive documentation (Swagger UI, served from this service)",
+                            "/docs/"),
     }
 
 

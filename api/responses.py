@@ -2,6 +2,8 @@
 from typing import Any
 
 from api.errors import ApiError
+from dataclasses import asdict
+
 from jail import Outcome
 
 
@@ -9,7 +11,8 @@ def output_fields(outcome: Outcome) -> dict[str, Any]:
     """What the script printed, how long it ran and what it used: part of every answer about a run."""
     return {"stdout": outcome.stdout, "stderr": outcome.stderr,
             "output_truncated": outcome.output_truncated, "duration_ms": outcome.duration_ms,
-            "cpu_ms": outcome.cpu_ms, "peak_memory_mb": outcome.peak_memory_mb}
+            "cpu_ms": outcome.cpu_ms, "peak_memory_mb": outcome.peak_memory_mb,
+            "files": [asdict(f) for f in outcome.files], "files_truncated": outcome.files_truncated}
 
 
 def outcome_error(outcome: Outcome) -> ApiError:

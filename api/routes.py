@@ -12,7 +12,7 @@ from api.metrics import observe_run, observe_sandbox_error
 from api.request_ids import request_id
 from api.requests import parse_execute
 from api.responses import outcome_body
-from jail import Limits, SandboxError, run, warm_pool
+from jail import Limits, RunInput, SandboxError, run, warm_pool
 from jail.selftest import SelfTest, self_test
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def _queue() -> JobQueue:
     return jobs
 
 
-def _run_here(script: str, limits: Limits) -> Response:
+def _run_here(script: str, limits: Limits, inputs: RunInput | None) -> Response:
     """The run's answer, with how long it waited for a run slot as Server-Timing `slot`."""
     if not _checked().passed:
         raise ApiError(503, "sandbox_unavailable",
@@ -47,7 +47,7 @@ def _run_here(script: str, limits: Limits) -> Response:
     capacity: Capacity = _state()["capacity"]
     with capacity.slot(client_id()) as waited_s:
         try:
-            outcome = run(script, limits)
+            outcome = run(script, limits, inputs=inputs)
         except SandboxError:
             observe_sandbox_error()
             log.exception("the sandbox failed")
@@ -62,9 +62,9 @@ def _run_here(script: str, limits: Limits) -> Response:
 @bp.post("/execute")
 def execute():
     """Run the script and answer what its main() returned, or enqueue it (?async=1)."""
-    script, limits, queued = parse_execute(request, current_app.config)
+    script, limits, inputs, queued = parse_execute(request, current_app.config)
     if queued:
-        job = _queue().submit(script, limits, request_id(), client_id())
+        job = _queue().submit(script, limits, inputs, request_id(), client_id())
         annotate(job_id=job.id)
         response = jsonify({"id": job.id, "status": "queued"})
         response.status_code = 202
@@ -72,11 +72,11 @@ def execute():
         return response
     if current_app.config["EXECUTE_VIA_QUEUE"]:
         queue = _queue()
-        job = queue.submit(script, limits, request_id(), client_id())
+        job = queue.submit(script, limits, inputs, request_id(), client_id())
         annotate(job_id=job.id)
         return jsonify(queue.wait(job, current_app.config["QUEUE_WAIT_S"],
                                   limits.timeout_s + RQ_BACKSTOP_S))
-    return _run_here(script, limits)
+    return _run_here(script, limits, inputs)
 
 
 @bp.get("/jobs/<job_id>")

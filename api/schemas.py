@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from api.errors import invalid
+from jail.runinput import IN_NAME_PATTERN, MAX_NAME_CHARS
 
 M = TypeVar("M", bound=BaseModel)
 NonBlank = Annotated[str, Field(min_length=1, pattern=r"\S")]
@@ -30,15 +31,55 @@ def _integral(value: object) -> object:
 PositiveInteger = Annotated[int, Field(gt=0), BeforeValidator(_integral)]
 
 
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
+class TextFile(BaseModel):
+    """An input file given as text (UTF-8)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="TextFile")
+
+    content: str
+    encoding: Literal["utf-8"] = "utf-8"
+
+
+class Base64File(BaseModel):
+    """An input file given as base64 (bad base64 is 400 invalid_file, not invalid_request)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="Base64File")
+
+    content: str = Field(json_schema_extra={"pattern": BASE64})
+    encoding: Literal["base64"]
+
+
+FileContent = TextFile | Base64File
+
+
 class ExecuteRequest(BaseModel):
     """The body of POST /execute. Limits above the server's maximum are clamped, not refused."""
 
     model_config = ConfigDict(extra="forbid", strict=True, title="ExecuteRequest")
 
     script: NonBlank = Field(
-        description="Python source defining a top-level `main()` that takes no argument. Over "
-                    "PYSANDBOX_MAX_SCRIPT_BYTES (UTF-8) it is refused with 413.",
+        description="Python source defining a top-level `main()` (or `main(input)` when the request "
+                    "has an `input`). Over PYSANDBOX_MAX_SCRIPT_BYTES (UTF-8) it is refused with 413.",
         examples=['print("at import")\ndef main():\n    print("in main")\n    return {"answer": 42}'])
+    input: Any = Field(
+        None, description="Any JSON value. When the key is present (even `null`), `main` is called with it "
+                          "as its one argument; absent, `main()` is called. A `main` that cannot take that "
+                          "call is 422 `main_signature`. Over PYSANDBOX_MAX_INPUT_BYTES as JSON: 413.")
+    stdin: str | None = Field(
+        None, description="Text the script (and its child processes) read on standard input; absent, "
+                          "standard input is empty. Over PYSANDBOX_MAX_STDIN_BYTES (UTF-8): 413.")
+    files: dict[str, str | TextFile | Base64File] | None = Field(
+        None, description="Files written into the run's working directory `/tmp` before the script runs: "
+                          "name → text, or `{content, encoding}`. A name is a relative path of parts "
+                          "(`/`-separated) of 1-255 of `A-Z a-z 0-9 . _ -`, not `.` or `..`, at most 8 "
+                          "parts and 1024 characters, not under `out/`; else 400 `invalid_file`. More than "
+                          "PYSANDBOX_MAX_FILES files, or more than half the run's `/tmp` in all: 413.",
+        examples=[{"data.csv": "a,b\n1,2\n", "raw/logo.png": {"content": "iVBORw0KGgo=",
+                                                            "encoding": "base64"}}],
+        json_schema_extra={"propertyNames": {"pattern": IN_NAME_PATTERN, "maxLength": MAX_NAME_CHARS}})
     timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="Wall-time limit in seconds; default 5, clamped to PYSANDBOX_MAX_TIMEOUT_S (30).")
     memory_mb: PositiveInteger | None = Field(
@@ -61,6 +102,17 @@ class ExecuteQuery(BaseModel):
         return self.run_async.lower() in ("1", "true", "yes")
 
 
+class OutFile(BaseModel):
+    """A file the script wrote under out/."""
+
+    name: str = Field(description="Its path relative to `out/`.", examples=["plot.png"])
+    size: int = Field(description="Its size in bytes.")
+    media_type: str = Field(description="From the name's extension; `application/octet-stream` if unknown.",
+                            examples=["image/png"])
+    encoding: Literal["base64"]
+    content: str = Field(description="The file's bytes, base64.")
+
+
 class RunOutput(BaseModel):
     """What a run printed, how long it ran and what it used: in every answer about a run."""
 
@@ -71,6 +123,12 @@ class RunOutput(BaseModel):
     cpu_ms: int | None = Field(description="CPU time of the run's processes; null if the host cannot say.")
     peak_memory_mb: float | None = Field(
         description="The most memory the run held at once, in MiB; null if the host cannot say.")
+    files: list[OutFile] = Field(
+        description="The regular files the script left under `out/` (`/tmp/out`), sorted by name; "
+                    "symlinks, FIFOs, sockets and devices are skipped.")
+    files_truncated: bool = Field(
+        description="Some files under `out/` were left out: over PYSANDBOX_MAX_FILES_OUT files or "
+                    "PYSANDBOX_MAX_FILES_OUT_BYTES in all.")
 
 
 class RunResult(RunOutput):
@@ -127,6 +185,8 @@ class JobState(BaseModel):
     duration_ms: int | None = None
     cpu_ms: int | None = None
     peak_memory_mb: float | None = None
+    files: list[OutFile] | None = None
+    files_truncated: bool | None = None
 
 
 class WarmJails(BaseModel):

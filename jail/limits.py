@@ -23,6 +23,17 @@ class Limits:
     """Size of the writable tmpfs /tmp, and the largest file the script may write."""
     max_open_files: int = 64
     """File descriptors per process."""
+    max_files_out: int = 16
+    """Files returned from out/; past it the rest are left out (files_truncated)."""
+    max_files_out_bytes: int = 8 * MIB
+    """Their total size (raw bytes), likewise."""
+
+    @property
+    def max_report_bytes(self) -> int:
+        """The most the harness's report may take on its channel: the result's JSON and the
+        files' base64 (4/3) with their names (at most 1024 characters, 6 bytes each as JSON)."""
+        return (self.max_result_bytes + math.ceil(self.max_files_out_bytes * 4 / 3)
+                + self.max_files_out * (6 * 1024 + 64))
 
     @property
     def cpu_s(self) -> int:

@@ -21,6 +21,7 @@ from jail.limits import MIB, Limits
 from jail.outcome import Outcome, SandboxError
 from jail.pipes import KILL_GRACE_S, RunPipes, pump
 from jail.protocol import interpret
+from jail.runinput import RunInput, envelope
 from jail.settings import settings
 from jail.watchdog import MemoryWatch
 
@@ -108,15 +109,23 @@ def one_off_limits(limits: Limits, run_cg: cgroups.RunCgroup) -> list[str]:
     return args + memory + run_cg.bound(limits.memory_mb * MIB, limits.max_pids)
 
 
+def jail_stdin(script: str, inputs: RunInput | None) -> bytes:
+    """What the harness reads on stdin: the bare script, or the envelope with its inputs."""
+    source = script.encode("utf-8", "surrogatepass")
+    return source if inputs is None else envelope(source, inputs)
+
+
 def run_once(script: str, limits: Limits, host: cgroups.Cgroups | None = None,
-             cancel: threading.Event | None = None) -> Outcome:
-    """Run one script in a fresh nsjail and say how it ended (SandboxError if the jail failed);
-    setting cancel kills the jail as a timeout does."""
+             cancel: threading.Event | None = None, *, inputs: RunInput | None = None) -> Outcome:
+    """Run one script (with its inputs) in a fresh nsjail and say how it ended (SandboxError if
+    the jail failed); setting cancel kills the jail as a timeout does."""
     with cgroups.run_cgroup(host or host_cgroups()) as run_cg, RunPipes(with_log=True) as pipes:
         assert pipes.log_w is not None, "asked for with_log"
         argv = jail_argv(policy_file(limits.tmp_mb), pipes.log_w, pipes.report_w,
-                         one_off_limits(limits, run_cg), "main(int(sys.argv[1]))",
-                         str(pipes.report_w))
+                         one_off_limits(limits, run_cg),
+                         "main(int(sys.argv[1]), -1, int(sys.argv[2]), int(sys.argv[3]))",
+                         str(pipes.report_w), str(limits.max_files_out),
+                         str(limits.max_files_out_bytes))
         stdin, stdout, stderr, report = pipes.jail_ends
         try:
             proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
@@ -127,8 +136,8 @@ def run_once(script: str, limits: Limits, host: cgroups.Cgroups | None = None,
         pipes.close(*pipes.jail_ends, pipes.log_w)
         watch = None if "memory" in run_cg.cgroups.available else MemoryWatch(
             proc.pid, limits.memory_mb * MIB)
-        raw = pump(pipes, script.encode("utf-8", "surrogatepass"), limits,
-                   lambda: _terminate(proc), watch, cancel)
+        raw = pump(pipes, jail_stdin(script, inputs), limits, lambda: _terminate(proc), watch,
+                   cancel)
         rusage = reap(proc)
         raw.usage = measured(run_cg.usage(), rusage, watch)
     raw.exit = parse_exit(bytes(raw.log))

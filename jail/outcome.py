@@ -10,6 +10,8 @@ class Status(str, Enum):
     OK = "ok"
     SYNTAX_ERROR = "syntax_error"
     NO_MAIN = "no_main"
+    MAIN_SIGNATURE = "main_signature"
+    """main() cannot be called with the request's input (or needs one and got none)."""
     MAIN_ERROR = "main_error"
     INVALID_RESULT = "invalid_result"
     TIMEOUT = "timeout"
@@ -19,6 +21,18 @@ class Status(str, Enum):
     NO_RESULT = "no_result"
     CANCELED = "canceled"
     """The caller's cancel event was set (a job canceled by its client): not the script's fault."""
+
+
+@dataclass(frozen=True)
+class OutFile:
+    """A file the script left under out/, checked on the host (name, size, base64)."""
+
+    name: str
+    size: int
+    media_type: str
+    content: str
+    """The file's bytes in base64."""
+    encoding: str = "base64"
 
 
 class SandboxError(Exception):
@@ -43,6 +57,10 @@ class Outcome:
     """The most memory the run held at once (MiB, one decimal); None where not measured."""
     jail: str = ""
     """The kind of jail it ran in: "warm" or "one-off" (jail.run sets it)."""
+    files: tuple[OutFile, ...] = ()
+    """The regular files the script left under out/ (sorted by name), within the caps."""
+    files_truncated: bool = False
+    """Some files under out/ were left out: a cap on their count or total size was reached."""
 
     @property
     def ok(self) -> bool:
@@ -56,4 +74,5 @@ class Outcome:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Outcome":
         """The inverse of to_dict()."""
-        return cls(**{**data, "status": Status(data["status"])})
+        files = tuple(OutFile(**f) for f in data.get("files", ()))
+        return cls(**{**data, "status": Status(data["status"]), "files": files})

@@ -149,7 +149,7 @@ def _over_cap(raw: RawRun, limits: Limits) -> Status | None:
         del raw.stdout[keep_out:]
         del raw.stderr[limits.max_output_bytes - keep_out:]
         return Status.OUTPUT_LIMIT
-    if len(raw.report) > limits.max_result_bytes + MAX_LOG_BYTES:
+    if len(raw.report) > limits.max_report_bytes + MAX_LOG_BYTES:
         del raw.report[:]
         return Status.RESULT_TOO_LARGE
     return None

@@ -1,12 +1,15 @@
 """What a run produced, as an Outcome: the harness's report parsed defensively (the user's
 code could have written anything there), or why the run ended without one."""
+import binascii
 import json
 import math
+import mimetypes
 from typing import Any
 
 from jail.limits import MIB, Limits
-from jail.outcome import Outcome, SandboxError, Status
+from jail.outcome import OutFile, Outcome, SandboxError, Status
 from jail.pipes import RawRun
+from jail.runinput import out_name_problem
 
 MEMORY_NEAR_LIMIT = 0.9
 """Where the kernel does not say (cgroup v1, rlimits), a run killed with its memory peak this
@@ -60,10 +63,46 @@ def _decode(data: bytes) -> dict[str, Any]:
     return message
 
 
-def parse_report(data: bytes, max_result_bytes: int, common: dict[str, Any]) -> Outcome:
+def parse_files(data: bytes, limits: Limits) -> dict[str, Any]:
+    """The report's second line (the files under out/) as Outcome fields; ReportError when it
+    is not one the harness would have written within the caps."""
+    try:
+        message = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ReportError(str(exc)) from exc
+    if not isinstance(message, dict) or set(message) != {"files", "truncated"} \
+            or not isinstance(message["files"], list) or not isinstance(message["truncated"], bool) \
+            or len(message["files"]) > limits.max_files_out:
+        raise ReportError("not a files report")
+    files, names, total = [], set(), 0
+    for item in message["files"]:
+        if not isinstance(item, dict) or set(item) != {"name", "content"} \
+                or not isinstance(item["name"], str) or not isinstance(item["content"], str):
+            raise ReportError("not a file")
+        name = item["name"]
+        if out_name_problem(name) is not None or name in names:
+            raise ReportError("a file name the harness would not send")
+        try:
+            size = len(binascii.a2b_base64(item["content"].encode("ascii"), strict_mode=True))
+        except (UnicodeEncodeError, binascii.Error) as exc:
+            raise ReportError("a file's content is not base64") from exc
+        total += size
+        if total > limits.max_files_out_bytes:
+            raise ReportError("files over the cap")
+        names.add(name)
+        media = mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+        files.append(OutFile(name, size, media, item["content"]))
+    return {"files": tuple(sorted(files, key=lambda f: f.name)), "files_truncated": message["truncated"]}
+
+
+def parse_report(data: bytes, limits: Limits, common: dict[str, Any]) -> Outcome:
     """The Outcome a report describes, or invalid_result when it is not a well-formed report."""
+    max_result_bytes = limits.max_result_bytes
+    data, newline, files_line = data.partition(b"\n")
     try:
         message = _decode(data)
+        if newline:
+            common = {**common, **parse_files(files_line, limits)}
     except ReportError:
         return Outcome(Status.INVALID_RESULT, message=CORRUPTED, **common)
     status = Status(message["status"])
@@ -99,7 +138,7 @@ def interpret(raw: RawRun, limits: Limits) -> Outcome:
     if raw.killed_for is not None:
         return Outcome(raw.killed_for, message=_kill_message(raw.killed_for, limits), **common)
     if raw.report:
-        return parse_report(bytes(raw.report), limits.max_result_bytes, common)
+        return parse_report(bytes(raw.report), limits, common)
     return Outcome(**_without_report(raw, limits), **common)
 
 

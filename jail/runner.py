@@ -11,6 +11,7 @@ from dataclasses import replace
 from jail.limits import Limits
 from jail.nsjail import run_once
 from jail.outcome import Outcome
+from jail.runinput import RunInput
 from jail.warm import WarmPool
 
 _pool: WarmPool | None = None
@@ -41,13 +42,15 @@ def warm_pool() -> WarmPool | None:
     return _pool
 
 
-def run(script: str, limits: Limits, cancel: threading.Event | None = None) -> Outcome:
+def run(script: str, limits: Limits, cancel: threading.Event | None = None, *,
+        inputs: RunInput | None = None) -> Outcome:
     """Run one script in a fresh jail and say how it ended (SandboxError if the jail failed).
 
-    Once `cancel` is set the jail is killed as at a timeout, within pipes.CANCEL_POLL_S, and
-    the outcome is Status.CANCELED."""
+    `inputs` (main()'s input, stdin, files) must be validated by the caller. Once `cancel` is
+    set the jail is killed as at a timeout, within pipes.CANCEL_POLL_S, and the outcome is
+    Status.CANCELED."""
     pool = _pool
-    outcome = pool.run(script, limits, cancel=cancel) if pool is not None else None
+    outcome = pool.run(script, limits, cancel=cancel, inputs=inputs) if pool is not None else None
     if outcome is not None:
         return outcome if outcome.jail else replace(outcome, jail="warm")
-    return replace(run_once(script, limits, cancel=cancel), jail="one-off")
+    return replace(run_once(script, limits, cancel=cancel, inputs=inputs), jail="one-off")

@@ -36,11 +36,12 @@ from pathlib import Path
 
 from jail import cgroups
 from jail.limits import MIB, Limits
-from jail.nsjail import host_cgroups, jail_argv, policy_file, reap, run_once
+from jail.nsjail import host_cgroups, jail_argv, jail_stdin, policy_file, reap, run_once
 from jail.outcome import Outcome
 from jail.pipes import KILL_GRACE_S, RunPipes, pump
 from jail.procfs import anon_bytes, process_cpu_ns
 from jail.protocol import interpret, ran_out_of_memory
+from jail.runinput import RunInput
 from jail.settings import settings
 from jail.watchdog import MemoryWatch
 
@@ -113,8 +114,10 @@ class WarmJail:
             if self._receive(timeout_s) is not None:
                 raise WarmJailBroken("a child ended without a run")
 
-    def run(self, script: str, limits: Limits, cancel: threading.Event | None = None) -> Outcome:
-        """Run one script in this jail's next sealed child (killed, with the jail, once cancel is set)."""
+    def run(self, script: str, limits: Limits, cancel: threading.Event | None = None,
+            inputs: RunInput | None = None) -> Outcome:
+        """Run one script (with its inputs) in this jail's next sealed child (killed, with the
+        jail, once cancel is set)."""
         while self.unreaped:  # the last run's child must be gone before this run's limits are set
             if self._receive(READY_TIMEOUT_S) is not None:
                 raise WarmJailBroken("a child ended without a run")
@@ -123,11 +126,11 @@ class WarmJail:
         child = self._sealed.popleft()
         self.runs += 1
         try:
-            return self._run_in(child, script, limits, cancel)
+            return self._run_in(child, jail_stdin(script, inputs), limits, cancel)
         finally:
             child.sock.close()  # also where the run failed before its usage was read
 
-    def _run_in(self, child: SealedChild, script: str, limits: Limits,
+    def _run_in(self, child: SealedChild, source: bytes, limits: Limits,
                 cancel: threading.Event | None) -> Outcome:
         baseline = 0
         try:
@@ -142,15 +145,15 @@ class WarmJail:
             child.pid, limits.memory_mb * MIB, self._zygote_anon_bytes(), include_root=True)
         header = json.dumps({"RLIMIT_CPU": limits.cpu_s, "RLIMIT_AS": self._address_space(limits),
                              "RLIMIT_NPROC": limits.max_pids, "RLIMIT_NOFILE": limits.max_open_files,
-                             "RLIMIT_FSIZE": limits.tmp_mb * MIB}).encode()
+                             "RLIMIT_FSIZE": limits.tmp_mb * MIB, "FILES_OUT": limits.max_files_out,
+                             "FILES_OUT_BYTES": limits.max_files_out_bytes}).encode()
         with RunPipes() as pipes:
             try:
                 socket.send_fds(child.sock, [header], list(pipes.jail_ends))
             except OSError as exc:
                 raise WarmJailBroken(f"the sealed child is gone: {exc}") from exc
             pipes.close(*pipes.jail_ends)
-            raw = pump(pipes, script.encode("utf-8", "surrogatepass"), limits,
-                       lambda: self._stop(child), watch, cancel)
+            raw = pump(pipes, source, limits, lambda: self._stop(child), watch, cancel)
         raw.usage = self._usage(child, baseline, watch)
         child.sock.close()  # the held child may end now, while its report is read
         if raw.killed_for is None and raw.report:
@@ -307,7 +310,7 @@ class WarmPool:
         return self._idle.qsize()
 
     def run(self, script: str, limits: Limits, wait_s: float = 0.0,
-            cancel: threading.Event | None = None) -> Outcome | None:
+            cancel: threading.Event | None = None, inputs: RunInput | None = None) -> Outcome | None:
         """Run in a free warm jail (waiting up to wait_s for one); None when none was free."""
         if limits.tmp_mb != self.tmp_mb:
             return None
@@ -317,11 +320,12 @@ class WarmPool:
             return None
         self._changed()
         try:
-            return jail.run(script, limits, cancel)
+            return jail.run(script, limits, cancel, inputs)
         except WarmJailBroken as exc:
             log.error("warm jail broken, running in a one-off jail instead: %s", exc)
             jail.kill()
-            return dataclasses.replace(run_once(script, limits, cancel=cancel), jail="one-off")
+            return dataclasses.replace(run_once(script, limits, cancel=cancel, inputs=inputs),
+                                       jail="one-off")
         finally:
             self._give_back(jail)
 

@@ -65,6 +65,7 @@ def seal(rules) -> None:
     for path, size in ((b"/tmp", TMP_BYTES), (b"/dev/shm", SHM_BYTES)):
         checked(LIBC.mount(b"tmpfs", path, b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                            b"size=%d,mode=1777" % size), f"mount {path!r}")
+    os.chdir("/tmp")  # the fresh tmpfs: the cwd still held the zygote's /tmp, under it
     for cap in range(CAP_LAST + 1):
         LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
     os.setgroups([])
@@ -108,7 +109,7 @@ def serve_one_run(control: socket.socket, rules, taken: int) -> None:
     os.closerange(high + 1, 65536)
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
-    main(report, release)
+    main(report, release, limits["FILES_OUT"], limits["FILES_OUT_BYTES"])
 
 
 def ending(status: int, usage: resource.struct_rusage) -> dict:

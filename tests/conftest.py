@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jail import Limits, Outcome
+from jail import Limits, Outcome, RunInput
 from jail.cgroups import Cgroups
 from jail.nsjail import run_once
 from jail.warm import START_TIMEOUT_S, WarmPool
@@ -48,24 +48,25 @@ def each_jail_kind(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param.startswith("one-off"):  # pinned: an app made by another test may have left a pool
         host = NO_CGROUPS if request.param == "one-off-rlimits" else None
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(request.module, "run", lambda script, limits: run_once(script, limits, host))
+            patch.setattr(request.module, "run", lambda script, limits, **kw: run_once(
+                script, limits, host, **kw))
             yield request.param
         return
     host = NO_CGROUPS if request.param == "warm-rlimits" else None
     pool, lock, in_flight = WarmPool(2, Limits().tmp_mb, host), threading.Lock(), [0]
 
-    def run_warm(script: str, limits: Limits) -> Outcome:
+    def run_warm(script: str, limits: Limits, inputs: RunInput | None = None) -> Outcome:
         """Wait for a warm jail when nothing else runs (a refill after a kill); never queue
         behind other runs, which would count the wait as run time."""
         with lock:
             in_flight[0] += 1
             alone = in_flight[0] == 1
         try:
-            outcome = pool.run(script, limits, wait_s=START_TIMEOUT_S if alone else 0)
+            outcome = pool.run(script, limits, wait_s=START_TIMEOUT_S if alone else 0, inputs=inputs)
         finally:
             with lock:
                 in_flight[0] -= 1
-        return outcome if outcome is not None else run_once(script, limits)
+        return outcome if outcome is not None else run_once(script, limits, inputs=inputs)
 
     try:
         with pytest.MonkeyPatch.context() as patch:

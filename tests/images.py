@@ -42,9 +42,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def image() -> str:
-    """The image `make image` builds (tag from the Makefile's IMAGE)."""
+def built(target: str, variable: str) -> str:
+    """Run `make <target>` and return the tag the Makefile's `variable` names."""
     try:
         info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
@@ -53,10 +52,23 @@ def image() -> str:
     if info.returncode != 0:
         pytest.fail("the Docker daemon is not reachable (`docker info` failed): start dockerd.\n"
                     + info.stderr)
-    name = make_var("IMAGE")
-    build = subprocess.run(["make", "--no-print-directory", "image"], cwd=REPO, env=make_env(),
+    name = make_var(variable)
+    build = subprocess.run(["make", "--no-print-directory", target], cwd=REPO, env=make_env(),
                            capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     if build.returncode != 0:
-        pytest.fail(f"make image failed ({build.returncode}):\n"
+        pytest.fail(f"make {target} failed ({build.returncode}):\n"
                     f"{build.stdout[-6000:]}\n{build.stderr[-6000:]}")
     return name
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    """The image `make image` builds (tag from the Makefile's IMAGE)."""
+    return built("image", "IMAGE")
+
+
+@pytest.fixture(scope="session")
+def plot_image() -> str:
+    """The variant with matplotlib in the jail that `make image-plot` builds (tag: PLOT_IMAGE),
+    built once per session."""
+    return built("image-plot", "PLOT_IMAGE")

@@ -1330,19 +1330,19 @@ def test_atexit_and_threads_do_not_delay_the_answer():
 def test_tmp_and_shm_files_do_not_survive_a_run():
     write = PRELUDE + textwrap.dedent('''
         def main():
-            for d in ("/tmp", "/dev/shm"):
+            for d in ("/tmp", "/dev/shm", "/tmp/out"):
                 write(d + "/left-by-run-1", b"secret")
             return "written"
         ''')
     check = PRELUDE + textwrap.dedent('''
         def main():
-            return {"tmp": os.listdir("/tmp"), "shm": os.listdir("/dev/shm")}
+            return {"tmp": os.listdir("/tmp"), "shm": os.listdir("/dev/shm"), "out": os.listdir("/tmp/out")}
         ''')
     first, _ = jailed(write)
     assert first.status is Status.OK and first.result == "written", describe(first)
     second, _ = jailed(check)
     assert second.status is Status.OK, describe(second)
-    assert second.result == {"tmp": [], "shm": []}, f"run 2 sees run 1's files: {second.result}"
+    assert second.result == {"tmp": ["out"], "shm": [], "out": []}, f"run 2 sees run 1's files: {second.result}"
 
 
 def test_environment_does_not_survive_a_run():
@@ -1396,7 +1396,7 @@ def test_concurrent_runs_do_not_share_tmp():
         outcomes = [future.result()[0] for future in runs]
     for outcome, mine in zip(outcomes, ("run-a", "run-b")):
         assert outcome.status is Status.OK, describe(outcome)
-        assert outcome.result == [mine], f"{mine} sees another run's files: {outcome.result}"
+        assert outcome.result == sorted([mine, "out"]), f"{mine} sees another run's files: {outcome.result}"
 
 
 def test_fork_bomb_does_not_starve_a_concurrent_run():

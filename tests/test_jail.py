@@ -24,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("each_jail_kind")
 
 NOBODY = 65534
 JAIL_ENV_KEYS = {"PATH", "HOME", "LANG", "PYTHONIOENCODING", "OPENBLAS_NUM_THREADS", "MALLOC_ARENA_MAX",
+                 "MPLBACKEND", "MPLCONFIGDIR",
                  "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"}
 
 

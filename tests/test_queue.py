@@ -159,3 +159,17 @@ def test_a_sync_run_no_worker_takes_is_503_busy_and_cancelled(redis_url):
     assert response.status_code == 503 and response.get_json()["error"]["code"] == "busy"
     assert int(response.headers["Retry-After"]) >= 1
     assert Redis.from_url(redis_url).llen("rq:queue:pysandbox") == 0  # it will not run later
+
+
+def test_async_jobs_carry_input_stdin_and_files_in_and_out(redis_url):
+    client = create_app({"REDIS_URL": redis_url}).test_client()
+    script = ("import sys\ndef main(input):\n    open('out/r.txt', 'w').write(open('in/d.txt').read())\n"
+              "    return [input, sys.stdin.read()]")
+    with workers(redis_url, 1):
+        body = poll(client, submit(client, script, input={"k": [1]}, stdin="s\n",
+                                   files={"in/d.txt": {"content": "aGk=", "encoding": "base64"}}))
+        failed = poll(client, submit(client, "def main():\n    return 1", input=2))
+    assert body["status"] == "finished" and body["result"] == [{"k": [1]}, "s\n"], body
+    assert body["files"] == [{"name": "r.txt", "size": 2, "media_type": "text/plain", "encoding": "base64",
+                              "content": "aGk="}] and body["files_truncated"] is False
+    assert failed["status"] == "failed" and failed["error"]["code"] == "main_signature"

@@ -20,7 +20,7 @@ def client():
     (lambda c, h: c.post("/execute", json={"script": 1}, headers=h), 400),
     (lambda c, h: c.get("/nowhere", headers=h), 404),
     (lambda c, h: c.put("/execute", headers=h), 405),
-    (lambda c, h: c.post("/execute", data="x" * (3 * 2**20), content_type="application/json",
+    (lambda c, h: c.post("/execute", data="x" * (20 * 2**20), content_type="application/json",
                          headers=h), 413),
     (lambda c, h: c.post("/execute", data="{}", content_type="text/plain", headers=h), 415),
     (lambda c, h: c.post("/execute?async=1", json={"script": "def main(): 1"}, headers=h), 503),

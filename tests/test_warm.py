@@ -38,6 +38,7 @@ def test_runs_really_are_warm_and_one_off_runs_are_not(pool):
 @pytest.mark.parametrize("leave, look", [
     ("open('/tmp/left', 'w').write('x')", "os.path.exists('/tmp/left')"),
     ("open('/dev/shm/left', 'w').write('x')", "os.path.exists('/dev/shm/left')"),
+    ("open('left', 'w').write('x')", "os.path.exists('left')"),
     ("os.environ['LEFT'] = '1'", "'LEFT' in os.environ"),
     ("sys.modules['json'].LEFT = 1", "hasattr(sys.modules['json'], 'LEFT')"),
     ("import pandas; pandas.set_option('display.max_rows', 3)",
@@ -45,7 +46,7 @@ def test_runs_really_are_warm_and_one_off_runs_are_not(pool):
     ("import numpy; numpy.LEFT = 1", "hasattr(__import__('numpy'), 'LEFT')"),
     ("sys.path.append('/tmp/evil')", "'/tmp/evil' in sys.path"),
     ("import builtins; builtins.LEFT = 1", "hasattr(__import__('builtins'), 'LEFT')"),
-], ids=["tmp-file", "shm-file", "env-var", "module-attr", "pandas-option", "numpy-attr",
+], ids=["tmp-file", "shm-file", "cwd-file", "env-var", "module-attr", "pandas-option", "numpy-attr",
         "sys-path", "builtins"])
 def test_nothing_one_run_leaves_reaches_the_next(pool, leave, look):
     first = warm_run(pool, f"import os, sys\ndef main():\n    {leave}\n    return PRELOADED")

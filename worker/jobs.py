@@ -7,14 +7,15 @@ from rq import get_current_job
 
 from api.logs import run_fields
 from api.metrics import QUEUE_WAIT_SECONDS, observe_run, observe_sandbox_error
-from jail import Limits, Outcome, SandboxError, Status, run
+from jail import Limits, Outcome, RunInput, SandboxError, Status, run
 from worker.queue import keep_alive
 
 log = logging.getLogger(__name__)
 
 
-def execute(script: str, limits: dict[str, Any]) -> dict[str, Any]:
-    """Run the script with these limits; the Outcome as a dict (SandboxError fails the job).
+def execute(script: str, limits: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the script with these limits and inputs (checked by the API); the Outcome as a dict
+    (SandboxError fails the job).
 
     A job canceled before it starts never reaches a jail; one canceled while it runs has its
     jail killed. Both end as Status.CANCELED."""
@@ -30,7 +31,8 @@ def execute(script: str, limits: dict[str, Any]) -> dict[str, Any]:
             outcome = Outcome(Status.CANCELED, message="the job was canceled before it ran")
         else:
             try:
-                outcome = run(script, Limits(**limits), cancel=canceled)
+                outcome = run(script, Limits(**limits), cancel=canceled,
+                              inputs=None if inputs is None else RunInput(**inputs))
             except SandboxError:
                 observe_sandbox_error()
                 log.exception("job failed: the sandbox failed", extra=ids)
