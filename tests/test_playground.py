@@ -12,7 +12,9 @@ or went anywhere but the service. The one kind of console error tolerated is Chr
 Screenshots of each test's final state: artifacts/playwright/<test>.png (gitignored), the
 phone-width one artifacts/playwright/phone-375.png.
 """
+import hashlib
 import os
+import secrets
 import re
 import shutil
 from collections.abc import Iterator
@@ -333,6 +335,33 @@ def test_readable_at_phone_width(browser: Browser, service: str) -> None:
                       page.get_by_role("button", name="Run", exact=True)):
             box = control.bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375
+
+
+def test_an_api_key_is_asked_for_and_sent_in_a_header(browser: Browser, image: str,  # noqa: F811
+                                                     run_flags: list[str]) -> None:  # noqa: F811
+    key = secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    with running(image, run_flags, f"PYSANDBOX_API_KEYS=playground:{digest}") as (_, base), \
+            open_page(browser, base, "api-key") as page:
+        sent: list[tuple[str, str | None]] = []
+        page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
+        dialog = page.get_by_role("dialog", name="API key")
+        expect(dialog).to_contain_text("an API key is required")  # the package probe met the 401
+        dialog.get_by_label("Key").fill("not-the-key")
+        dialog.get_by_role("button", name="Use this key").click()
+        expect(dialog).to_contain_text("unknown API key")
+        dialog.get_by_label("Key").fill(key)
+        dialog.get_by_role("button", name="Use this key").click()
+        expect(dialog).to_be_hidden()
+        sent.clear()
+        run(page, "Hello")
+        expect(page.get_by_role("status")).to_have_text("Finished.")
+        assert page.evaluate("sessionStorage.getItem('pysandbox.apiKey')") == key
+        calls = [auth for url, auth in sent if urlsplit(url).path == "/execute"]
+        assert calls and all(auth == f"Bearer {key}" for auth in calls)
+        assert not any(key in url for url, _ in sent)
+        page.get_by_role("button", name="Forget API key").click()
+        assert page.evaluate("sessionStorage.getItem('pysandbox.apiKey')") is None
 
 
 def test_invalid_input_json_is_flagged_before_any_request(page: Page) -> None:
