@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
-from api.clients import PUBLIC_PATHS, parse_keys
+from api.clients import is_public, parse_keys
 from api.jobs import JobQueue
 from jail import Limits
 from tests.servers import redis_server
@@ -97,10 +97,11 @@ def test_every_route_needs_a_key_but_the_public_ones(keyed_app, client):
     """The rule is an allowlist: a route added later (say /metrics) needs a key until it is listed."""
     answered = {}
     for rule in keyed_app.url_map.iter_rules():
-        path = rule.rule.replace("<job_id>", "0").replace("<path:name>", "swagger-ui.css")
+        path = rule.rule.replace("<job_id>", "0").replace("<path:name>", "swagger-ui.css") \
+            .replace("/playground/<path:filename>", "/playground/app.js")
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             answered[method, path] = client.open(path, method=method, json=TRIVIAL).status_code
-    public = {(m, p): s for (m, p), s in answered.items() if p in PUBLIC_PATHS or p.startswith("/docs/")}
+    public = {(m, p): s for (m, p), s in answered.items() if is_public(p)}
     assert public and all(status != 401 for status in public.values()), public
     assert {(m, p) for m, p in answered if (m, p) not in public} >= {
         ("POST", "/execute"), ("GET", "/jobs/0"), ("DELETE", "/jobs/0")}
@@ -178,15 +179,15 @@ def test_each_client_has_its_share_of_the_queue_across_restarts(redis_url):
     """No worker runs here, so jobs stay queued: A's third is refused, B still queues, and a
     new JobQueue (an API restarted, or another replica) counts A's jobs from Redis."""
     queue = JobQueue(redis_url, max_queued=10, max_queued_per_client=2, result_ttl_s=60, retry_after_s=1)
-    first = queue.submit(TRIVIAL["script"], Limits(), "r1", "key:a")
-    queue.submit(TRIVIAL["script"], Limits(), "r2", "key:a")
+    first = queue.submit(TRIVIAL["script"], Limits(), None, "r1", "key:a")
+    queue.submit(TRIVIAL["script"], Limits(), None, "r2", "key:a")
     restarted = JobQueue(redis_url, max_queued=10, max_queued_per_client=2, result_ttl_s=60, retry_after_s=1)
     with pytest.raises(Exception, match="share") as refused:
-        restarted.submit(TRIVIAL["script"], Limits(), "r3", "key:a")
+        restarted.submit(TRIVIAL["script"], Limits(), None, "r3", "key:a")
     assert getattr(refused.value, "code", None) == "busy" and refused.value.headers["Retry-After"] == "1"
-    restarted.submit(TRIVIAL["script"], Limits(), "r4", "key:b")
+    restarted.submit(TRIVIAL["script"], Limits(), None, "r4", "key:b")
     assert restarted.cancel(first.id)["status"] == "canceled"
-    restarted.submit(TRIVIAL["script"], Limits(), "r5", "key:a")
+    restarted.submit(TRIVIAL["script"], Limits(), None, "r5", "key:a")
 
 
 def test_the_queue_share_is_per_key_through_the_api(redis_url):
