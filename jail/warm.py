@@ -192,15 +192,21 @@ class WarmJail:
         address space (the child starts as its copy) plus the run's memory."""
         if "memory" in self.cgroup.cgroups.available:
             return resource.RLIM_INFINITY
-        status = Path(f"/proc/{self._zygote()}/status").read_text()
-        size_kb = int(next(line for line in status.splitlines() if line.startswith("VmSize:")).split()[1])
+        try:
+            status = Path(f"/proc/{self._zygote()}/status").read_text()
+            size_kb = int(next(line for line in status.splitlines() if line.startswith("VmSize:")).split()[1])
+        except (OSError, StopIteration, IndexError, ValueError) as exc:  # killed (the OOM killer picks jails)
+            raise WarmJailBroken(f"the zygote is gone: {exc!r}") from exc
         return size_kb * 1024 + limits.memory_mb * MIB
 
     def _zygote(self) -> int:
-        """The zygote's pid here: nsjail's only child."""
+        """The zygote's pid here: nsjail's only child (WarmJailBroken once it is gone)."""
         if self._zygote_pid is None:
             task = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
-            self._zygote_pid = int(Path(task).read_text().split()[0])
+            try:
+                self._zygote_pid = int(Path(task).read_text().split()[0])
+            except (OSError, IndexError, ValueError) as exc:
+                raise WarmJailBroken(f"the zygote is gone: {exc!r}") from exc
         return self._zygote_pid
 
     def _zygote_anon_bytes(self) -> int:

@@ -134,3 +134,24 @@ def test_without_cgroups_warm_runs_are_bounded_by_rlimits():
         assert warm_run(pool, "def main(): return PRELOADED").result is True
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("after_a_run", [False, True])
+def test_a_zygote_the_oom_killer_took_costs_no_run_without_cgroups(after_a_run):
+    """The OOM killer picks jailed processes (oom_score_adj 1000), the zygote among them: where
+    no memory cgroup is had (Cloud Run), the run that next takes that jail goes one-off instead
+    of failing the request (it did: IndexError, HTTP 500, under memory pressure)."""
+    pool = WarmPool(1, LIMITS.tmp_mb, Cgroups(Path("/sys/fs/cgroup"), frozenset(), "off for this test"))
+    try:
+        if after_a_run:
+            assert warm_run(pool, "def main(): return PRELOADED").result is True
+        jail = pool._idle.get(timeout=START_TIMEOUT_S)
+        zygote = int(Path(f"/proc/{jail.proc.pid}/task/{jail.proc.pid}/children").read_text().split()[0])
+        os.kill(zygote, signal.SIGKILL)
+        jail.proc.wait(timeout=10)  # nsjail ends with its only child
+        pool._idle.put(jail)
+        outcome = pool.run("def main(): return 'still served'", LIMITS)
+        assert outcome is not None and outcome.result == "still served" and outcome.jail == "one-off"
+        assert warm_run(pool, "def main(): return PRELOADED").result is True
+    finally:
+        pool.close()
