@@ -32,7 +32,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from api.errors import busy
+from api.errors import ApiError, busy
 from api.metrics import SLOTS_IN_USE
 
 PRESENT_S = 5.0
@@ -99,7 +99,7 @@ class Capacity:
                 del self._waiting[client]
         raise self._busy()
 
-    def _busy(self):
+    def _busy(self) -> ApiError:
         return busy("the service is at capacity", self._retry_after_s)
 
     def _free(self) -> int:
