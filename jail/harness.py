@@ -41,6 +41,9 @@ OUT_DIR = "/tmp/out"
 MAX_OUT_ENTRIES = 4096
 """Directory entries looked at under /tmp/out: 10 000 tiny files are not walked to the end."""
 MAX_OUT_DEPTH = 8
+MAX_OUT_NAME_CHARS = 1024
+"""The longest name (path under out/) the service returns: jail/runinput.py's MAX_NAME_CHARS
+(the jail cannot import it; tests/test_io.py checks they agree). A longer one is skipped."""
 SCRIPT_NAME = "<script>"
 TRACEBACK_FRAMES = 100
 """The outermost frames shown: walking a million-deep recursion would outlast the run."""
@@ -173,7 +176,7 @@ def _walk(dir_fd: int, prefix: str, depth: int, found: list, state: dict) -> Non
                 _walk(sub, prefix + name + "/", depth + 1, found, state)
             finally:
                 os.close(sub)
-        elif stat.S_ISREG(info.st_mode):
+        elif stat.S_ISREG(info.st_mode) and len(prefix) + len(name) <= MAX_OUT_NAME_CHARS:
             _take(dir_fd, name, prefix + name, found, state)
 
 

@@ -264,3 +264,21 @@ def test_a_report_flooding_the_channel_is_stopped():
     outcome = jailed("import __main__\n__main__.collect = lambda: b'\\n' + b'x' * (40 * 2**20)\n"
                      "def main():\n    return 1")
     assert outcome.status in (Status.RESULT_TOO_LARGE, Status.INVALID_RESULT) and outcome.files == ()
+
+
+def test_a_file_whose_path_is_over_the_name_cap_is_left_out_not_the_result():
+    """Issue 16: a path under out/ past 1024 characters lost the whole result as invalid_result."""
+    deep = "/".join(["d" * 200] * 5)  # 1004 characters of directories: the file's path is longer
+    script = ("import os\ndef main():\n"
+              f"    os.makedirs('out/{deep}')\n"
+              f"    open('out/{deep}/' + 'f' * 40, 'w').write('long')\n"
+              f"    open('out/{deep}/f', 'w').write('fits')\n"
+              "    return 7")
+    outcome = ok(jailed(script))
+    assert outcome.result == 7 and names(outcome) == [f"{deep}/f"]
+
+
+def test_the_harness_and_the_host_agree_on_the_name_cap():
+    from jail import harness, runinput
+
+    assert harness.MAX_OUT_NAME_CHARS == runinput.MAX_NAME_CHARS
