@@ -7,6 +7,9 @@ A presented key is hashed, then compared with every stored hash by hmac.compare_
 them every time, so neither the bytes of a key nor which key matched shows in the timing.
 A key is never logged nor echoed: errors say only that it is missing, malformed or unknown.
 
+A key may carry the `operator` role: only such keys read the operator's paths (OPERATOR_PATHS:
+/metrics, which names every client and counts their requests); a tenant's key gets 403 there.
+
 A client is the key's name when keys are on, else the request's address (after
 PYSANDBOX_TRUSTED_PROXIES proxies, through werkzeug's ProxyFix). `g.client` holds the key's
 name or None: names are few and chosen by the operator, so logs and metrics may label by them;
@@ -28,7 +31,11 @@ from api.errors import ApiError
 PUBLIC_PATHS = frozenset({"/health", "/", "/openapi.json", "/docs"})
 """Answered without a key: health checks, the playground page (it asks its user for a key),
 and the API's documentation, which holds no user data and says nothing the README does not.
-/metrics is not here: with keys on it needs one (add "/metrics" here to expose it)."""
+/metrics is not here: with keys on it needs an operator's key (OPERATOR_PATHS)."""
+OPERATOR_PATHS = frozenset({"/metrics"})
+"""Answered only to keys with the `operator` role when keys are on: what they show is every
+tenant's activity (names, request and error counts, storage held)."""
+OPERATOR = "operator"
 PUBLIC_PREFIXES = ("/docs/", "/playground/")
 """The assets of /docs and of the playground page."""
 NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -39,15 +46,17 @@ CHALLENGE = 'Bearer realm="pysandbox"'
 
 @dataclass(frozen=True)
 class Key:
-    """One configured key: its name, its SHA-256, and its own rate limits ("" = the default)."""
+    """One configured key: its name, its SHA-256, its own rate limits ("" = the default), and
+    whether it may read the operator's paths."""
 
     name: str
     digest: bytes
     rate_limit: str = ""
+    operator: bool = False
 
 
 def parse_keys(text: str, origin: str) -> list[Key]:
-    """Keys from lines (or comma-separated entries) of `name:sha256-hex[:rate limits]`;
+    """Keys from lines (or comma-separated entries) of `name:sha256-hex[:rate limits][:operator]`;
     blank lines and `#` comments are skipped. Errors name the entry, never its hash."""
     keys = []
     for number, entry in enumerate(re.split(r"[\n,]", text), 1):
@@ -55,19 +64,23 @@ def parse_keys(text: str, origin: str) -> list[Key]:
         if not entry or entry.startswith("#"):
             continue
         name, _, rest = entry.partition(":")
-        digest, _, rate_limit = rest.partition(":")
+        digest, *options = rest.split(":")
         where = f"{origin}, entry {number}"
         if not NAME.fullmatch(name):
             raise ValueError(f"{where}: a key's name is 1-64 characters of A-Z a-z 0-9 . _ -")
         if not SHA256_HEX.fullmatch(digest):
-            raise ValueError(f"{where} ({name}): expected name:sha256-hex[:limits], "
+            raise ValueError(f"{where} ({name}): expected name:sha256-hex[:limits][:operator], "
                              "the hash as 64 hex digits")
-        if rate_limit:
+        operator = OPERATOR in options
+        limits = [option for option in options if option and option != OPERATOR]
+        if len(limits) > 1:
+            raise ValueError(f"{where} ({name}): expected name:sha256-hex[:limits][:operator]")
+        if limits:
             try:
-                parse_many(rate_limit)
+                parse_many(limits[0])
             except ValueError:
-                raise ValueError(f"{where} ({name}): bad rate limit {rate_limit!r}") from None
-        keys.append(Key(name, bytes.fromhex(digest), rate_limit))
+                raise ValueError(f"{where} ({name}): bad rate limit {limits[0]!r}") from None
+        keys.append(Key(name, bytes.fromhex(digest), limits[0] if limits else "", operator))
     return keys
 
 
@@ -91,6 +104,12 @@ def identify(presented: str, keys: list[Key]) -> Key | None:
         if hmac.compare_digest(digest, key.digest):
             found = key
     return found
+
+
+def forbidden(path: str) -> ApiError:
+    """403 forbidden: a tenant's key on an operator's path."""
+    return ApiError(403, "forbidden", f"{path} is for the operator: it needs a key with the "
+                    f"`{OPERATOR}` role (name:sha256-hex[:limits]:{OPERATOR})")
 
 
 def unauthorized(message: str, invalid: bool = False) -> ApiError:
@@ -143,6 +162,8 @@ def _authenticate() -> None:
     if key is None:
         raise unauthorized("unknown API key", invalid=True)
     g.client, g.client_key = key.name, key
+    if request.path in OPERATOR_PATHS and not key.operator:
+        raise forbidden(request.path)
 
 
 def _keys() -> list[Key]:

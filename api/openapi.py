@@ -5,6 +5,7 @@ statuses each can answer with the error codes each status carries (ERROR_CODES, 
 README's table: tests/test_openapi.py compares them), headers, examples and the async flow as
 links. See the note at the top of api/schemas.py for why it is assembled here.
 """
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -21,6 +22,8 @@ ERROR_CODES: dict[int, dict[str, str]] = {
                           "under `out/`, or under another file) or its base64 is not valid"},
     401: {"unauthorized": "keys are on and the request has no key, a malformed one, two different ones "
                           "or an unknown one (`WWW-Authenticate` says the scheme)"},
+    403: {"forbidden": "keys are on and a tenant's key asks for an operator's path (`/metrics`): it needs "
+                       "a key with the `operator` role"},
     404: {"not_found": "unknown path", "job_not_found": "unknown or expired job id"},
     405: {"method_not_allowed": "wrong method (`Allow` says which)"},
     409: {"job_finished": "DELETE of a job that already finished or failed"},
@@ -105,18 +108,33 @@ def _error(status: int, *codes: str, headers: tuple[str, ...] = ()) -> dict[str,
     return {"description": description, "headers": _headers(*headers), "content": _json(schema, examples)}
 
 
-SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
-"""Protected operations take either header; the public ones (api/clients.py PUBLIC_PATHS) none."""
+KEYED: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
+"""With keys on, protected operations take either header; the public ones (api/clients.py
+PUBLIC_PATHS) none. With keys off every operation is open, and the document says so."""
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
-def _client_errors() -> dict[str, Any]:
-    """The answers of a protected operation to a client without a valid key or over its limit."""
-    return {"401": _error(401, headers=("WWW-Authenticate",)),
-            "429": _error(429, headers=("Retry-After", *RATE_HEADERS))}
+@dataclass(frozen=True)
+class Access:
+    """What the service as configured asks of a client: a key, and rate limits."""
+
+    keys: bool = True
+    rate_limits: bool = True
+
+    @property
+    def security(self) -> list[dict[str, list[str]]]:
+        """A protected operation's `security`: a key when keys are on, none (`[]`) when off."""
+        return KEYED if self.keys else []
+
+    def client_errors(self) -> dict[str, Any]:
+        """The answers of a protected operation to a client without a valid key or over its limit."""
+        errors = {"401": _error(401, headers=("WWW-Authenticate",))} if self.keys else {}
+        if self.rate_limits:
+            errors["429"] = _error(429, headers=("Retry-After", *RATE_HEADERS))
+        return errors
 
 
-def _job_path() -> dict[str, Any]:
+def _job_path(access: Access) -> dict[str, Any]:
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"},
               "description": "The id POST /execute?async=1 answered (a UUID)."}
     state = {"description": "The job's state.", "headers": _headers(),
@@ -129,7 +147,8 @@ def _job_path() -> dict[str, Any]:
                               **RUN_FIELDS}}),
              "links": {"CancelJob": {"operationId": "cancelJob",
                                      "parameters": {"job_id": "$request.path.job_id"}}}}
-    common = {**_client_errors(), "404": _error(404, "job_not_found"), "500": _error(500, "internal_error"),
+    common = {**access.client_errors(), "404": _error(404, "job_not_found"),
+              "500": _error(500, "internal_error"),
               "503": _error(503, "queue_unavailable", headers=("Retry-After",))}
     return {
         "parameters": [job_id],
@@ -139,18 +158,18 @@ def _job_path() -> dict[str, Any]:
                                "ran) or `canceled` (error code `canceled`). `request_id` is the X-Request-ID "
                                "of the POST that queued it. Kept PYSANDBOX_RESULT_TTL_S (an hour) after it "
                                "ends.",
-                "parameters": [_ref("RequestId", "parameters")], "security": SECURITY,
+                "parameters": [_ref("RequestId", "parameters")], "security": access.security,
                 "responses": {"200": state, **common}},
         "delete": {"operationId": "cancelJob", "summary": "Cancel a queued or running run",
                    "description": "A queued job never runs; a running job's jail is killed within a second "
                                   "and its worker takes the next job. Answers the job's state, `canceled` "
                                   "(again, for a job already canceled).",
-                   "parameters": [_ref("RequestId", "parameters")], "security": SECURITY,
+                   "parameters": [_ref("RequestId", "parameters")], "security": access.security,
                    "responses": {"200": state, "409": _error(409), **common}},
     }
 
 
-def _execute_path() -> dict[str, Any]:
+def _execute_path(access: Access) -> dict[str, Any]:
     body_examples = {
         "print_vs_result": {"script": 'print("at import")\ndef main():\n    print("in main")\n'
                                       '    return {"answer": 42}'},
@@ -171,9 +190,9 @@ def _execute_path() -> dict[str, Any]:
                         "description": "`1` queues the run (202); `0` or absent runs it now."},
                        _ref("RequestId", "parameters")],
         "requestBody": {"required": True, "content": _json(_ref("ExecuteRequest"), body_examples)},
-        "security": SECURITY,
+        "security": access.security,
         "responses": {
-            **_client_errors(),
+            **access.client_errors(),
             "200": {"description": "main() returned a JSON value. `Server-Timing: slot;dur=<ms>` says "
                                    "how long the request waited for a run slot.", "headers": _headers(),
                     "content": _json(_ref("RunResult"), {"print_vs_result": {
@@ -200,7 +219,7 @@ def _html_page(operation_id: str, summary: str, assets: str) -> dict[str, Any]:
                       "500": _error(500, "internal_error")}}}
 
 
-def _simple_paths() -> dict[str, Any]:
+def _simple_paths(access: Access) -> dict[str, Any]:
     health = {"headers": _headers(), "content": _json(_ref("Health"))}
     return {
         "/health": {"get": {
@@ -214,13 +233,15 @@ def _simple_paths() -> dict[str, Any]:
             "operationId": "metrics", "summary": "Prometheus metrics (text format 0.0.4)",
             "description": "Counters, histograms and gauges of runs, requests, refusals, warm jails and "
                            "the queue: the README's \"Operating it\" section lists them. Not served "
-                           "(404) with PYSANDBOX_METRICS=false. With API keys on it needs a key, "
-                           "like the API (give Prometheus one: `authorization` in its scrape config).",
-            "parameters": [_ref("RequestId", "parameters")], "security": SECURITY,
+                           "(404) with PYSANDBOX_METRICS=false. With API keys on it needs a key with "
+                           "the `operator` role (give Prometheus one: `authorization` in its scrape "
+                           "config); a tenant's key is 403 `forbidden`.",
+            "parameters": [_ref("RequestId", "parameters")], "security": access.security,
             "responses": {"200": {"description": "The Prometheus text exposition format.",
                                   "headers": _headers(),
                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
-                          **_client_errors(), "500": _error(500, "internal_error")}}},
+                          **access.client_errors(), **({"403": _error(403)} if access.keys else {}),
+                          "500": _error(500, "internal_error")}}},
         "/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This document",
             "parameters": [_ref("RequestId", "parameters")],
@@ -234,7 +255,7 @@ def _simple_paths() -> dict[str, Any]:
     }
 
 
-def _components() -> dict[str, Any]:
+def _components(access: Access) -> dict[str, Any]:
     _, schemas = models_json_schema(MODELS, ref_template="#/components/schemas/{model}")
     return {
         "schemas": schemas["$defs"],
@@ -263,10 +284,9 @@ def _components() -> dict[str, Any]:
             "X-RateLimit-Reset": {"required": True, "description": "When the window resets (Unix time).",
                                   "schema": {"type": "string", "pattern": "^[0-9]+$"}},
         },
-        "securitySchemes": {
+        "securitySchemes": {} if not access.keys else {
             "bearer": {"type": "http", "scheme": "bearer",
-                       "description": "`Authorization: Bearer <key>`: an API key, when the service has keys "
-                                      "configured (PYSANDBOX_API_KEYS); with none, no key is needed."},
+                       "description": "`Authorization: Bearer <key>`: an API key (PYSANDBOX_API_KEYS)."},
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
                        "description": "The same key in `X-API-Key`."},
         },
@@ -277,8 +297,9 @@ def _components() -> dict[str, Any]:
     }
 
 
-def document() -> dict[str, Any]:
-    """The whole OpenAPI 3.1 document."""
+def document(access: Access = Access()) -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document of the service as configured: with keys off (the default)
+    no operation declares security or a 401; without rate limits none declares a 429."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "PySandbox", "version": "1",
@@ -290,6 +311,7 @@ def document() -> dict[str, Any]:
                                 "service has API keys, every operation but /health, /openapi.json and /docs "
                                 "needs one (401 `unauthorized` first, also for unknown paths), and "
                                 "rate limits answer 429 `rate_limited`."},
-        "paths": {"/execute": _execute_path(), "/jobs/{job_id}": _job_path(), **_simple_paths()},
-        "components": _components(),
+        "paths": {"/execute": _execute_path(access), "/jobs/{job_id}": _job_path(access),
+                  **_simple_paths(access)},
+        "components": _components(access),
     }

@@ -46,10 +46,15 @@ def _retry_after_on_429_only(response: Response) -> Response:
     return response
 
 
+def enabled(rate_limit: str, keys: list[Key]) -> bool:
+    """Whether any client has a rate limit: PYSANDBOX_RATE_LIMIT, or a key's own."""
+    return bool(rate_limit) or any(key.rate_limit for key in keys)
+
+
 def register(app: Flask, redis_url: str, keys: list[Key]) -> None:
     """Count every protected request against its client's limits (after authentication).
     With no limit configured there is no limiter at all: nothing is added to a request's path."""
-    if not app.config["RATE_LIMIT"] and not any(key.rate_limit for key in keys):
+    if not enabled(app.config["RATE_LIMIT"], keys):
         return
     app.after_request(_retry_after_on_429_only)  # runs after Flask-Limiter's headers
     Limiter(

@@ -18,16 +18,18 @@ def sha256(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-KEYS = {"alice": "alice-" + "k" * 40, "bob": "bob-" + "k" * 40}
+KEYS = {"alice": "alice-" + "k" * 40, "bob": "bob-" + "k" * 40, "ops": "ops-" + "k" * 40}
 TRIVIAL = {"script": "def main():\n    return 1"}
 
 
 @pytest.fixture(scope="module")
 def keyed_app(tmp_path_factory):
-    """Keys on: alice from the environment variable, bob (with limits of his own) from a file."""
+    """Keys on: alice from the environment variable, bob (with limits of his own) from a file,
+    and ops (the operator) in the variable too."""
     keys_file = tmp_path_factory.mktemp("secret") / "keys"
     keys_file.write_text(f"# mounted secret\n\nbob:{sha256(KEYS['bob'])}:2/minute\n")
-    return create_app({"REDIS_URL": "", "API_KEYS": f"alice:{sha256(KEYS['alice'])}",
+    return create_app({"REDIS_URL": "", "API_KEYS": f"alice:{sha256(KEYS['alice'])},"
+                                                    f"ops:{sha256(KEYS['ops'])}:operator",
                        "API_KEYS_FILE": str(keys_file), "RATE_LIMIT": "100/minute"})
 
 
@@ -163,6 +165,7 @@ def test_replicas_share_one_budget_in_redis(redis_url):
     ("alice:" + "0" * 63, "64 hex"),
     ("alice:" + "0" * 64 + ":often", "rate limit"),
     ("alice", "64 hex"),
+    ("alice:" + "0" * 64 + ":1/second:2/second", "limits"),
 ])
 def test_bad_key_entries_are_refused_at_start_without_showing_a_hash(text, says):
     with pytest.raises(ValueError, match=says) as raised:
@@ -205,13 +208,17 @@ def test_the_queue_share_is_per_key_through_the_api(redis_url):
     assert queue("bob").status_code == 202
 
 
-def test_metrics_need_a_key_and_count_requests_by_key_name(client):
-    """/metrics is behind the keys like the API; its request counter is labelled by the key's
+def test_metrics_need_an_operators_key_and_count_requests_by_key_name(client):
+    """/metrics names every tenant and counts their requests: anonymous is 401, a tenant's key
+    403 forbidden, the operator's key reads it. Its request counter is labelled by the key's
     name, and requests without a valid key count as anonymous."""
     assert_unauthorized(client.get("/metrics"))
+    refused = client.get("/metrics", headers=bearer("alice"))
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "forbidden"
+    assert "alice" not in refused.get_data(as_text=True)
 
     def count(name: str) -> float:
-        text = client.get("/metrics", headers=bearer("alice")).get_data(as_text=True)
+        text = client.get("/metrics", headers=bearer("ops")).get_data(as_text=True)
         return sum(sample.value for family in text_string_to_metric_families(text)
                    for sample in family.samples
                    if sample.name == "pysandbox_http_requests_total"
@@ -222,3 +229,15 @@ def test_metrics_need_a_key_and_count_requests_by_key_name(client):
     assert_unauthorized(client.post("/execute", json=TRIVIAL))
     assert count("alice") == before["alice"] + 1
     assert count("anonymous") == before["anonymous"] + 1
+
+
+@pytest.mark.parametrize("entry, limit, operator", [
+    ("ops:" + "0" * 64 + ":operator", "", True),
+    ("ops:" + "0" * 64 + "::operator", "", True),
+    ("ops:" + "0" * 64 + ":5/second:operator", "5/second", True),
+    ("ops:" + "0" * 64 + ":operator:5/second", "5/second", True),
+    ("t:" + "0" * 64 + ":5/second", "5/second", False),
+])
+def test_a_key_entry_may_carry_the_operator_role(entry, limit, operator):
+    (key,) = parse_keys(entry, "PYSANDBOX_API_KEYS")
+    assert (key.rate_limit, key.operator) == (limit, operator)

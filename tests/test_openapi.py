@@ -1,5 +1,6 @@
 """The contract: /openapi.json is valid OpenAPI 3.1, covers every route and status, its examples
 conform to its models, the README's API section says the same, and /docs works offline."""
+import hashlib
 import re
 from html.parser import HTMLParser
 from urllib.parse import urljoin
@@ -17,16 +18,33 @@ from tests.servers import REPO
 METHODS = {"get", "post", "put", "delete", "patch"}
 
 
+KEY = "docs-" + "k" * 40
+KEYED = {"REDIS_URL": "", "RATE_LIMIT": "100/minute",
+         "API_KEYS": f"ops:{hashlib.sha256(KEY.encode()).hexdigest()}:operator"}
+"""A public deployment's configuration: keys and rate limits on, so every answer the service can
+give is in its document."""
+
+
 @pytest.fixture(scope="module")
 def app():
-    return create_app({"REDIS_URL": ""})
+    return create_app(KEYED)
+
+
+def served(app) -> dict:
+    response = app.test_client().get("/openapi.json")
+    assert response.status_code == 200 and response.is_json
+    return response.get_json()
 
 
 @pytest.fixture(scope="module")
 def doc(app) -> dict:
-    response = app.test_client().get("/openapi.json")
-    assert response.status_code == 200 and response.is_json
-    return response.get_json()
+    return served(app)
+
+
+@pytest.fixture(scope="module")
+def open_doc() -> dict:
+    """The document of the default configuration (`make run`): no keys, no rate limits."""
+    return served(create_app({"REDIS_URL": ""}))
 
 
 def responses(doc: dict):
@@ -94,6 +112,24 @@ def test_protected_operations_declare_the_keys_and_their_401_and_429(doc):
                 assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
                 assert {"Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} \
                     <= set(operation["responses"]["429"]["headers"])
+
+
+def test_with_keys_and_limits_off_no_operation_declares_them(open_doc):
+    """The default service is open: the document must not claim a key (schemathesis' ignored_auth
+    check would then find every operation 'accepting requests without authentication')."""
+    validate(open_doc)
+    assert open_doc["components"]["securitySchemes"] == {}
+    for path, item in open_doc["paths"].items():
+        for method, operation in item.items():
+            if method in METHODS:
+                assert not operation.get("security"), (path, method)
+                assert not {"401", "403", "429"} & set(operation["responses"]), (path, method)
+
+
+def test_metrics_declare_the_operators_403(doc):
+    assert "403" in doc["paths"]["/metrics"]["get"]["responses"]
+    assert all("403" not in op["responses"] for path, item in doc["paths"].items() if path != "/metrics"
+               for m, op in item.items() if m in METHODS)
 
 
 def test_async_flow_is_described_by_links(doc):

@@ -1,11 +1,13 @@
 """schemathesis against the real service (gunicorn, redis-server, a worker, real jails): every
-operation of /openapi.json, all of schemathesis' default checks (schemathesis.toml says which
-two are tuned and why), and stateful runs through the document's links."""
+operation of /openapi.json, every one of schemathesis' checks (schemathesis.toml says which
+two are tuned and why), with keys off (the default) and on, and stateful runs through the document's links."""
 import hashlib
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.servers import REPO, gunicorn, redis_server, workers
 
@@ -20,14 +22,21 @@ KEY = "schemathesis-" + "k" * 32
 without it and with a wrong one, which must be refused."""
 
 
-def test_the_running_service_keeps_its_openapi_contract(tmp_path):
+@pytest.mark.parametrize("keyed", [False, True], ids=["default", "keys-on"])
+def test_the_running_service_keeps_its_openapi_contract(tmp_path, keyed):
+    """Every check, against the default configuration (no keys: the document declares none) and
+    against one with keys on (the key is an operator's, which may also read /metrics)."""
     st = Path(sys.executable).parent / "schemathesis"
-    keys = f"schemathesis:{hashlib.sha256(KEY.encode()).hexdigest()}"
+    env = {"PYSANDBOX_MAX_TIMEOUT_S": "2"}
+    headers: list[str] = []
+    if keyed:
+        env["PYSANDBOX_API_KEYS"] = f"schemathesis:{hashlib.sha256(KEY.encode()).hexdigest()}:operator"
+        headers = ["-H", f"Authorization: Bearer {KEY}", "-H", f"X-API-Key: {KEY}"]
     with redis_server(tmp_path) as redis_url, workers(redis_url, 1), gunicorn(
-            {"REDIS_URL": redis_url, "PYSANDBOX_MAX_TIMEOUT_S": "2", "PYSANDBOX_API_KEYS": keys}) as url:
+            {"REDIS_URL": redis_url, **env}) as url:
         run = subprocess.run(
             [str(st), "--config-file", str(REPO / "schemathesis.toml"), "--no-color", "run",
-             f"{url}/openapi.json", "-H", f"Authorization: Bearer {KEY}", "-H", f"X-API-Key: {KEY}",
+             f"{url}/openapi.json", *headers, "--checks", "all",
              "--phases", "examples,coverage,fuzzing,stateful",
              "--max-examples", str(MAX_EXAMPLES), "--workers", "1", "--seed", "9",
              "--request-timeout", "30", "--generation-database", "none"],
