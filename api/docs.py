@@ -8,7 +8,8 @@ from pathlib import Path
 
 from flask import Blueprint, Response, current_app, jsonify, send_from_directory
 
-from api.openapi import document
+from api import ratelimits
+from api.openapi import Access, document
 
 bp = Blueprint("docs", __name__)
 ASSETS = Path(str(files("flask_swagger_ui") / "dist"))
@@ -27,16 +28,39 @@ PAGE = """<!DOCTYPE html>
 </body>
 </html>
 """
+CSP = "; ".join((
+    "default-src 'self'",
+    "img-src 'self' data:",  # Swagger UI's icons are data: URIs
+    "style-src 'self' 'unsafe-inline'",  # its React components set style attributes
+    "object-src 'none'",
+    "base-uri 'none'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+))
+"""As strict as Swagger UI allows: its scripts only from the service (no inline script), its
+requests only to the service ("Try it out" calls the API the page documents)."""
 INIT = 'window.ui = SwaggerUIBundle({url: "openapi.json", dom_id: "#swagger-ui", deepLinking: true});\n'
 """Relative URLs throughout, so the page also works behind a proxy that adds a path prefix."""
 
 
+@bp.after_request
+def _harden(response: Response) -> Response:
+    """The page, its assets and the document: the CSP, no sniffing, no referrer, no framing."""
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    """The OpenAPI 3.1 document, built once per app."""
+    """The OpenAPI 3.1 document of the service as configured (keys, rate limits), built once per app."""
     state = current_app.extensions["pysandbox"]
     if "openapi" not in state:
-        state["openapi"] = document()
+        keys = state["keys"]
+        state["openapi"] = document(Access(keys=bool(keys), rate_limits=ratelimits.enabled(
+            current_app.config["RATE_LIMIT"], keys)))
     return jsonify(state["openapi"])
 
 

@@ -186,6 +186,33 @@ def test_page_and_assets_are_served_with_a_strict_policy(service: str) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
+def test_the_docs_page_runs_under_its_policy(browser: Browser, service: str) -> None:
+    """/docs (Swagger UI) renders and calls the API under its CSP: no violation (a console
+    error), nothing from elsewhere, and no framing."""
+    answer = requests.get(f"{service}/docs", timeout=10)
+    csp = answer.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-eval" not in csp
+    assert answer.headers["X-Frame-Options"] == "DENY"
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    watch = Watch(service)
+    watch.attach(page)
+    try:
+        page.goto(f"{service}/docs")
+        operation = page.locator("#operations-default-execute")
+        operation.get_by_role("button").first.click()
+        operation.get_by_role("button", name="Try it out").click()
+        with page.expect_response(lambda r: urlsplit(r.url).path == "/execute") as executed:
+            operation.get_by_role("button", name="Execute").click()
+        assert executed.value.status == 200 and executed.value.json()["result"] == {"answer": 42}
+        expect(operation.locator(".live-responses-table .response-col_status").first).to_have_text("200")
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "docs.png", full_page=True)
+        context.close()
+    watch.check()
+
+
 def test_a_run_shows_the_result_table_output_and_usage(page: Page) -> None:
     examples = page.get_by_label("Example").locator("option").all_inner_texts()
     assert "Hello" in examples and not any("matplotlib" in name for name in examples)
