@@ -1,4 +1,5 @@
 """PySandbox's HTTP API: create_app() builds the Flask app (gunicorn: "api:create_app()")."""
+import os
 from typing import Any
 
 from flask import Flask
@@ -18,6 +19,11 @@ def max_body_bytes(config: dict[str, Any]) -> int:
     input, the files as base64 (4/3) with their names, and room for the rest."""
     return (2 * (config["MAX_SCRIPT_BYTES"] + config["MAX_STDIN_BYTES"]) + config["MAX_INPUT_BYTES"]
             + 4 * files_in_cap(config) // 3 + config["MAX_FILES"] * 2048 + 4096)
+
+
+def newcomer_slots(slots: int) -> int:
+    """Slots kept for clients that hold none: one where slots outnumber cores (api/capacity.py)."""
+    return 1 if slots > (os.cpu_count() or 1) else 0
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -48,7 +54,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         start_warm_pool(app.config["WARM_JAILS"], app.config["TMP_MB"], metrics.observe_warm_jails)
     app.extensions["pysandbox"] = {
         "capacity": Capacity(app.config["MAX_CONCURRENT_RUNS"], app.config["QUEUE_WAIT_S"],
-                             app.config["RETRY_AFTER_S"], app.config["FAIR_SHARING"]),
+                             app.config["RETRY_AFTER_S"], app.config["FAIR_SHARING"],
+                             reserved=newcomer_slots(app.config["MAX_CONCURRENT_RUNS"])),
         "keys": keys,
         # An API that only enqueues never runs the jail, and needs no privileges for it.
         "selftest": None if app.config["EXECUTE_VIA_QUEUE"] else self_test(),

@@ -2,7 +2,7 @@
 
 A fixed number of slots (PYSANDBOX_MAX_CONCURRENT_RUNS) run at once. Three rules share them:
 
-- A cap per client. A client alone may hold every slot. While other clients are present (they
+- A cap per client. A client alone may hold every slot (but the newcomer's, below). While other clients are present (they
   asked for a slot in the last PRESENT_S seconds, or hold or wait for one), a client's cap leaves
   each of them the slots it holds and waits for plus one free, or as many as it asked for at
   once in the last PRESENT_S if more: slots - sum(max(held + waiting + 1, recent peak)) over the
@@ -15,6 +15,10 @@ A fixed number of slots (PYSANDBOX_MAX_CONCURRENT_RUNS) run at once. Three rules
 - Turns between clients. Requests that find no slot they may take wait in a queue of their
   own client; a freed slot goes to the next client in turn that is under its cap (round robin),
   and within a client to its oldest request. A client's flood does not push others back.
+- A slot kept for a newcomer. Where slots outnumber cores (the default: two per core), a client
+  alone may hold every slot but one: a client arriving while another floods is served at once,
+  not after one of the flood's runs ends (the cap above protects a client only once it has been
+  seen). CPU-bound work loses nothing: the cores stay busy with the other slots.
 - Short, bounded waits. A request waits at most PYSANDBOX_QUEUE_WAIT_S, and at most `slots`
   requests of one client (2 x slots in all) wait at once: past that, 503 busy at once, with
   Retry-After. So waiting requests never hold more than 2 x slots of gunicorn's threads
@@ -44,8 +48,11 @@ EVERYONE = "*"
 class Capacity:
     """Slots for concurrent runs in this process, shared fairly between clients."""
 
-    def __init__(self, slots: int, wait_s: float, retry_after_s: int, fair: bool = True) -> None:
+    def __init__(self, slots: int, wait_s: float, retry_after_s: int, fair: bool = True,
+                 reserved: int = 0) -> None:
+        """A client alone may hold all but `reserved` slots (with fair sharing on)."""
         self.slots, self._wait_s, self._retry_after_s, self._fair = slots, wait_s, retry_after_s, fair
+        self._reserved = reserved if fair else 0
         self._lock = threading.Lock()
         self._held: Counter[str] = Counter()
         self._seen: dict[str, float] = {}
@@ -108,7 +115,7 @@ class Capacity:
     def _cap(self, client: str) -> int:
         others = (self._seen.keys() | self._held.keys() | self._waiting.keys()) - {client}
         if not others:
-            return self.slots
+            return self.slots - self._reserved
         kept = sum(max(self._held[other] + len(self._waiting.get(other, ())) + 1,
                        self._peak.get(other, (0, 0.0))[0]) for other in others)
         return max(1, self.slots // (len(others) + 1), self.slots - kept)

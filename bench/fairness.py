@@ -66,11 +66,9 @@ HEADER = (f"{'sharing':<8} {'B req':>5} {'B p50ms':>8} {'B p99ms':>8} {'B wait99
 
 
 def flood(url: str, key_a: str, key_b: str, seconds: float, slots: int, warmup_s: float = 4.0) -> Figures:
-    """Run the flood for warmup_s + seconds; measure over the last `seconds`.
-
-    The warm-up is two of A's runs: A, alone for an instant, takes every slot, and slots are
-    never taken back from a running script, so B's first requests wait for A's first runs to
-    end (up to a run's length). The figures are those of the steady state after it."""
+    """A floods alone for warmup_s (two of its runs: it takes every slot it may), then B arrives
+    and sends for `seconds`; the figures are those of that window, B's first request included
+    (a newcomer finds the slot kept for it: api/capacity.py)."""
     figures, lock, stop = Figures(seconds, slots), threading.Lock(), threading.Event()
     start = time.monotonic() + warmup_s
     end = start + seconds
@@ -121,7 +119,8 @@ def flood(url: str, key_a: str, key_b: str, seconds: float, slots: int, warmup_s
         """Open loop: a request every B_EVERY_S, each in its own thread, whether or not the last
         one was answered (a slow answer does not slow B down, as it would a closed loop)."""
         sent = []
-        tick = time.monotonic()
+        stop.wait(max(0.0, start - time.monotonic()))  # B arrives while A holds what it may
+        tick = start
         while tick < end:
             sent.append(threading.Thread(target=b_request))
             sent[-1].start()

@@ -131,3 +131,35 @@ def test_a_client_whose_runs_overlapped_lately_keeps_room_for_as_many():
             stack.enter_context(capacity.slot("a"))
         with pytest.raises(ApiError):
             stack.enter_context(capacity.slot("a"))
+
+
+def test_where_slots_outnumber_cores_a_client_alone_leaves_a_slot_for_a_newcomer():
+    """Issue 16: a flood kept every slot busy, and a client's first request waited for one of the
+    flood's runs to end (or got 503 busy). With a slot reserved, a client alone holds at most
+    slots - 1; a newcomer takes the last one at once, and a third one finds room too."""
+    capacity, granted = Capacity(4, 0.3, 1, reserved=1), []
+    a = [Holder(capacity, "a", granted) for _ in range(4)]
+    settle()
+    assert granted == ["a"] * 3
+    b = Holder(capacity, "b", granted)
+    settle()
+    assert granted == ["a"] * 3 + ["b"] and b.outcome == "granted"
+    assert a[3].done() == "busy"  # its wait ended: nothing freed that it may take
+    b.done()
+    settle()
+    a_again = Holder(capacity, "a", granted)
+    settle()
+    assert a_again.outcome == "waiting"  # the free slot stays b's while b is present
+    c = Holder(capacity, "c", granted)
+    settle()
+    assert c.outcome == "granted"
+    for holder in (*a[:3], c):
+        assert holder.done() == "granted"
+    assert a_again.done() in ("granted", "busy")
+
+
+def test_the_reserve_does_not_apply_without_fair_sharing():
+    capacity = Capacity(4, 0, 1, fair=False, reserved=1)
+    with ExitStack() as stack:
+        for _ in range(4):
+            stack.enter_context(capacity.slot("a"))

@@ -1,8 +1,8 @@
 """Fair sharing under a flood, on the image (loopback only, about a minute): client A keeps 20
 CPU-bound 2-second scripts in flight, client B sends a trivial script every 200 ms (bench/fairness.py).
 
-With fair sharing B is never refused and never waits for a run slot, while A keeps at least
-half of the run capacity; with it off (the same image, PYSANDBOX_FAIR_SHARING=false) B is
+With fair sharing B is never refused and never waits for a run slot, from its first request
+(made after A has flooded alone for two of its runs) on, while A keeps at least half of the run capacity; with it off (the same image, PYSANDBOX_FAIR_SHARING=false) B is
 refused or waits. B's wall-clock latency is printed, not asserted: on a 2-core machine shared
 with other work it measures the machine as much as the service (bench/fairness.py for figures)."""
 import hashlib
@@ -31,7 +31,7 @@ def test_a_flood_leaves_a_light_client_served_at_once_and_the_flooder_half_the_c
     with running(image, flags, *ENV, "PYSANDBOX_FAIR_SHARING=false") as (_, url):
         unfair = flood(url, KEY_A, KEY_B, SECONDS, SLOTS)
     print(f"\n{HEADER}\n{fair.row('fair')}\n{unfair.row('off')}")
-    assert len(fair.b_latency_ms) >= SECONDS / 0.2 - 1, fair.row("fair")
+    assert len(fair.b_latency_ms) >= SECONDS / 0.2 - 1, fair.row("fair")  # B's first request included
     assert fair.b_errors == {}, (fair.b_errors, fair.row("fair"))
     assert fair.a_share >= 0.5, fair.row("fair")
     assert fair.percentile(fair.b_slot_wait_ms, 99) <= SLOT_WAIT_P99_MS, fair.row("fair")
