@@ -1,9 +1,10 @@
 """Run slots shared fairly between clients; past them, requests are refused with 503 busy.
 
-A fixed number of slots (PYSANDBOX_MAX_CONCURRENT_RUNS) run at once. Three rules share them:
+A fixed number of slots (PYSANDBOX_MAX_CONCURRENT_RUNS) run at once. Four rules share them:
 
-- A cap per client. A client alone may hold every slot (but the newcomer's, below). While other clients are present (they
-  asked for a slot in the last PRESENT_S seconds, or hold or wait for one), a client's cap leaves
+- A cap per client. A client alone may hold every slot (but the newcomer's, below). While other
+  clients are present (they asked for a slot in the last PRESENT_S seconds, or hold or wait for
+  one), a client's cap leaves
   each of them the slots it holds and waits for plus one free, or as many as it asked for at
   once in the last PRESENT_S if more: slots - sum(max(held + waiting + 1, recent peak)) over the
   others, never under its even share, slots // clients present. So a light client finds a free
