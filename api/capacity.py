@@ -4,15 +4,14 @@ A fixed number of slots (PYSANDBOX_MAX_CONCURRENT_RUNS) run at once. Four rules 
 
 - A cap per client. A client alone may hold every slot (but the newcomer's, below). While other
   clients are present (they asked for a slot in the last PRESENT_S seconds, or hold or wait for
-  one), a client's cap leaves
-  each of them the slots it holds and waits for plus one free, or as many as it asked for at
-  once in the last PRESENT_S if more: slots - sum(max(held + waiting + 1, recent peak)) over the
-  others, never under its even share, slots // clients present. So a light client finds a free
-  slot for its next request at once, instead of waiting behind a heavy one's long runs (which
-  give a slot back only as they end: the recent peak keeps room for a light client whose runs
-  overlap, on a loaded machine); the heavy one keeps slots - 1 (3 of 4 here) while the light
-  one sends one request at a time, and comes down towards its even share as the light one
-  needs more.
+  one), a client's cap leaves each of them the slots it holds and waits for plus one free, or as
+  many as it asked for at once in the last PRESENT_S if more: slots - sum(max(held + waiting +
+  1, recent peak)) over the others, never under its even share, slots // clients present. So a
+  light client finds a free slot for its next request at once, instead of waiting behind a heavy
+  one's long runs (which give a slot back only as they end: the recent peak keeps room for a
+  light client whose runs overlap, on a loaded machine); the heavy one keeps slots - 1 (3 of 4
+  here) while the light one sends one request at a time, and comes down towards its even share
+  as the light one needs more.
 - Turns between clients. Requests that find no slot they may take wait in a queue of their
   own client; a freed slot goes to the next client in turn that is under its cap (round robin),
   and within a client to its oldest request. A client's flood does not push others back.
