@@ -2,7 +2,7 @@
 
 A fixed number of slots (PYSANDBOX_MAX_CONCURRENT_RUNS) run at once. Four rules share them:
 
-- A cap per client. A client alone may hold every slot (but the newcomer's, below). While other
+- A cap per client. A client alone may hold every slot. While other
   clients are present (they asked for a slot in the last PRESENT_S seconds, or hold or wait for
   one), a client's cap leaves each of them the slots it holds and waits for plus one free, or as
   many as it asked for at once in the last PRESENT_S if more: slots - sum(max(held + waiting +
@@ -15,10 +15,11 @@ A fixed number of slots (PYSANDBOX_MAX_CONCURRENT_RUNS) run at once. Four rules 
 - Turns between clients. Requests that find no slot they may take wait in a queue of their
   own client; a freed slot goes to the next client in turn that is under its cap (round robin),
   and within a client to its oldest request. A client's flood does not push others back.
-- A slot kept for a newcomer. Where slots outnumber cores (the default: two per core), a client
-  alone may hold every slot but one: a client arriving while another floods is served at once,
-  not after one of the flood's runs ends (the cap above protects a client only once it has been
-  seen). CPU-bound work loses nothing: the cores stay busy with the other slots.
+- A slot for a newcomer. The cap above protects a client only once it has been seen: a client
+  arriving while another holds every slot would wait for one of its runs to end. So a client
+  that holds no slot and finds none free takes one more than `slots` (at most `reserved` such in
+  all; the default is one where slots outnumber cores, api/__init__.py): it is served at once,
+  and a client alone still uses every slot. At most slots + reserved runs are in flight.
 - Short, bounded waits. A request waits at most PYSANDBOX_QUEUE_WAIT_S, and at most `slots`
   requests of one client (2 x slots in all) wait at once: past that, 503 busy at once, with
   Retry-After. So waiting requests never hold more than 2 x slots of gunicorn's threads
@@ -50,7 +51,7 @@ class Capacity:
 
     def __init__(self, slots: int, wait_s: float, retry_after_s: int, fair: bool = True,
                  reserved: int = 0) -> None:
-        """A client alone may hold all but `reserved` slots (with fair sharing on)."""
+        """A client that holds none may run past `slots`, `reserved` at most (fair sharing on)."""
         self.slots, self._wait_s, self._retry_after_s, self._fair = slots, wait_s, retry_after_s, fair
         self._reserved = reserved if fair else 0
         self._lock = threading.Lock()
@@ -87,7 +88,7 @@ class Capacity:
             if demand >= self._peak.get(client, (0, 0.0))[0]:
                 self._peak[client] = (demand, now)
             self._grant()  # caps change as clients come and go
-            if client not in self._waiting and self._free() and self._held[client] < self._cap(client):
+            if client not in self._waiting and self._may_take(client):
                 self._held[client] += 1
                 return
             queue = self._waiting.get(client, deque())
@@ -109,21 +110,26 @@ class Capacity:
     def _busy(self) -> ApiError:
         return busy("the service is at capacity", self._retry_after_s)
 
-    def _free(self) -> int:
-        return self.slots - sum(self._held.values())
+    def _may_take(self, client: str) -> bool:
+        """Whether client may take a slot now: a free one under its cap, or, holding none, one
+        of the `reserved` beyond `slots` (lock held)."""
+        held = self._held.total()
+        if held < self.slots and self._held[client] < self._cap(client):
+            return True
+        return not self._held[client] and held < self.slots + self._reserved
 
     def _cap(self, client: str) -> int:
         others = (self._seen.keys() | self._held.keys() | self._waiting.keys()) - {client}
         if not others:
-            return self.slots - self._reserved
+            return self.slots
         kept = sum(max(self._held[other] + len(self._waiting.get(other, ())) + 1,
                        self._peak.get(other, (0, 0.0))[0]) for other in others)
         return max(1, self.slots // (len(others) + 1), self.slots - kept)
 
     def _grant(self) -> None:
         """Give free slots to waiting requests, one client after another (lock held)."""
-        while self._free() > 0:
-            client = next((c for c in self._waiting if self._held[c] < self._cap(c)), None)
+        while True:
+            client = next((c for c in self._waiting if self._may_take(c)), None)
             if client is None:
                 return
             queue = self._waiting[client]

@@ -133,33 +133,36 @@ def test_a_client_whose_runs_overlapped_lately_keeps_room_for_as_many():
             stack.enter_context(capacity.slot("a"))
 
 
-def test_where_slots_outnumber_cores_a_client_alone_leaves_a_slot_for_a_newcomer():
-    """Issue 16: a flood kept every slot busy, and a client's first request waited for one of the
-    flood's runs to end (or got 503 busy). With a slot reserved, a client alone holds at most
-    slots - 1; a newcomer takes the last one at once, and a third one finds room too."""
+def test_a_newcomer_finding_every_slot_held_runs_at_once_in_the_slot_beyond():
+    """Issue 16: a flood held every slot, and a client's first request waited for one of the
+    flood's runs to end (or got 503 busy). A client holding none now takes the one slot beyond
+    `slots`; a client alone still holds every slot; one beyond is all there is."""
     capacity, granted = Capacity(4, 0.3, 1, reserved=1), []
-    a = [Holder(capacity, "a", granted) for _ in range(4)]
+    a = [Holder(capacity, "a", granted) for _ in range(5)]
     settle()
-    assert granted == ["a"] * 3
+    assert granted == ["a"] * 4 and a[4].outcome == "waiting"  # a alone: every slot, none beyond
     b = Holder(capacity, "b", granted)
     settle()
-    assert granted == ["a"] * 3 + ["b"] and b.outcome == "granted"
-    assert a[3].done() == "busy"  # its wait ended: nothing freed that it may take
-    b.done()
-    settle()
-    a_again = Holder(capacity, "a", granted)
-    settle()
-    assert a_again.outcome == "waiting"  # the free slot stays b's while b is present
+    assert granted == ["a"] * 4 + ["b"] and b.outcome == "granted"
     c = Holder(capacity, "c", granted)
     settle()
-    assert c.outcome == "granted"
-    for holder in (*a[:3], c):
+    assert c.outcome == "waiting"  # the one beyond is b's
+    b.done()
+    settle()
+    assert c.outcome == "granted"  # c holds none either: the slot beyond passes to it
+    assert a[4].done() == "busy"  # a holds slots: it waits for its own turn (and its wait ended)
+    for holder in (*a[:4], c):
         assert holder.done() == "granted"
-    assert a_again.done() in ("granted", "busy")
+    with ExitStack() as stack:  # all back: four slots and the one beyond are free again
+        for client in "abcd":
+            stack.enter_context(capacity.slot(client))
+        stack.enter_context(capacity.slot("e"))
 
 
-def test_the_reserve_does_not_apply_without_fair_sharing():
+def test_without_fair_sharing_there_is_no_slot_beyond():
     capacity = Capacity(4, 0, 1, fair=False, reserved=1)
     with ExitStack() as stack:
-        for _ in range(4):
-            stack.enter_context(capacity.slot("a"))
+        for client in "abcd":
+            stack.enter_context(capacity.slot(client))
+        with pytest.raises(ApiError):
+            stack.enter_context(capacity.slot("e"))
