@@ -59,8 +59,8 @@ def load_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
         config["MAX_QUEUED_JOBS_PER_CLIENT"] = max(1, config["MAX_QUEUED_JOBS"] // 4)
     if config["STORAGE_BUDGET_MB"] < 0:  # the default: three quarters of Redis's memory
         config["STORAGE_BUDGET_MB"] = 3 * config["REDIS_MEMORY_MB"] // 4
-    if config["STORAGE_BUDGET_PER_CLIENT_MB"] < 0:  # the default: a quarter of the budget
-        config["STORAGE_BUDGET_PER_CLIENT_MB"] = config["STORAGE_BUDGET_MB"] // 4
+    if config["STORAGE_BUDGET_PER_CLIENT_MB"] < 0:  # the default: a third of the budget
+        config["STORAGE_BUDGET_PER_CLIENT_MB"] = config["STORAGE_BUDGET_MB"] // 3
     for name, default in DEFAULTS.items():
         if not isinstance(config[name], type(default)) and not (
                 isinstance(default, float) and isinstance(config[name], int)):

@@ -18,7 +18,8 @@ from api.errors import ApiError, busy
 from api.responses import outcome_body, outcome_error
 from jail import Limits, Outcome, RunInput, Status
 from worker.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
-from worker.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, payload_key, worst_result_bytes
+from worker.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, \
+    worst_result_bytes
 
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 """A job id as RQ makes it (a uuid4); checked with fullmatch, so no trailing newline passes."""
@@ -27,9 +28,6 @@ RQ_BACKSTOP_S = 30
 WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED}
 WAITING_NAMES = {status.value for status in WAITING}
 CANCEL_WAIT_S = 3.0
-STORAGE_RETRY_AFTER_S = 5
-"""Retry-After of a storage refusal: room comes back as running jobs end (their worst case
-becomes what they stored) and as results expire."""
 """How long DELETE waits for a running job's worker to confirm it killed the jail."""
 log = logging.getLogger(__name__)
 
@@ -76,9 +74,11 @@ class Budget:
     client_bytes: int
 
 
-def over_budget(refusal: Refusal, need: int, budget: Budget) -> ApiError:
-    """429 storage_budget_exceeded (this client's budget) or 503 storage_full (everyone's)."""
-    headers = {"Retry-After": str(STORAGE_RETRY_AFTER_S)}
+def over_budget(refusal: Refusal, need: int, budget: Budget, retry_after_s: int) -> ApiError:
+    """429 storage_budget_exceeded (this client's budget) or 503 storage_full (everyone's).
+    Room comes back as running jobs end (their worst case becomes what they stored) and as
+    results expire."""
+    headers = {"Retry-After": str(retry_after_s)}
     reserve = (f"this job reserves {need} bytes (its input and the largest result its limits "
                "allow, until it ends)")
     if refusal.client_full:
@@ -109,7 +109,7 @@ class JobQueue:
         the client's or everyone's storage over budget. Its input goes to a key of its own, which
         the worker deletes; the job carries only its id."""
         payload = pickle.dumps((script, limits, inputs), protocol=pickle.HIGHEST_PROTOCOL)
-        need = len(payload) + worst_result_bytes(limits) + JOB_OVERHEAD_BYTES
+        need = allocated(len(payload)) + worst_result_bytes(limits) + JOB_OVERHEAD_BYTES
         job_id = str(uuid.uuid4())
         try:
             if self.queue.count >= self.max_queued:
@@ -121,7 +121,7 @@ class JobQueue:
             refusal = self.ledger.reserve(job_id, client, need, self.budget.client_bytes,
                                           self.budget.total_bytes)
             if refusal is not None:
-                raise over_budget(refusal, need, self.budget)
+                raise over_budget(refusal, need, self.budget, self.retry_after_s)
             return self._enqueue(job_id, payload, limits, request_id, client)
         except RedisError as exc:
             raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None

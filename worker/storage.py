@@ -48,6 +48,8 @@ MAX_TRACEBACK_BYTES = 4 * 64_000
 up to 4 bytes of UTF-8 each."""
 MAX_NAME_BYTES = 4 * 1024
 """An out/ file's name: at most 1 024 characters (jail/runinput.py) of up to 4 bytes each."""
+VALUE_HEADER_BYTES = 16
+"""What Redis keeps with a string's bytes (its sds header and terminator) or a stream entry's."""
 FILE_FRAME_BYTES = 256
 FRAME_BYTES = 1024
 """Pickle's framing of one file's dict (its keys, media type, size), and of the whole outcome."""
@@ -58,9 +60,18 @@ def payload_key(job_id: str) -> str:
     return PAYLOAD_PREFIX + job_id
 
 
+def allocated(nbytes: int) -> int:
+    """The memory Redis counts for a value of nbytes (used_memory, MEMORY USAGE): the value and
+    its header (VALUE_HEADER_BYTES) rounded up to jemalloc's size class, four per doubling, so
+    up to a quarter more than nbytes (14.9 MB takes 16 MiB)."""
+    nbytes += VALUE_HEADER_BYTES
+    spacing = 2 ** max(4, nbytes.bit_length() - 3)
+    return -(-nbytes // spacing) * spacing
+
+
 def worst_result_bytes(limits: Limits) -> int:
-    """The most RQ can store for a job with these limits: the Outcome's dict pickled (RQ's
-    DefaultSerializer), then base64 (rq.results.Result.serialize). Measured by
+    """The most RQ can store for a job with these limits, as Redis counts it: the Outcome's
+    dict pickled (RQ's DefaultSerializer), then base64 (rq.results.Result.serialize). Measured by
     tests/test_storage.py against outcomes built to be as large as the caps allow:
       - main()'s JSON of n bytes pickles to at most 9n/4 (`1e1,`, 4 bytes, is a 9-byte BINFLOAT);
       - stdout + stderr of n bytes decode (errors="replace") to at most 3n bytes of UTF-8;
@@ -70,12 +81,12 @@ def worst_result_bytes(limits: Limits) -> int:
     files = (4 * math.ceil(limits.max_files_out_bytes / 3)
              + limits.max_files_out * (4 + MAX_NAME_BYTES + FILE_FRAME_BYTES))
     pickled = result + output + files + MAX_MESSAGE_BYTES + MAX_TRACEBACK_BYTES + FRAME_BYTES
-    return 4 * math.ceil(pickled / 3)
+    return allocated(4 * math.ceil(pickled / 3))
 
 
 def stored_result_bytes(value: object) -> int:
-    """What RQ stores of a job's return value: its pickle in base64."""
-    return 4 * math.ceil(len(DefaultSerializer.dumps(value)) / 3)
+    """What RQ stores of a job's return value (its pickle in base64), as Redis counts it."""
+    return allocated(4 * math.ceil(len(DefaultSerializer.dumps(value)) / 3))
 
 
 _COMMON = """
