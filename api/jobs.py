@@ -75,14 +75,15 @@ class Budget:
 
 
 def over_budget(refusal: Refusal, need: int, budget: Budget, retry_after_s: int) -> ApiError:
-    """429 storage_budget_exceeded (this client's budget) or 503 storage_full (everyone's).
-    Room comes back as running jobs end (their worst case becomes what they stored) and as
-    results expire."""
+    """503 storage_budget_exceeded (this client's budget) or storage_full (everyone's). Room
+    comes back as running jobs end (their worst case becomes what they stored) and as results
+    expire. 503 as `busy` is for the client's share of the queue: 429 means a rate limit, with
+    its X-RateLimit-* headers."""
     headers = {"Retry-After": str(retry_after_s)}
     reserve = (f"this job reserves {need} bytes (its input and the largest result its limits "
                "allow, until it ends)")
     if refusal.client_full:
-        return ApiError(429, "storage_budget_exceeded", (
+        return ApiError(503, "storage_budget_exceeded", (
             f"this client's jobs hold {refusal.client_held} bytes of its {budget.client_bytes}-byte "
             f"storage budget in the queue and {reserve}; retry once some of its jobs have ended "
             "or their results have expired"), headers=headers)
@@ -105,9 +106,9 @@ class JobQueue:
     def submit(self, script: str, limits: Limits, inputs: RunInput | None, request_id: str,
                client: str) -> Job:
         """Enqueue one run of client's, which keeps its request's id; 503 busy when the queue is
-        full, or when this client already has its share of it waiting; 429/503 when it would take
-        the client's or everyone's storage over budget. Its input goes to a key of its own, which
-        the worker deletes; the job carries only its id."""
+        full, or when this client already has its share of it waiting; 503 over_budget() when
+        it would take the client's or everyone's storage over budget. Its input goes to a key of
+        its own, which the worker deletes; the job carries only its id."""
         payload = pickle.dumps((script, limits, inputs), protocol=pickle.HIGHEST_PROTOCOL)
         need = allocated(len(payload)) + worst_result_bytes(limits) + JOB_OVERHEAD_BYTES
         job_id = str(uuid.uuid4())

@@ -12,6 +12,7 @@ from rq import Queue
 from rq.job import Job
 
 from api.jobs import Budget, JobQueue
+from api.metrics import storage_metrics
 from jail import Limits, Outcome, OutFile, Status
 from tests.servers import redis_server, workers
 from worker.queue import QUEUE_NAME
@@ -68,6 +69,15 @@ def test_allocated_is_what_redis_counts_for_a_value(redis, nbytes):
     """MEMORY USAGE of a string of nbytes, less the key's own few dozen bytes."""
     redis.set("k", b"v" * nbytes)
     assert 0 <= redis.memory_usage("k") - allocated(nbytes) <= 128
+
+
+def test_metrics_label_clients_by_key_name_only():
+    families = {family.name: family for family in storage_metrics(
+        12, 100, {"key:alice": 5, "addr:10.0.0.1": 3, "addr:10.0.0.2": 4})}
+    per_client = {sample.labels["client"]: sample.value
+                  for sample in families["pysandbox_storage_client_held_bytes"].samples}
+    assert per_client == {"alice": 5, "anonymous": 7}
+    assert families["pysandbox_storage_held_bytes"].samples[0].value == 12
 
 
 def held(redis: Redis) -> tuple[int, dict[str, int]]:

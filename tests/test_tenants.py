@@ -156,7 +156,7 @@ def test_one_tenant_at_its_storage_budget_neither_refuses_the_other_nor_loses_a_
                 continue
             code = answer.json()["error"]["code"]
             refusals[code] = refusals.get(code, 0) + 1
-            assert code == "storage_budget_exceeded" and answer.status_code == 429, answer.text
+            assert code == "storage_budget_exceeded" and answer.status_code == 503, answer.text
             assert answer.headers["Retry-After"] == "1"
             ended = [wait_for(url, "alice", job_id, {"finished", "failed", "canceled"})
                      for job_id in accepted]
