@@ -236,7 +236,12 @@ for pid in sorted(filter(str.isdigit, os.listdir("/proc")), key=int):
 
 
 def submit_async(base: str, script: str) -> str:
-    answer = requests.post(f"{base}/execute?async=1", json={"script": script}, timeout=30)
+    """Queue a run, as a batch client does: past its storage budget (5 small jobs in flight by
+    default), again after Retry-After."""
+    deadline = time.monotonic() + 120
+    while (answer := requests.post(f"{base}/execute?async=1", json={"script": script}, timeout=30)) \
+            .status_code == 503 and "storage_budget_exceeded" in answer.text and time.monotonic() < deadline:
+        time.sleep(int(answer.headers["Retry-After"]))
     assert answer.status_code == 202, f"HTTP {answer.status_code}: {answer.text[:2000]}"
     body = answer.json()
     assert body["status"] == "queued" and answer.headers["Location"] == f"/jobs/{body['id']}"
