@@ -279,6 +279,24 @@ def test_health_reports_the_embedded_queue(supervised: tuple[str, str]) -> None:
     queue = wait_workers(base, DEFAULT_WORKERS, container)
     assert queue["redis"] == "ok", queue
     assert queue["persistent"] is False, "without a volume the embedded redis keeps nothing"
+    # One setting, PYSANDBOX_REDIS_MEMORY_MB (512): redis's maxmemory, and the API's budget in it.
+    assert queue["storage"]["budget_bytes"] == 384 * 2**20, queue
+    assert redis_in(container, "config_get('maxmemory')") == "{'maxmemory': '536870912'}"
+
+
+def redis_in(container: str, call: str) -> str:
+    """What a redis-py call answers on the container's embedded redis (REDIS_URL as gunicorn has it)."""
+    probe = ("import os, redis\n"
+             "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+             "    try:\n"
+             "        env = open(f'/proc/{pid}/environ', 'rb').read().split(b'\\0')\n"
+             "    except OSError:\n"
+             "        continue\n"
+             "    url = next((e[10:].decode() for e in env if e.startswith(b'REDIS_URL=')), None)\n"
+             "    if url:\n"
+             f"        print(redis.Redis.from_url(url, decode_responses=True).{call})\n"
+             "        break\n")
+    return docker("exec", container, "/opt/venv/bin/python", "-c", probe).stdout.strip()
 
 
 def test_async_run_in_the_single_container(supervised: tuple[str, str]) -> None:
