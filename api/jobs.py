@@ -227,12 +227,14 @@ class JobQueue:
 
     def _drop_input(self, job: Job) -> None:
         """A job canceled before it ran: its input leaves Redis now, its record with the
-        result TTL (RQ keeps canceled jobs forever), and its storage comes down to the record."""
+        result TTL (RQ keeps canceled jobs forever), and its storage comes down to the record,
+        unless a worker took the input meanwhile (it settles the job itself)."""
         with self.redis.pipeline() as pipe:
             pipe.delete(payload_key(job.id))
             pipe.expire(job.key, self.result_ttl_s)
-            pipe.execute()
-        self.ledger.settle(job.id, JOB_OVERHEAD_BYTES, done=True)
+            dropped, _ = pipe.execute()
+        if dropped:
+            self.ledger.settle(job.id, JOB_OVERHEAD_BYTES, done=True)
 
     def _fetch(self, job_id: str, client: str) -> Job:
         """client's job; 404 job_not_found for an id that is malformed, unknown, expired or

@@ -168,3 +168,17 @@ def test_a_job_keeps_no_input_once_taken_and_fits_its_overhead(redis_url, redis)
     kept = sum(redis.memory_usage(key) or 0 for key in keys)
     entry = int(redis.hget(JOBS, job.id).split()[0])  # type: ignore[union-attr]
     assert kept <= entry <= stored_result_bytes(job.return_value()) + JOB_OVERHEAD_BYTES, (keys, kept)
+
+
+def test_a_job_canceled_before_it_ran_drops_its_input_and_keeps_only_its_record(redis_url, redis):
+    """No worker: the job stays queued until canceled. Its input goes at once, its record
+    expires with the result TTL (RQ alone keeps a canceled job forever), its storage is the
+    record's."""
+    queue = JobQueue(redis_url, max_queued=10, max_queued_per_client=10, result_ttl_s=60,
+                     retry_after_s=1, budget=Budget(2**30, 2**29))
+    job = queue.submit("def main():\n    return 1", Limits(), None, "r1", "key:a")
+    assert int(redis.hget(JOBS, job.id).split()[0]) > worst_result_bytes(Limits())  # type: ignore[union-attr]
+    assert queue.cancel(job.id, "key:a")["status"] == "canceled"
+    assert not redis.exists(payload_key(job.id)) and 0 < redis.ttl(job.key) <= 60
+    assert redis.hget(JOBS, job.id) == f"{JOB_OVERHEAD_BYTES} d key:a".encode()
+    assert held(redis) == (JOB_OVERHEAD_BYTES, {"key:a": JOB_OVERHEAD_BYTES})
