@@ -173,6 +173,9 @@ def test_one_tenant_at_its_storage_budget_neither_refuses_the_other_nor_loses_a_
         kept = {job_id: (sum(redis.memory_usage(key) or 0 for key in redis.scan_iter(f"*{job_id}*")),
                          int(redis.hget(JOBS, job_id).split()[0]))  # type: ignore[union-attr]
                 for job_id in [*accepted, b_job]}
+    print(f"\nstorage flood: A accepted {len(accepted)}, refused {refusals}; A holds {alice_held} B, "
+          f"all {health['held_bytes']} B of {health['budget_bytes']}; redis peak "
+          f"{info['used_memory_peak']} B of {REDIS_MB * MIB}")
     assert b_body["status"] == "finished" and b_body["result"] == MIB - 64, b_body
     assert len(b_body["stdout"]) == MIB - 63
     assert all(body["status"] == "finished" and body["files"][0]["size"] == 8 * MIB
