@@ -10,6 +10,7 @@ from redis import Redis
 
 from api import create_app
 from tests.servers import redis_server, workers
+from worker.storage import DUE, JOB_OVERHEAD_BYTES, Ledger
 
 
 @pytest.fixture
@@ -127,6 +128,9 @@ def test_a_worker_killed_mid_job_leaves_the_job_failed_worker_lost(redis_url):
         body = poll(client, job_id, within_s=30)
     assert body["status"] == "failed" and body["error"]["code"] == "worker_lost"
     assert time.monotonic() - killed_at < 25
+    redis = Redis.from_url(redis_url)  # its storage comes down to its record once it is looked at
+    redis.zadd(DUE, {job_id: 0})
+    assert Ledger(redis).held()[0] == JOB_OVERHEAD_BYTES
 
 
 def test_without_redis_async_is_503_queue_unavailable():

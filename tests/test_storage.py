@@ -15,7 +15,7 @@ from api.jobs import Budget, JobQueue
 from api.metrics import storage_metrics
 from jail import Limits, Outcome, OutFile, Status
 from tests.servers import redis_server, workers
-from worker.queue import QUEUE_NAME
+from worker.queue import QUEUE_NAME, alive_key
 from worker.storage import (CLIENTS, DUE, JOB_OVERHEAD_BYTES, JOBS, TOTAL, Ledger, payload_key,
                             allocated, stored_result_bytes, worst_result_bytes)
 
@@ -126,6 +126,20 @@ def test_prune_releases_jobs_whose_record_is_gone_and_settles_failed_ones(redis)
     assert not redis.exists(payload_key("gone")) and not redis.hexists(JOBS, "gone")
     due = dict(redis.zrange(DUE, 0, -1, withscores=True))
     assert 400 < due[b"kept"] - time.time() <= 502  # looked at again when its record expires
+
+
+def test_prune_settles_a_job_whose_worker_died(redis):
+    """Taken by a worker, `started` in RQ: while its liveness key lives the worst case stays;
+    once the key is gone (the worker died) the job comes down to its record."""
+    ledger = Ledger(redis)
+    for job_id in ("running", "lost"):
+        ledger.reserve(job_id, "key:a", 1_000_000, client_budget=10**7, total_budget=10**7)
+        ledger.settle(job_id, 900_000, done=False)
+        redis.hset(f"rq:job:{job_id}", "status", "started")
+    redis.set(alive_key("running"), 1, ex=10)
+    redis.zadd(DUE, {"running": 0, "lost": 0})
+    assert ledger.held()[0] == 900_000 + JOB_OVERHEAD_BYTES
+    assert redis.hget(JOBS, "lost") == f"{JOB_OVERHEAD_BYTES} d key:a".encode()
 
 
 def test_two_submits_at_once_never_both_take_the_last_room(redis):

@@ -13,8 +13,10 @@ The ledger lives in Redis, changed only by Lua scripts (one round trip, atomic a
 processes and replicas): per job "bytes stage client" in JOBS, the sums per client in CLIENTS
 and in all in TOTAL, and in DUE when each job is next looked at. An entry comes due
 RECHECK_S after each change, then when its RQ record would expire: a due job whose record is
-gone is released (with its payload, should one be left), one that failed or was canceled
-without having been settled is settled to the overhead, and any other is looked at again later.
+gone is released (with its payload, should one be left); one that failed or was canceled
+without having been settled, or whose worker died (taken, still `started` in RQ, and no
+liveness key: RQ itself notices only at its next maintenance, minutes later), is settled to
+the overhead; any other is looked at again later.
 The scripts touch keys they do not declare (the job's RQ record): fine on one Redis (or
 Memorystore), not on Redis Cluster, which this service does not use.
 
@@ -28,6 +30,7 @@ from rq.job import Job
 from rq.serializers import DefaultSerializer
 
 from jail import Limits
+from worker.queue import alive_key
 
 PREFIX = "pysandbox:storage:"
 TOTAL, CLIENTS, JOBS, DUE = (PREFIX + name for name in ("total", "clients", "jobs", "due"))
@@ -125,7 +128,9 @@ local function prune(t)
       drop(id, ARGV[2])
     else
       local bytes, stage, client = entry(id)
-      if bytes and stage ~= 'd' and (status == 'failed' or status == 'canceled' or status == 'stopped') then
+      local ended = status == 'failed' or status == 'canceled' or status == 'stopped'
+      local lost = status == 'started' and stage == 't' and redis.call('EXISTS', ALIVE_PREFIX .. id) == 0
+      if bytes and stage ~= 'd' and (ended or lost) then
         set(id, client, bytes, tonumber(ARGV[3]), 'd')
       end
       local ttl = redis.call('TTL', key)
@@ -133,7 +138,7 @@ local function prune(t)
     end
   end
 end
-""".replace("PRUNE_BATCH", str(PRUNE_BATCH))
+""".replace("PRUNE_BATCH", str(PRUNE_BATCH)).replace("ALIVE_PREFIX", repr(alive_key("")))
 
 _RESERVE = _COMMON + """
 -- ARGV[5..]: job id, client, bytes, the client's budget, the total budget
