@@ -8,10 +8,12 @@ from flask.json.provider import DefaultJSONProvider
 from api import clients, docs, errors, logs, metrics, playground, ratelimits, request_ids, routes
 from api.capacity import Capacity
 from api.config import load_config
-from api.jobs import JobQueue
+from api.jobs import Budget, JobQueue
 from api.requests import files_in_cap
-from jail import start_warm_pool
+from jail import Limits, start_warm_pool
+from jail.limits import MIB
 from jail.selftest import self_test
+from worker.storage import JOB_OVERHEAD_BYTES, worst_result_bytes
 
 
 def max_body_bytes(config: dict[str, Any]) -> int:
@@ -24,6 +26,23 @@ def max_body_bytes(config: dict[str, Any]) -> int:
 def newcomer_slots(slots: int) -> int:
     """Slots kept for clients that hold none: one where slots outnumber cores (api/capacity.py)."""
     return 1 if slots > (os.cpu_count() or 1) else 0
+
+
+def storage_budget(config: dict[str, Any]) -> Budget:
+    """The storage budget; ValueError unless a client's budget holds the largest job (the
+    largest body as input, and the largest result the caps allow) within the total's."""
+    budget = Budget(config["STORAGE_BUDGET_MB"] * MIB, config["STORAGE_BUDGET_PER_CLIENT_MB"] * MIB)
+    largest = max_body_bytes(config) + worst_result_bytes(Limits(
+        max_output_bytes=config["MAX_OUTPUT_BYTES"], max_result_bytes=config["MAX_RESULT_BYTES"],
+        max_files_out=config["MAX_FILES_OUT"], max_files_out_bytes=config["MAX_FILES_OUT_BYTES"])) \
+        + JOB_OVERHEAD_BYTES
+    if not largest <= budget.client_bytes <= budget.total_bytes:
+        raise ValueError(f"PYSANDBOX_STORAGE_BUDGET_PER_CLIENT_MB must hold the largest job "
+                         f"({largest / MIB:.1f} MiB with these caps) and be at most "
+                         "PYSANDBOX_STORAGE_BUDGET_MB")
+    if budget.total_bytes > config["REDIS_MEMORY_MB"] * MIB:
+        raise ValueError("PYSANDBOX_STORAGE_BUDGET_MB must fit in PYSANDBOX_REDIS_MEMORY_MB")
+    return budget
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -47,7 +66,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
     jobs = JobQueue(app.config["REDIS_URL"], app.config["MAX_QUEUED_JOBS"],
                     app.config["MAX_QUEUED_JOBS_PER_CLIENT"], app.config["RESULT_TTL_S"],
-                    app.config["RETRY_AFTER_S"]) \
+                    app.config["RETRY_AFTER_S"], storage_budget(app.config)) \
         if app.config["REDIS_URL"] else None
     runs_here = not app.config["EXECUTE_VIA_QUEUE"]
     if runs_here:

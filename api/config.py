@@ -30,6 +30,9 @@ DEFAULTS: dict[str, object] = {
     "MAX_QUEUED_JOBS": 100,
     "MAX_QUEUED_JOBS_PER_CLIENT": -1,
     "RESULT_TTL_S": 3600,
+    "REDIS_MEMORY_MB": 512,
+    "STORAGE_BUDGET_MB": -1,
+    "STORAGE_BUDGET_PER_CLIENT_MB": -1,
     "METRICS": True,
     "WORKER_METRICS_PORT": 0,
     "API_KEYS": "",
@@ -54,6 +57,10 @@ def load_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
         config["WARM_JAILS"] = config["MAX_CONCURRENT_RUNS"]
     if config["MAX_QUEUED_JOBS_PER_CLIENT"] < 0:  # the default: a quarter of the queue
         config["MAX_QUEUED_JOBS_PER_CLIENT"] = max(1, config["MAX_QUEUED_JOBS"] // 4)
+    if config["STORAGE_BUDGET_MB"] < 0:  # the default: three quarters of Redis's memory
+        config["STORAGE_BUDGET_MB"] = 3 * config["REDIS_MEMORY_MB"] // 4
+    if config["STORAGE_BUDGET_PER_CLIENT_MB"] < 0:  # the default: a third of the budget
+        config["STORAGE_BUDGET_PER_CLIENT_MB"] = config["STORAGE_BUDGET_MB"] // 3
     for name, default in DEFAULTS.items():
         if not isinstance(config[name], type(default)) and not (
                 isinstance(default, float) and isinstance(config[name], int)):

@@ -1,8 +1,10 @@
 """Queued runs on RQ/Redis: enqueue a script, report a job's state by id."""
 import logging
+import pickle
 import re
 import time
-from dataclasses import asdict
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,8 +18,11 @@ from api.errors import ApiError, busy
 from api.responses import outcome_body, outcome_error
 from jail import Limits, Outcome, RunInput, Status
 from worker.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
+from worker.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, \
+    worst_result_bytes
 
-JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+"""A job id as RQ makes it (a uuid4); checked with fullmatch, so no trailing newline passes."""
 RQ_BACKSTOP_S = 30
 """RQ's own job timeout is the jail's wall limit plus this: a backstop, never the limit."""
 WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED}
@@ -61,21 +66,52 @@ def unavailable(reason: str) -> ApiError:
     return ApiError(503, "queue_unavailable", reason, headers={"Retry-After": "5"})
 
 
+@dataclass(frozen=True)
+class Budget:
+    """The storage budget: bytes the jobs of one client, and of all clients, may hold in Redis."""
+
+    total_bytes: int
+    client_bytes: int
+
+
+def over_budget(refusal: Refusal, need: int, budget: Budget, retry_after_s: int) -> ApiError:
+    """503 storage_budget_exceeded (this client's budget) or storage_full (everyone's). Room
+    comes back as running jobs end (their worst case becomes what they stored) and as results
+    expire. 503 as `busy` is for the client's share of the queue: 429 means a rate limit, with
+    its X-RateLimit-* headers."""
+    headers = {"Retry-After": str(retry_after_s)}
+    reserve = (f"this job reserves {need} bytes (its input and the largest result its limits "
+               "allow, until it ends)")
+    if refusal.client_full:
+        return ApiError(503, "storage_budget_exceeded", (
+            f"this client's jobs hold {refusal.client_held} bytes of its {budget.client_bytes}-byte "
+            f"storage budget in the queue and {reserve}; retry once some of its jobs have ended "
+            "or their results have expired"), headers=headers)
+    return ApiError(503, "storage_full", (
+        f"the queue's storage holds {refusal.total_held} bytes of its {budget.total_bytes} and "
+        f"{reserve}; retry shortly"), headers=headers)
+
+
 class JobQueue:
     """The API's side of the queue."""
 
     def __init__(self, redis_url: str, max_queued: int, max_queued_per_client: int, result_ttl_s: int,
-                 retry_after_s: int) -> None:
+                 retry_after_s: int, budget: Budget) -> None:
         self.redis = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
         self.queue = Queue(QUEUE_NAME, connection=self.redis)
+        self.ledger, self.budget = Ledger(self.redis), budget
         self.max_queued, self.max_queued_per_client = max_queued, max_queued_per_client
         self.result_ttl_s, self.retry_after_s = result_ttl_s, retry_after_s
 
     def submit(self, script: str, limits: Limits, inputs: RunInput | None, request_id: str,
                client: str) -> Job:
-        """Enqueue one run, which keeps its request's id; 503 busy when the queue is full, or
-        when this client already has its share of it waiting."""
-        args = (script, asdict(limits)) if inputs is None else (script, asdict(limits), asdict(inputs))
+        """Enqueue one run of client's, which keeps its request's id; 503 busy when the queue is
+        full, or when this client already has its share of it waiting; 503 over_budget() when
+        it would take the client's or everyone's storage over budget. Its input goes to a key of
+        its own, which the worker deletes; the job carries only its id."""
+        payload = pickle.dumps((script, limits, inputs), protocol=pickle.HIGHEST_PROTOCOL)
+        need = allocated(len(payload)) + worst_result_bytes(limits) + JOB_OVERHEAD_BYTES
+        job_id = str(uuid.uuid4())
         try:
             if self.queue.count >= self.max_queued:
                 raise busy(f"the queue holds {self.max_queued} jobs", self.retry_after_s)
@@ -83,17 +119,35 @@ class JobQueue:
             if waiting >= self.max_queued_per_client:
                 raise busy(f"this client has {waiting} jobs waiting in the queue, its share of it",
                            self.retry_after_s)
-            job = self.queue.enqueue(
-                JOB_FUNCTION, *args, job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S,
-                result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None,
-                meta={"request_id": request_id})
-            pipe = self.redis.pipeline()
-            pipe.sadd(client_jobs_key(client), job.id)
-            pipe.expire(client_jobs_key(client), self.result_ttl_s)
-            pipe.execute()
-            return job
+            refusal = self.ledger.reserve(job_id, client, need, self.budget.client_bytes,
+                                          self.budget.total_bytes)
+            if refusal is not None:
+                raise over_budget(refusal, need, self.budget, self.retry_after_s)
+            return self._enqueue(job_id, payload, limits, request_id, client)
         except RedisError as exc:
             raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
+
+    def _enqueue(self, job_id: str, payload: bytes, limits: Limits, request_id: str,
+                 client: str) -> Job:
+        """Store the payload and enqueue the job in one transaction; on failure, release the
+        job's reservation (or, if Redis is gone, the ledger does once it sees no such job)."""
+        try:
+            with self.redis.pipeline() as pipe:
+                job = self.queue.enqueue(
+                    JOB_FUNCTION, job_id=job_id, job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S,
+                    result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None,
+                    meta={"request_id": request_id, "client": client}, pipeline=pipe)
+                pipe.set(payload_key(job_id), payload)
+                pipe.sadd(client_jobs_key(client), job_id)
+                pipe.expire(client_jobs_key(client), self.result_ttl_s)
+                pipe.execute()
+            return job
+        except RedisError:
+            try:
+                self.ledger.release(job_id)
+            except RedisError:
+                pass
+            raise
 
     def _waiting_of(self, client: str) -> int:
         """How many of client's jobs wait for a worker. The count lives in Redis, so it holds
@@ -125,6 +179,7 @@ class JobQueue:
             while job.get_status() in WAITING:
                 if time.monotonic() >= taken_by:
                     job.cancel()
+                    self._drop_input(job)
                     raise busy("every worker is busy", self.retry_after_s)
                 time.sleep(0.005)
             ends_by = time.monotonic() + run_s
@@ -140,14 +195,15 @@ class JobQueue:
         log.error("job %s outlived its limits by %d s", job.id, RQ_BACKSTOP_S)
         raise ApiError(500, "internal_error", "the run did not end in time; the error was logged")
 
-    def state(self, job_id: str) -> dict[str, Any]:
-        """{"id", "status", "request_id", ...} for a job: its result or its error once it has ended."""
-        return self._describe(self._fetch(job_id))
+    def state(self, job_id: str, client: str) -> dict[str, Any]:
+        """{"id", "status", "request_id", ...} for client's job: its result or its error once it
+        has ended."""
+        return self._describe(self._fetch(job_id, client))
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel a queued or running job and answer its state (canceled, once its worker has
-        killed the jail); a canceled job's state again; 409 job_finished for one that ended."""
-        job = self._fetch(job_id)
+    def cancel(self, job_id: str, client: str) -> dict[str, Any]:
+        """Cancel client's queued or running job and answer its state (canceled, once its worker
+        has killed the jail); a canceled job's state again; 409 job_finished for one that ended."""
+        job = self._fetch(job_id, client)
         status, _ = self._resolve(job)
         if status == "canceled":
             return self._describe(job)
@@ -157,6 +213,7 @@ class JobQueue:
             request_cancel(self.redis, job.id, self.result_ttl_s)
             if job.get_status() in WAITING:
                 job.cancel()  # never runs; a worker that took it meanwhile sees the cancel key
+                self._drop_input(job)
         except RedisError as exc:
             raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
         except InvalidJobOperation:
@@ -168,15 +225,33 @@ class JobQueue:
             raise finished()  # it ended before its worker saw the cancel
         return self._describe(job)
 
-    def _fetch(self, job_id: str) -> Job:
-        if not JOB_ID.match(job_id):
+    def _drop_input(self, job: Job) -> None:
+        """A job canceled before it ran: its input leaves Redis now, its record with the
+        result TTL (RQ keeps canceled jobs forever), and its storage comes down to the record,
+        unless a worker took the input meanwhile (it settles the job itself)."""
+        with self.redis.pipeline() as pipe:
+            pipe.delete(payload_key(job.id))
+            pipe.expire(job.key, self.result_ttl_s)
+            dropped, _ = pipe.execute()
+        if dropped:
+            self.ledger.settle(job.id, JOB_OVERHEAD_BYTES, done=True)
+
+    def _fetch(self, job_id: str, client: str) -> Job:
+        """client's job; 404 job_not_found for an id that is malformed, unknown, expired or
+        another client's, all alike. The owner is in the job's meta, which the one read of the
+        job's hash brings: a foreign job costs the same round trip as an unknown one. A job
+        queued before owners were recorded has none and is nobody's (see the README)."""
+        if not JOB_ID.fullmatch(job_id):
             raise not_found()
         try:
-            return Job.fetch(job_id, connection=self.redis)
+            job = Job.fetch(job_id, connection=self.redis)
         except NoSuchJobError:
             raise not_found() from None
         except RedisError as exc:
             raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
+        if job.meta.get("client") != client:
+            raise not_found()
+        return job
 
     def _describe(self, job: Job) -> dict[str, Any]:
         status, detail = self._resolve(job)
@@ -228,7 +303,9 @@ class JobQueue:
         """Whether Redis answers, keeps its data across restarts, and how many workers serve."""
         try:
             return {"redis": "ok", "persistent": self.persistent(),
-                    "workers": Worker.count(queue=self.queue), "queued": self.queue.count}
+                    "workers": Worker.count(queue=self.queue), "queued": self.queue.count,
+                    "storage": {"held_bytes": self.ledger.held()[0],
+                                "budget_bytes": self.budget.total_bytes}}
         except RedisError as exc:
             return {"redis": f"unreachable ({type(exc).__name__})", "workers": 0}
 
@@ -242,7 +319,9 @@ class JobQueue:
                           "scheduled": queue.scheduled_job_registry}
             jobs = {"queued": queue.count, **{name: registry.get_job_count(cleanup=False)
                                               for name, registry in registries.items()}}
+            held, by_client = self.ledger.held()
             return {"up": 1, "persistent": self.persistent(), "workers": Worker.count(queue=queue),
-                    "jobs": jobs}
+                    "jobs": jobs, "storage_held": held, "storage_by_client": by_client,
+                    "storage_budget": self.budget.total_bytes}
         except RedisError:
             return {"up": 0}

@@ -110,6 +110,27 @@ class StateCollector(Collector):
         for name, count in queue["jobs"].items():
             family.add_metric([name], count)
         yield family
+        yield from storage_metrics(queue["storage_held"], queue["storage_budget"],
+                                   queue["storage_by_client"])
+
+
+def storage_metrics(held: int, budget: int, by_client: dict[str, int]) -> Iterator[Metric]:
+    """The storage budget's gauges: per client by API key name only; clients known by their
+    address (keys off, or jobs of keys since removed) are summed as `anonymous`."""
+    yield GaugeMetricFamily("pysandbox_storage_held_bytes", "Bytes the jobs hold in Redis "
+                            "against the storage budget (reserved or stored)", value=held)
+    yield GaugeMetricFamily("pysandbox_storage_budget_bytes", "The storage budget of all "
+                            "clients' jobs together (PYSANDBOX_STORAGE_BUDGET_MB)", value=budget)
+    family = GaugeMetricFamily("pysandbox_storage_client_held_bytes", "Bytes a client's jobs "
+                               "hold in Redis, by API key name", labels=["client"])
+    labeled: dict[str, int] = {}
+    for client, nbytes in by_client.items():
+        kind, _, name = client.partition(":")
+        label = name if kind == "key" else ANONYMOUS
+        labeled[label] = labeled.get(label, 0) + nbytes
+    for label, nbytes in labeled.items():
+        family.add_metric([label], nbytes)
+    yield family
 
 
 def exposition() -> bytes:

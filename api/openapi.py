@@ -51,7 +51,13 @@ ERROR_CODES: dict[int, dict[str, str]] = {
           "worker_lost": "sync request through the queue whose worker died"},
     503: {"busy": "at capacity; `Retry-After` says when to retry",
           "sandbox_unavailable": "the jail failed its self-test",
-          "queue_unavailable": "no Redis configured, or Redis unreachable"},
+          "queue_unavailable": "no Redis configured, or Redis unreachable",
+          "storage_budget_exceeded": "queued runs: this client's jobs would hold more of the queue's "
+                                     "storage than its budget (PYSANDBOX_STORAGE_BUDGET_PER_CLIENT_MB); "
+                                     "a job counts its input and the largest result its limits allow "
+                                     "until it ends, then what it stored until its result expires",
+          "storage_full": "queued runs: all clients' jobs would hold more than the storage budget "
+                          "(PYSANDBOX_STORAGE_BUDGET_MB)"},
 }
 """Every status an error is answered with, and its codes. A canceled job's `error.code` is
 `canceled`, in a job's state only (GET /jobs/{job_id}), never as an answer's status."""

@@ -82,15 +82,15 @@ def execute():
 @bp.get("/jobs/<job_id>")
 def job(job_id: str):
     """A queued run's status; its result or error once it has ended."""
-    annotate(job_id=job_id if JOB_ID.match(job_id) else None)
-    return jsonify(_queue().state(job_id))
+    annotate(job_id=job_id if JOB_ID.fullmatch(job_id) else None)
+    return jsonify(_queue().state(job_id, client_id()))
 
 
 @bp.delete("/jobs/<job_id>")
 def cancel_job(job_id: str):
     """Cancel a queued or running run; answers its state, canceled."""
-    annotate(job_id=job_id if JOB_ID.match(job_id) else None)
-    return jsonify(_queue().cancel(job_id))
+    annotate(job_id=job_id if JOB_ID.fullmatch(job_id) else None)
+    return jsonify(_queue().cancel(job_id, client_id()))
 
 
 @bp.get("/health")

@@ -207,7 +207,8 @@ class Health(BaseModel):
         None, description="The startup self-test: `passed`, `failures`, `degraded`.")
     warm_jails: WarmJails | None = None
     queue: dict[str, Any] | None = Field(
-        None, description="Redis, workers and queued jobs, when a queue is set; `persistent`: whether Redis "
+        None, description="Redis, workers, queued jobs and `storage` (`held_bytes` of `budget_bytes`), "
+                    "when a queue is set; `persistent`: whether Redis "
                     "keeps its jobs across a restart (an append-only file).")
 
 

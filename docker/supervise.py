@@ -57,6 +57,9 @@ REDIS_READY_S = 15.0
 VENV_PYTHON = "/opt/venv/bin/python"
 GUNICORN = ["/opt/venv/bin/gunicorn", "--config", "api/gunicorn.conf.py", "api:create_app()"]
 WORKER = [VENV_PYTHON, "-m", "worker"]
+REDIS_MEMORY_MB = 512
+"""Redis's maxmemory unless $PYSANDBOX_REDIS_MEMORY_MB says otherwise: the same variable and
+default as the API's storage budget (api/config.py), which fits inside it."""
 REDIS_SHARE_S = 1.5
 """Of the stop budget, what is kept for redis after the others."""
 
@@ -78,13 +81,14 @@ def env_int(name: str, default: int, minimum: int = 0) -> int:
 
 def redis_config(password: str, persist: bool, **settings: str) -> str:
     """redis.conf text: an append-only file in DATA_DIR (fsync every second) or no persistence
-    at all, the password, 256 MB at most, then `settings`."""
+    at all, the password, $PYSANDBOX_REDIS_MEMORY_MB at most, then `settings`."""
     quoted = password.replace("\\", "\\\\").replace('"', '\\"')
     durability = ["appendonly yes", "appendfsync everysec", f"dir {DATA_DIR}"] if persist else \
         ["appendonly no"]
     lines = ['save ""', *durability, f'requirepass "{quoted}"',
              # Bounded: when full, writes fail (the API answers 503) instead of growing.
-             "maxmemory 256mb", "maxmemory-policy noeviction"]
+             f"maxmemory {env_int('PYSANDBOX_REDIS_MEMORY_MB', REDIS_MEMORY_MB, minimum=1)}mb",
+             "maxmemory-policy noeviction"]
     lines += [f"{name} {value}" for name, value in settings.items()]
     return "\n".join(lines) + "\n"
 

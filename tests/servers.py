@@ -68,11 +68,12 @@ def _wait_up(proc: subprocess.Popen, url: str, wait_healthy: bool, log) -> None:
 
 
 @contextmanager
-def redis_server(directory: Path, port: int | None = None) -> Iterator[str]:
-    """A private, throwaway redis-server on loopback (on a free port unless given); yields its URL."""
+def redis_server(directory: Path, port: int | None = None, *options: str) -> Iterator[str]:
+    """A private, throwaway redis-server on loopback (on a free port unless given), with these
+    extra options (`--maxmemory`, `160mb`); yields its URL."""
     port = port or free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(directory)],
+                             "--save", "", "--appendonly", "no", "--dir", str(directory), *options],
                             stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:

@@ -236,7 +236,12 @@ for pid in sorted(filter(str.isdigit, os.listdir("/proc")), key=int):
 
 
 def submit_async(base: str, script: str) -> str:
-    answer = requests.post(f"{base}/execute?async=1", json={"script": script}, timeout=30)
+    """Queue a run, as a batch client does: past its storage budget (5 small jobs in flight by
+    default), again after Retry-After."""
+    deadline = time.monotonic() + 120
+    while (answer := requests.post(f"{base}/execute?async=1", json={"script": script}, timeout=30)) \
+            .status_code == 503 and "storage_budget_exceeded" in answer.text and time.monotonic() < deadline:
+        time.sleep(int(answer.headers["Retry-After"]))
     assert answer.status_code == 202, f"HTTP {answer.status_code}: {answer.text[:2000]}"
     body = answer.json()
     assert body["status"] == "queued" and answer.headers["Location"] == f"/jobs/{body['id']}"
@@ -274,6 +279,24 @@ def test_health_reports_the_embedded_queue(supervised: tuple[str, str]) -> None:
     queue = wait_workers(base, DEFAULT_WORKERS, container)
     assert queue["redis"] == "ok", queue
     assert queue["persistent"] is False, "without a volume the embedded redis keeps nothing"
+    # One setting, PYSANDBOX_REDIS_MEMORY_MB (512): redis's maxmemory, and the API's budget in it.
+    assert queue["storage"]["budget_bytes"] == 384 * 2**20, queue
+    assert redis_in(container, "config_get('maxmemory')") == "{'maxmemory': '536870912'}"
+
+
+def redis_in(container: str, call: str) -> str:
+    """What a redis-py call answers on the container's embedded redis (REDIS_URL as gunicorn has it)."""
+    probe = ("import os, redis\n"
+             "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+             "    try:\n"
+             "        env = open(f'/proc/{pid}/environ', 'rb').read().split(b'\\0')\n"
+             "    except OSError:\n"
+             "        continue\n"
+             "    url = next((e[10:].decode() for e in env if e.startswith(b'REDIS_URL=')), None)\n"
+             "    if url:\n"
+             f"        print(redis.Redis.from_url(url, decode_responses=True).{call})\n"
+             "        break\n")
+    return docker("exec", container, "/opt/venv/bin/python", "-c", probe).stdout.strip()
 
 
 def test_async_run_in_the_single_container(supervised: tuple[str, str]) -> None:

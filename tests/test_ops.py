@@ -171,6 +171,9 @@ def test_a_scrape_counts_the_load_exactly(service: Service, load: dict) -> None:
     assert total(samples, "pysandbox_workers") == 1
     assert total(samples, "pysandbox_queue_jobs", state="finished") == 2
     assert total(samples, "pysandbox_queue_jobs", state="queued") == 0
+    held = total(samples, "pysandbox_storage_held_bytes")  # the two jobs' results, kept
+    assert 0 < held == total(samples, "pysandbox_storage_client_held_bytes", client="anonymous")
+    assert total(samples, "pysandbox_storage_budget_bytes") == 384 * 2**20
 
 
 def test_logs_are_json_lines_with_cloud_logging_fields_and_no_script_text(

@@ -10,6 +10,7 @@ from redis import Redis
 
 from api import create_app
 from tests.servers import redis_server, workers
+from worker.storage import DUE, JOB_OVERHEAD_BYTES, Ledger
 
 
 @pytest.fixture
@@ -101,7 +102,11 @@ def test_a_full_queue_answers_503_busy(redis_url):
 
 
 def test_fifty_jobs_on_two_workers_all_finish_right(redis_url):
-    client = create_app({"REDIS_URL": redis_url, "MAX_QUEUED_JOBS_PER_CLIENT": 50}).test_client()
+    """Fifty in flight at once: a share of the queue and a storage budget (each job reserves
+    ~22 MiB, the worst case of the default caps) that hold them, for this one client."""
+    client = create_app({"REDIS_URL": redis_url, "MAX_QUEUED_JOBS_PER_CLIENT": 50,
+                         "REDIS_MEMORY_MB": 2048, "STORAGE_BUDGET_MB": 1536,
+                         "STORAGE_BUDGET_PER_CLIENT_MB": 1536}).test_client()
     with workers(redis_url, 2):
         ids = {submit(client, f"def main():\n    return {n} * {n}"): n for n in range(50)}
         results = {job_id: poll(client, job_id, within_s=120) for job_id in ids}
@@ -123,6 +128,9 @@ def test_a_worker_killed_mid_job_leaves_the_job_failed_worker_lost(redis_url):
         body = poll(client, job_id, within_s=30)
     assert body["status"] == "failed" and body["error"]["code"] == "worker_lost"
     assert time.monotonic() - killed_at < 25
+    redis = Redis.from_url(redis_url)  # its storage comes down to its record once it is looked at
+    redis.zadd(DUE, {job_id: 0})
+    assert Ledger(redis).held()[0] == JOB_OVERHEAD_BYTES
 
 
 def test_without_redis_async_is_503_queue_unavailable():

@@ -1,16 +1,28 @@
-"""The job function the API enqueues by name: run one script in the jail."""
+"""The job functions the API enqueues by name: run one script in the jail.
+
+run_stored (worker.queue.JOB_FUNCTION) reads the job's input from its own key and deletes it,
+so that a taken job's input no longer fills Redis, and settles the job's storage budget
+(worker/storage.py). execute takes the input as arguments: the form of jobs queued before
+run_stored existed, which a persistent Redis may still hold.
+"""
 import logging
+import pickle
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import RedisError
 from rq import get_current_job
+from rq.job import Job
 
 from api.logs import run_fields
 from api.metrics import QUEUE_WAIT_SECONDS, observe_run, observe_sandbox_error
 from jail import Limits, Outcome, RunInput, SandboxError, Status, run
 from worker.queue import keep_alive
+from worker.storage import JOB_OVERHEAD_BYTES, Ledger, payload_key, stored_result_bytes, \
+    worst_result_bytes
 
 log = logging.getLogger(__name__)
+NOT_RUN = "the job was canceled before it ran"
 
 
 def execute(script: str, limits: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -19,8 +31,47 @@ def execute(script: str, limits: dict[str, Any], inputs: dict[str, Any] | None =
 
     A job canceled before it starts never reaches a jail; one canceled while it runs has its
     jail killed. Both end as Status.CANCELED."""
+    return _run(_current(), script, Limits(**limits), None if inputs is None else RunInput(**inputs))
+
+
+def run_stored() -> dict[str, Any]:
+    """Run the job whose input the API stored at payload_key(job id): read and delete it, then
+    as execute(). Its storage is settled: the input's bytes released once read, the worst
+    case replaced by what RQ will store once it ends (the overhead alone if the sandbox failed)."""
+    job = _current()
+    ledger = Ledger(job.connection)
+    raw = job.connection.getdel(payload_key(job.id))
+    if raw is None:  # only a cancel deletes it before a worker does: the cancel key is set
+        outcome = Outcome(Status.CANCELED, message=NOT_RUN)
+        _settle(ledger, job, JOB_OVERHEAD_BYTES)
+        return outcome.to_dict()
+    script, limits, inputs = pickle.loads(raw)  # type: ignore[arg-type]
+    _settle(ledger, job, worst_result_bytes(limits) + JOB_OVERHEAD_BYTES, done=False)
+    try:
+        value = _run(job, script, limits, inputs)
+    except SandboxError:
+        _settle(ledger, job, JOB_OVERHEAD_BYTES)
+        raise
+    _settle(ledger, job, stored_result_bytes(value) + JOB_OVERHEAD_BYTES)
+    return value
+
+
+def _current() -> Job:
     job = get_current_job()
-    assert job is not None, "execute() runs inside an RQ job"
+    assert job is not None, "the job functions run inside an RQ job"
+    return job
+
+
+def _settle(ledger: Ledger, job: Job, nbytes: int, done: bool = True) -> None:
+    """Settle the job's storage; if Redis is away, the ledger keeps the larger reservation
+    (the safe side) until the job's record expires."""
+    try:
+        ledger.settle(job.id, nbytes, done)
+    except RedisError:
+        log.warning("job's storage not settled: Redis is away", extra={"job_id": job.id})
+
+
+def _run(job: Job, script: str, limits: Limits, inputs: RunInput | None) -> dict[str, Any]:
     ids = {"job_id": job.id, "request_id": job.meta.get("request_id")}
     if job.enqueued_at is not None:
         enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
@@ -28,11 +79,10 @@ def execute(script: str, limits: dict[str, Any], inputs: dict[str, Any] | None =
     log.info("job started", extra=ids)
     with keep_alive(job.connection, job.id) as canceled:
         if canceled.is_set():
-            outcome = Outcome(Status.CANCELED, message="the job was canceled before it ran")
+            outcome = Outcome(Status.CANCELED, message=NOT_RUN)
         else:
             try:
-                outcome = run(script, Limits(**limits), cancel=canceled,
-                              inputs=None if inputs is None else RunInput(**inputs))
+                outcome = run(script, limits, cancel=canceled, inputs=inputs)
             except SandboxError:
                 observe_sandbox_error()
                 log.exception("job failed: the sandbox failed", extra=ids)

@@ -1,6 +1,7 @@
 """The queue's contract, shared by the API (which enqueues) and the workers (which run).
 
-The API imports only this module, never the job code: it enqueues JOB_FUNCTION by name.
+The API imports only this module and worker/storage.py, never the job code: it enqueues
+JOB_FUNCTION by name, with no arguments: the job's input is in its own key (storage.payload_key).
 A per-job key exists only while a live worker is running that job: RQ notices a dead
 worker only after its heartbeat TTL (a minute or more); this key, refreshed every second
 and expiring after ALIVE_TTL_S, lets the API say `worker_lost` within seconds.
@@ -18,7 +19,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 QUEUE_NAME = "pysandbox"
-JOB_FUNCTION = "worker.jobs.execute"
+JOB_FUNCTION = "worker.jobs.run_stored"
 ALIVE_TTL_S = 10
 REFRESH_S = 1.0
 CANCEL_POLL_S = 0.2
