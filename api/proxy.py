@@ -16,8 +16,8 @@ UPSTREAM_MARGIN_S = 30
 def proxy_settings(config: dict[str, Any]) -> dict[str, int]:
     """nginx's body cap (the app's own, so both refuse the same bodies) and how long it waits
     for gunicorn's answer: the longest sync run after the longest wait for a slot or a worker."""
-    return {"MAX_BODY_BYTES": max_body_bytes(config),
-            "UPSTREAM_TIMEOUT_S": math.ceil(config["MAX_TIMEOUT_S"] + config["QUEUE_WAIT_S"]) + UPSTREAM_MARGIN_S}
+    longest_s = math.ceil(config["MAX_TIMEOUT_S"] + config["QUEUE_WAIT_S"])
+    return {"MAX_BODY_BYTES": max_body_bytes(config), "UPSTREAM_TIMEOUT_S": longest_s + UPSTREAM_MARGIN_S}
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ NGINX_USER = "www-data"
 HTTP_DIR = "pysandbox-http"
 """gunicorn's socket's directory (under /run as root, else under $TMPDIR)."""
 NGINX_DIR = "pysandbox-nginx"
-"""nginx's config, pid and temporary files (the same)."""
+"""nginx's config, pid and temporary files (the same; its workers write request bodies and
+answers too large for their buffers there)."""
 REDIS_SHARE_S = 1.5
 """Of the stop budget, what is kept for redis after the others."""
 GUNICORN_SHARE_S = 1.5
@@ -388,7 +389,9 @@ def run_dir(name: str, group: str | None = None) -> str:
 
 
 def nginx_settings(env: dict[str, str]) -> dict[str, int]:
-    """What nginx takes from the service's settings (`python -m api.proxy`)."""
+    """What nginx takes from the service's settings (`python -m api.proxy`). Not counted in the
+    metrics directory: the service's metrics, imported there, would leave a dead process's files."""
+    env = {name: value for name, value in env.items() if name != "PROMETHEUS_MULTIPROC_DIR"}
     done = subprocess.run([VENV_PYTHON, "-m", "api.proxy"], cwd=APP_DIR, env=env, capture_output=True,
                           text=True, timeout=60)
     if done.returncode != 0:
@@ -407,7 +410,7 @@ def forwarded_for_rule(trusted: int) -> str:
 
 def write_nginx_config(env: dict[str, str], upstream: str, stop_s: float) -> str:
     """docker/nginx.conf with its {{NAME}}s filled in, written to its run directory; the path."""
-    directory = run_dir(NGINX_DIR)
+    directory = run_dir(NGINX_DIR, group=NGINX_USER)  # its workers write temporary files there
     port = env_int("PORT", 8080, minimum=1)
     root = os.geteuid() == 0
     values = {**nginx_settings(env), "PORT": port, "RUN_DIR": directory, "UPSTREAM_SOCKET": upstream,
