@@ -87,9 +87,9 @@ NGINX_DIR = "pysandbox-nginx"
 answers too large for their buffers there)."""
 REDIS_SHARE_S = 1.5
 """Of the stop budget, what is kept for redis after the others."""
-GUNICORN_SHARE_S = 1.5
-"""Of the rest, what is kept for gunicorn after nginx (it has nothing in flight by then; its
-threads notice a stop within a second)."""
+GUNICORN_SHARE_S = 2.5
+"""Of the rest, what is kept for gunicorn after nginx: it has nothing in flight by then, but its
+worker's exit (warm jails) took up to 2.5 s on a loaded 2-core machine."""
 
 
 def log(message: str) -> None:
@@ -300,6 +300,11 @@ class Supervisor:
         """The all-in-one container, or (all_in_one=False) compose's api: nginx + gunicorn."""
         workers = env_int("PYSANDBOX_WORKERS", 2) if all_in_one else 0
         budget_s = env_int("PYSANDBOX_STOP_TIMEOUT_S", 8, minimum=2)
+        nginx_values = {
+            "PORT": env_int("PORT", 8080, minimum=1),
+            "FORWARDED_FOR_RULE": forwarded_for_rule(env_int("PYSANDBOX_TRUSTED_PROXIES", 0)),
+            # nginx's graceful stop ends in time for gunicorn's and redis's shares of the budget.
+            "STOP_TIMEOUT_MS": max(500, int((budget_s - REDIS_SHARE_S - GUNICORN_SHARE_S) * 1000))}
         env, ready = dict(os.environ), True
         if all_in_one:
             env["PROMETHEUS_MULTIPROC_DIR"] = METRICS_DIR
@@ -315,7 +320,7 @@ class Supervisor:
             log("PYSANDBOX_WORKERS=0: no redis and no workers, sync runs only")
             env.pop("REDIS_URL", None)
         if ready:
-            self.start_front(env, workers, budget_s)
+            self.start_front(env, workers, nginx_values)
         while not self.interrupted:
             self.pause(5.0)
         if self.stop_signal is not None and self.failed is None:
@@ -327,7 +332,7 @@ class Supervisor:
         log("stopped")
         return 0
 
-    def start_front(self, env: dict[str, str], workers: int, budget_s: int) -> None:
+    def start_front(self, env: dict[str, str], workers: int, nginx_values: dict[str, object]) -> None:
         """The workers and gunicorn, then nginx in front of gunicorn (its config is rendered
         meanwhile: that takes a Python start with the service's imports)."""
         http_dir = run_dir(HTTP_DIR, group=NGINX_USER)
@@ -344,7 +349,7 @@ class Supervisor:
             if child.pid == 0 and not self.interrupted:
                 self.start(child)
         try:
-            config = write_nginx_config(env, upstream, budget_s - REDIS_SHARE_S - GUNICORN_SHARE_S)
+            config = write_nginx_config(env, {**nginx_values, "UPSTREAM_SOCKET": upstream})
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self.failed = f"nginx's config could not be made: {exc}"
             log(self.failed)
@@ -375,7 +380,7 @@ class Supervisor:
 
 
 def run_dir(name: str, group: str | None = None) -> str:
-    """A fresh directory for the service's own use: under /run, owned by root (with `group`
+    """A directory for the service's own use: under /run, owned by root (with `group`
     allowed in), as root; else under $TMPDIR, the running user's only."""
     if os.geteuid() != 0:
         path = os.path.join(tempfile.gettempdir(), name)
@@ -408,29 +413,31 @@ def forwarded_for_rule(trusted: int) -> str:
     return rf'"~(?:^|,)\s*(?<addr>[^,\s]+)\s*(?:,[^,]*){{{trusted - 1}}}$" $addr;'
 
 
-def write_nginx_config(env: dict[str, str], upstream: str, stop_s: float) -> str:
-    """docker/nginx.conf with its {{NAME}}s filled in, written to its run directory; the path."""
+def write_nginx_config(env: dict[str, str], values: dict[str, object]) -> str:
+    """docker/nginx.conf with its placeholders filled in (`values`, the settings', and what
+    depends on who runs it), written to its run directory; the path."""
     directory = run_dir(NGINX_DIR, group=NGINX_USER)  # its workers write temporary files there
-    port = env_int("PORT", 8080, minimum=1)
-    root = os.geteuid() == 0
-    values = {**nginx_settings(env), "PORT": port, "RUN_DIR": directory, "UPSTREAM_SOCKET": upstream,
-              "USER": f"user {NGINX_USER};" if root else "# (not root: the workers run as this user)",
-              "STOP_TIMEOUT_MS": max(500, int(stop_s * 1000)),
-              "FORWARDED_FOR_RULE": forwarded_for_rule(env_int("PYSANDBOX_TRUSTED_PROXIES", 0)),
-              "ACCESS_LOG_FORMAT": "pysandbox_text" if env.get("PYSANDBOX_LOG_FORMAT", "").strip().lower()
-              == "text" else "pysandbox_json"}
-    def fill(found: re.Match) -> str:
-        if found[1] not in values:
-            raise ValueError(f"{NGINX_TEMPLATE}: unknown placeholder {found[0]}")
-        return str(values[found[1]])
-
+    text_log = env.get("PYSANDBOX_LOG_FORMAT", "").strip().lower() == "text"
+    values = {**values, **nginx_settings(env), "RUN_DIR": directory,
+              "USER": f"user {NGINX_USER};" if os.geteuid() == 0 else "# not root: workers run as this user",
+              "ACCESS_LOG_FORMAT": "pysandbox_text" if text_log else "pysandbox_json"}
     with open(NGINX_TEMPLATE) as template:
-        # Placeholders in double braces: a form nginx's syntax never uses ($name is its own).
-        text = re.sub(r"\{\{(\w+)\}\}", fill, template.read())
+        text = fill_placeholders(template.read(), values)
     path = f"{directory}/nginx.conf"
     with open(path, "w") as out:
         out.write(text)
     return path
+
+
+def fill_placeholders(text: str, values: dict[str, object]) -> str:
+    """Each {{NAME}} replaced by values[NAME] (a form nginx's syntax never uses: $name is its own);
+    ValueError for a name without a value."""
+    def fill(found: re.Match) -> str:
+        if found[1] not in values:
+            raise ValueError(f"{NGINX_TEMPLATE}: no value for {found[0]}")
+        return str(values[found[1]])
+
+    return re.sub(r"\{\{(\w+)\}\}", fill, text)
 
 
 def redis_ping(path: str, password: str) -> tuple[bool, str]:
