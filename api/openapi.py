@@ -19,7 +19,9 @@ ERROR_CODES: dict[int, dict[str, str]] = {
                              "blank; a bad `timeout`/`memory_mb`/`stdin`/`files`; an unknown field; "
                              "`async` not 0/1",
           "invalid_file": "a file's name is not allowed (`..`, absolute, bad characters, too deep or long, "
-                          "under `out/`, or under another file) or its base64 is not valid"},
+                          "under `out/`, or under another file) or its base64 is not valid",
+          "bad_request": "a malformed HTTP request (request line, `Host`, a header), refused by the "
+                         "image's nginx"},
     401: {"unauthorized": "keys are on and the request has no key, a malformed one, two different ones "
                           "or an unknown one (`WWW-Authenticate` says the scheme)"},
     403: {"forbidden": "keys are on and a tenant's key asks for an operator's path (`/metrics`): it needs "
@@ -27,10 +29,12 @@ ERROR_CODES: dict[int, dict[str, str]] = {
     404: {"not_found": "unknown path", "job_not_found": "unknown or expired job id"},
     405: {"method_not_allowed": "wrong method (`Allow` says which)"},
     409: {"job_finished": "DELETE of a job that already finished or failed"},
-    413: {"payload_too_large": "body over its cap, or script, input, stdin or files over theirs "
-                               "(PYSANDBOX_MAX_SCRIPT_BYTES, _MAX_INPUT_BYTES, _MAX_STDIN_BYTES, _MAX_FILES, "
-                               "half of _TMP_MB)"},
+    413: {"payload_too_large": "body over its cap (the image's nginx refuses it before reading it), or "
+                               "script, input, stdin or files over theirs (PYSANDBOX_MAX_SCRIPT_BYTES, "
+                               "_MAX_INPUT_BYTES, _MAX_STDIN_BYTES, _MAX_FILES, half of _TMP_MB)"},
+    414: {"uri_too_long": "the request line is over 8 KiB (nginx)"},
     415: {"unsupported_media_type": "not `Content-Type: application/json`"},
+    431: {"headers_too_large": "a header line over 8 KiB, or more header lines than 32 KiB hold (nginx)"},
     429: {"rate_limited": "over this client's rate limit (PYSANDBOX_RATE_LIMIT or its key's own); "
                           "`Retry-After` says when to retry"},
     422: {
@@ -49,6 +53,9 @@ ERROR_CODES: dict[int, dict[str, str]] = {
     },
     500: {"internal_error": "the service's own fault (details in its log)",
           "worker_lost": "sync request through the queue whose worker died"},
+    501: {"not_implemented": "a `Transfer-Encoding` other than chunked (nginx)"},
+    502: {"upstream_unavailable": "the image's nginx could not reach gunicorn (starting, stopping or "
+                                  "restarting); `Retry-After` says when to retry"},
     503: {"busy": "at capacity; `Retry-After` says when to retry",
           "sandbox_unavailable": "the jail failed its self-test",
           "queue_unavailable": "no Redis configured, or Redis unreachable",
@@ -58,6 +65,8 @@ ERROR_CODES: dict[int, dict[str, str]] = {
                                      "until it ends, then what it stored until its result expires",
           "storage_full": "queued runs: all clients' jobs would hold more than the storage budget "
                           "(PYSANDBOX_STORAGE_BUDGET_MB)"},
+    504: {"upstream_timeout": "gunicorn did not answer within the longest run's time + 30 s (nginx)"},
+    505: {"http_version_not_supported": "not HTTP/1.0 or 1.1 (nginx)"},
 }
 """Every status an error is answered with, and its codes. A canceled job's `error.code` is
 `canceled`, in a job's state only (GET /jobs/{job_id}), never as an answer's status."""
@@ -299,8 +308,17 @@ def _components(access: Access) -> dict[str, Any]:
         "responses": {
             "NotFound": _error(404, "not_found"),
             "MethodNotAllowed": _error(405, headers=("Allow",)),
+            **_proxy_errors(),
         },
     }
+
+
+def _proxy_errors() -> dict[str, Any]:
+    """What the image's nginx answers itself, on any path (README, "Slow clients")."""
+    return {"BadRequest": _error(400, "bad_request"), "UriTooLong": _error(414),
+            "HeadersTooLarge": _error(431), "NotImplemented": _error(501),
+            "UpstreamUnavailable": _error(502, headers=("Retry-After",)), "UpstreamTimeout": _error(504),
+            "HttpVersionNotSupported": _error(505)}
 
 
 def document(access: Access = Access()) -> dict[str, Any]:
@@ -313,7 +331,11 @@ def document(access: Access = Access()) -> dict[str, Any]:
                                 "what it returned, with what it printed kept apart. Every error is "
                                 "`{\"error\": {\"code\", \"message\"}}`; any path answers 404 `not_found` "
                                 "when unknown and 405 `method_not_allowed` for a wrong method "
-                                "(components.responses). Every response carries `X-Request-ID`. When the "
+                                "(components.responses). In the image, nginx in front of the app answers "
+                                "malformed or oversized requests itself (400 `bad_request`, 413, 414, 431, "
+                                "501, 505) and 502 `upstream_unavailable` or 504 `upstream_timeout` when the "
+                                "app does not answer, in the same shape (components.responses). "
+                                "Every response carries `X-Request-ID`. When the "
                                 "service has API keys, every operation but /health, /openapi.json and /docs "
                                 "needs one (401 `unauthorized` first, also for unknown paths), and "
                                 "rate limits answer 429 `rate_limited`."},

@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/run.py            # about 2 minutes on 2 cores
     .venv/bin/python bench/run.py --smoke    # seconds: checks that it works, not how fast
+    .venv/bin/python bench/run.py --compare URL_A URL_B [--rounds 3]
+                                             # the fast path (trivial, pandas; c=1, c=4) of two
+                                             # running services, e.g. two images, in interleaved rounds
 
 Starts the real service (gunicorn on loopback) once per mode, drives it with threads that
 each keep one HTTP/1.1 connection, and prints one table: latency percentiles, requests
@@ -162,11 +165,44 @@ def async_rate(url: str, script: str, jobs: int) -> float:
     return jobs / (time.monotonic() - start)
 
 
+def compare(urls: list[str], seconds: float, rounds: int) -> None:
+    """A/B: each round drives every cell on each service in turn (the order alternating from
+    round to round, so that neither always runs first); prints the medians over the rounds."""
+    cells = [(name, concurrency) for name in ("trivial", "pandas") for concurrency in (1, 4)]
+    p50: dict[tuple[str, str, int], list[float]] = {}
+    rate: dict[tuple[str, str, int], list[float]] = {}
+    for url in urls:
+        for name, _ in cells[::2]:
+            drive(url, SCRIPTS[name], 1, 1.0, 5)  # warm-up
+    for number in range(rounds):
+        for url in urls if number % 2 == 0 else urls[::-1]:
+            for name, concurrency in cells:
+                cell = drive(url, SCRIPTS[name], concurrency, seconds, 100_000)
+                p50.setdefault((url, name, concurrency), []).append(cell.percentile(.5))
+                rate.setdefault((url, name, concurrency), []).append(cell.rate)
+    first, *others = urls
+    print(f"\nmedians of {rounds} rounds\n{'script':8} {'conc':>4} {'service':36} {'p50 ms':>8} {'req/s':>8}")
+    for name, concurrency in cells:
+        for url in urls:
+            key = (url, name, concurrency)
+            print(f"{name:8} {concurrency:4d} {url:36} {statistics.median(p50[key]):8.2f} "
+                  f"{statistics.median(rate[key]):8.1f}")
+        for url in others:
+            a, b = (first, name, concurrency), (url, name, concurrency)
+            print(f"{'':13} {url} / {first}: p50 x{statistics.median(p50[b]) / statistics.median(p50[a]):.3f}"
+                  f"  req/s x{statistics.median(rate[b]) / statistics.median(rate[a]):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few requests each: it works, not how fast")
     parser.add_argument("--seconds", type=float, default=6.0, help="time per measured cell")
+    parser.add_argument("--compare", nargs="+", metavar="URL", help="A/B the fast path of running services")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
     args = parser.parse_args()
+    if args.compare:
+        compare(args.compare, args.seconds, args.rounds)
+        return
     seconds, at_most, jobs = (1.0, 3, 3) if args.smoke else (args.seconds, 100_000, 40)
 
     cells: dict[tuple[str, str, int], Cell] = {}

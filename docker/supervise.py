@@ -1,7 +1,8 @@
 #!/usr/bin/python3 -I
-"""PID 1 of the all-in-one container: redis-server, N RQ workers and gunicorn, as one unit.
+"""PID 1 of the all-in-one container: redis-server, N RQ workers, gunicorn and nginx, as one unit.
 
     pysandbox-supervise            (the image's CMD; run after docker/entrypoint.sh)
+    pysandbox-supervise api        (docker-compose's api service: nginx and gunicorn only)
     pysandbox-supervise redis      (docker-compose's redis service: see below)
 
 All-in-one (the default): starts
@@ -14,19 +15,32 @@ All-in-one (the default): starts
   2. once redis answers: $PYSANDBOX_WORKERS (default 2) `python -m worker` processes and
      gunicorn, with REDIS_URL (socket path + password) in their environment only.
      With PYSANDBOX_WORKERS=0 there is no redis and no worker: gunicorn alone, sync only.
+  3. nginx on $PORT, in front of gunicorn, which listens only on a unix socket in HTTP_DIR
+     (root and nginx's workers, www-data, may use it; nothing else in the container). Its
+     config is docker/nginx.conf, rendered with values from the service's settings (`python
+     -m api.proxy`) into NGINX_DIR, which also holds its pid and temporary files. nginx
+     computes the client's address (PYSANDBOX_TRUSTED_PROXIES) and sends gunicorn only that,
+     as the one X-Forwarded-For entry gunicorn is told to trust.
 Sync requests are still run by gunicorn itself; ?async=1 jobs by the workers. All of them
 count into one prometheus_client multiprocess directory, METRICS_DIR, made empty at start,
 which gunicorn's GET /metrics reads.
 
-SIGTERM/SIGINT stop everything: the signal is forwarded to gunicorn and the workers first
-(both finish what they are running: gunicorn its requests, a worker its job), to redis
-last, within $PYSANDBOX_STOP_TIMEOUT_S (default 8 s, under the 10 s that `docker stop` and
-Cloud Run allow), then SIGKILL. A requested stop exits 0 (not 143): it is no failure. If any
+SIGTERM/SIGINT stop everything, within $PYSANDBOX_STOP_TIMEOUT_S (default 8 s, under the
+10 s that `docker stop` and Cloud Run allow): nginx first, with SIGQUIT (its graceful stop: it
+stops accepting and answers what it has in flight, through gunicorn), and the workers (each
+finishes its job); gunicorn once nginx has gone (nothing can reach it then: had it stopped
+first, a request nginx still held would find no socket); redis last; SIGKILL for what
+outlives its share. A requested stop exits 0 (not 143): it is no failure. If any
 child ends on its own, even with status 0, the others are stopped the same way and the
 supervisor exits 1, so that Docker (--restart) or Cloud Run replaces the container rather
 than leave it half alive.
 
 As PID 1 it also reaps orphans (e.g. what a killed worker leaves behind).
+
+`api` mode (compose): nginx and gunicorn as above, without redis, workers or the shared metrics
+directory, as whatever user the container runs as (compose: uid 10001, read-only root
+filesystem): the run directories are then in $TMPDIR (compose: a tmpfs), nginx's workers run
+as that same user, and REDIS_URL is used as given.
 
 `redis` mode (compose): exec redis-server on 0.0.0.0:6379 with the password from
 $REDIS_PASSWORD, never on a command line (the config is fed on stdin), with its append-only
@@ -34,8 +48,10 @@ file in DATA_DIR (compose mounts a named volume there).
 
 Standard library only; the supervisor's own lines go to stderr as "supervise: ...".
 """
+import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import select
@@ -43,6 +59,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 from dataclasses import dataclass, field
@@ -55,13 +72,27 @@ METRICS_DIR = "/run/pysandbox-metrics"
 REDIS_USER = "redis"
 REDIS_READY_S = 15.0
 VENV_PYTHON = "/opt/venv/bin/python"
-GUNICORN = ["/opt/venv/bin/gunicorn", "--config", "api/gunicorn.conf.py", "api:create_app()"]
+APP_DIR = "/app"
+GUNICORN = ["/opt/venv/bin/gunicorn", "--config", "api/gunicorn.conf.py"]
+GUNICORN_APP = "api:create_app()"
 WORKER = [VENV_PYTHON, "-m", "worker"]
 REDIS_MEMORY_MB = 512
 """Redis's maxmemory unless $PYSANDBOX_REDIS_MEMORY_MB says otherwise: the same variable and
 default as the API's storage budget (api/config.py), which fits inside it."""
+NGINX = "/usr/sbin/nginx"
+NGINX_TEMPLATE = "/usr/local/share/pysandbox/nginx.conf"
+NGINX_USER = "www-data"
+"""nginx's workers, when it starts as root: not root, and not 65534 (the jail's uid)."""
+HTTP_DIR = "pysandbox-http"
+"""gunicorn's socket's directory (under /run as root, else under $TMPDIR)."""
+NGINX_DIR = "pysandbox-nginx"
+"""nginx's config, pid and temporary files (the same; its workers write request bodies and
+answers too large for their buffers there)."""
 REDIS_SHARE_S = 1.5
 """Of the stop budget, what is kept for redis after the others."""
+GUNICORN_SHARE_S = 2.5
+"""Of the rest, what is kept for gunicorn after nginx: it has nothing in flight by then, but its
+worker's exit (warm jails) took up to 2.5 s on a loaded 2-core machine."""
 
 
 def log(message: str) -> None:
@@ -107,6 +138,8 @@ class Child:
     env: dict[str, str]
     user: str | None = None
     stdin_text: str | None = None
+    stop_signal: signal.Signals | None = None
+    """What asks it to stop, when not the signal the supervisor got (nginx: SIGQUIT)."""
     pid: int = 0
     status: int | None = None
     signalled: set = field(default_factory=set)
@@ -267,31 +300,31 @@ class Supervisor:
             log(self.failed)
         return False
 
-    def run(self) -> int:
-        workers = env_int("PYSANDBOX_WORKERS", 2)
+    def run(self, all_in_one: bool = True) -> int:
+        """The all-in-one container, or (all_in_one=False) compose's api: nginx + gunicorn."""
+        workers = env_int("PYSANDBOX_WORKERS", 2) if all_in_one else 0
         budget_s = env_int("PYSANDBOX_STOP_TIMEOUT_S", 8, minimum=2)
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": METRICS_DIR}
-        shutil.rmtree(METRICS_DIR, ignore_errors=True)  # a restarted container's old counts
-        os.makedirs(METRICS_DIR, mode=0o700)
+        nginx_values = {
+            "PORT": env_int("PORT", 8080, minimum=1),
+            "FORWARDED_FOR_RULE": forwarded_for_rule(env_int("PYSANDBOX_TRUSTED_PROXIES", 0)),
+            # nginx's graceful stop ends in time for gunicorn's and redis's shares of the budget.
+            "STOP_TIMEOUT_MS": max(500, int((budget_s - REDIS_SHARE_S - GUNICORN_SHARE_S) * 1000))}
+        env, ready = dict(os.environ), True
+        if all_in_one:
+            env["PROMETHEUS_MULTIPROC_DIR"] = METRICS_DIR
+            shutil.rmtree(METRICS_DIR, ignore_errors=True)  # a restarted container's old counts
+            os.makedirs(METRICS_DIR, mode=0o700)
         if workers:
             if env.get("REDIS_URL"):
                 log("REDIS_URL is ignored: this container runs its own redis")
             redis, password = self.start_redis(env)
             env = {**env, "REDIS_URL": f"unix://:{password}@{SOCKET}?db=0"}
             ready = self.wait_redis(redis, password)
-        else:
+        elif all_in_one:
             log("PYSANDBOX_WORKERS=0: no redis and no workers, sync runs only")
             env.pop("REDIS_URL", None)
-            ready = True
         if ready:
-            for n in range(1, workers + 1):
-                self.children.append(Child(f"worker-{n}", WORKER, env))
-            self.children.append(Child("gunicorn", GUNICORN, env))
-            for child in self.children:
-                if child.pid == 0 and not self.interrupted:
-                    self.start(child)
-            log(f"running: redis + {workers} worker(s) + gunicorn" if workers else
-                "running: gunicorn")
+            self.start_front(env, workers, nginx_values)
         while not self.interrupted:
             self.pause(5.0)
         if self.stop_signal is not None and self.failed is None:
@@ -303,17 +336,112 @@ class Supervisor:
         log("stopped")
         return 0
 
+    def start_front(self, env: dict[str, str], workers: int, nginx_values: dict[str, object]) -> None:
+        """The workers and gunicorn, then nginx in front of gunicorn (its config is rendered
+        meanwhile: that takes a Python start with the service's imports)."""
+        http_dir = run_dir(HTTP_DIR, group=NGINX_USER)
+        upstream = f"{http_dir}/gunicorn.sock"
+        if os.path.lexists(upstream):
+            os.unlink(upstream)
+        for n in range(1, workers + 1):
+            self.children.append(Child(f"worker-{n}", WORKER, env))
+        # nginx sends gunicorn one X-Forwarded-For entry, the client's address it computed.
+        gunicorn_env = {**env, "PYSANDBOX_TRUSTED_PROXIES": "1"}
+        self.children.append(Child("gunicorn", [*GUNICORN, "--bind", f"unix:{upstream}", GUNICORN_APP],
+                                   gunicorn_env))
+        for child in self.children:
+            if child.pid == 0 and not self.interrupted:
+                self.start(child)
+        try:
+            config = write_nginx_config(env, {**nginx_values, "UPSTREAM_SOCKET": upstream})
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            self.failed = f"nginx's config could not be made: {exc}"
+            log(self.failed)
+            return
+        nginx = Child("nginx", [NGINX, "-e", "stderr", "-c", config], env, stop_signal=signal.SIGQUIT)
+        self.children.append(nginx)
+        if not self.interrupted:
+            self.start(nginx)
+        parts = ["redis", f"{workers} worker(s)"] if workers else []
+        log(f"running: {' + '.join([*parts, 'gunicorn', 'nginx'])}")
+
     def shutdown(self, sig: signal.Signals, deadline: float) -> None:
-        """sig to gunicorn and the workers, then to redis; SIGKILL for what outlives its share."""
-        front = [c for c in self.children if c.name != "redis"]
-        back = [c for c in self.children if c.name == "redis"]
-        for stage, until in ((front, deadline - REDIS_SHARE_S), (back, deadline)):
-            for child in stage:
-                child.signal(sig)
-            if not self.wait_for(stage, until):
-                for child in stage:
+        """nginx (gracefully) and the workers first, then gunicorn once nginx has gone, then
+        redis; SIGKILL for what outlives its share."""
+        named = {name: [c for c in self.children if c.name.startswith(name)]
+                 for name in ("nginx", "worker", "gunicorn", "redis")}
+        front = deadline - REDIS_SHARE_S
+        stages = ((named["nginx"] + named["worker"], named["nginx"], front - GUNICORN_SHARE_S),
+                  (named["gunicorn"], named["gunicorn"] + named["worker"], front),
+                  (named["redis"], named["redis"], deadline))
+        for signalled, awaited, until in stages:
+            for child in signalled:
+                child.signal(child.stop_signal or sig)
+            if not self.wait_for(awaited, until):
+                for child in awaited:
                     child.signal(signal.SIGKILL, group=True)
-                self.wait_for(stage, time.monotonic() + 2)
+                self.wait_for(awaited, time.monotonic() + 2)
+
+
+def run_dir(name: str, group: str | None = None) -> str:
+    """A directory for the service's own use: under /run, owned by root (with `group`
+    allowed in), as root; else under $TMPDIR, the running user's only."""
+    if os.geteuid() != 0:
+        path = os.path.join(tempfile.gettempdir(), name)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+    path = f"/run/{name}"
+    os.makedirs(path, mode=0o750, exist_ok=True)
+    os.chown(path, 0, pwd.getpwnam(group).pw_gid if group else 0)
+    os.chmod(path, 0o750 if group else 0o700)
+    return path
+
+
+def nginx_settings(env: dict[str, str]) -> dict[str, int]:
+    """What nginx takes from the service's settings (`python -m api.proxy`). Not counted in the
+    metrics directory: the service's metrics, imported there, would leave a dead process's files."""
+    env = {name: value for name, value in env.items() if name != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([VENV_PYTHON, "-m", "api.proxy"], cwd=APP_DIR, env=env, capture_output=True,
+                          text=True, timeout=60)
+    if done.returncode != 0:
+        raise ValueError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
+                         f"python -m api.proxy {exit_text(done.returncode)}")
+    return json.loads(done.stdout)
+
+
+def forwarded_for_rule(trusted: int) -> str:
+    """nginx map entry: the entry of X-Forwarded-For that the outermost of `trusted` proxies
+    added (the trusted-th from the right); none when no proxy is trusted (the peer's address)."""
+    if not trusted:
+        return "# PYSANDBOX_TRUSTED_PROXIES=0: the peer's address, always"
+    return rf'"~(?:^|,)\s*(?<addr>[^,\s]+)\s*(?:,[^,]*){{{trusted - 1}}}$" $addr;'
+
+
+def write_nginx_config(env: dict[str, str], values: dict[str, object]) -> str:
+    """docker/nginx.conf with its placeholders filled in (`values`, the settings', and what
+    depends on who runs it), written to its run directory; the path."""
+    directory = run_dir(NGINX_DIR, group=NGINX_USER)  # its workers write temporary files there
+    text_log = env.get("PYSANDBOX_LOG_FORMAT", "").strip().lower() == "text"
+    values = {**values, **nginx_settings(env), "RUN_DIR": directory,
+              "USER": f"user {NGINX_USER};" if os.geteuid() == 0 else "# not root: workers run as this user",
+              "ACCESS_LOG_FORMAT": "pysandbox_text" if text_log else "pysandbox_json"}
+    with open(NGINX_TEMPLATE) as template:
+        text = fill_placeholders(template.read(), values)
+    path = f"{directory}/nginx.conf"
+    with open(path, "w") as out:
+        out.write(text)
+    return path
+
+
+def fill_placeholders(text: str, values: dict[str, object]) -> str:
+    """Each {{NAME}} replaced by values[NAME] (a form nginx's syntax never uses: $name is its own);
+    ValueError for a name without a value."""
+    def fill(found: re.Match) -> str:
+        if found[1] not in values:
+            raise ValueError(f"{NGINX_TEMPLATE}: no value for {found[0]}")
+        return str(values[found[1]])
+
+    return re.sub(r"\{\{(\w+)\}\}", fill, text)
 
 
 def redis_ping(path: str, password: str) -> tuple[bool, str]:
@@ -362,12 +490,12 @@ def exec_redis_for_compose() -> None:
 def main(argv: list[str]) -> int:
     if argv[1:] == ["redis"]:
         exec_redis_for_compose()
-    if argv[1:]:
+    if argv[1:] not in ([], ["api"]):
         print(__doc__, file=sys.stderr)
         return 2
     if os.getpid() != 1:
         log(f"note: not PID 1 (pid {os.getpid()}); orphans are reaped by someone else")
-    return Supervisor().run()
+    return Supervisor().run(all_in_one=not argv[1:])
 
 
 if __name__ == "__main__":

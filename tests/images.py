@@ -10,7 +10,7 @@ import pytest
 from tests.servers import REPO
 
 BUILD_TIMEOUT_S = 1800
-SERVICE_PARTS = ("pysandbox-supervise", "gunicorn", "redis-server", "-m worker")
+SERVICE_PARTS = ("pysandbox-supervise", "gunicorn", "redis-server", "-m worker", "nginx:")
 """Command-line marks of the service's own long-lived processes in the image
 (docker/supervise.py): none of them may ever be killed by a script."""
 

@@ -12,6 +12,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.images import BUILD_TIMEOUT_S, docker, free_port, make_var
 from tests.servers import REPO
 from tests.test_docker import poll_job, submit_async
+from tests.test_proxy import raw
 
 pytestmark = pytest.mark.docker
 
@@ -33,6 +35,8 @@ WORKERS = 2
 JOBS = 20
 BURST = 50
 HEALTH_TIMEOUT_S = 90
+STALLED = 64
+"""Stalled connections to the api: more than its gunicorn has threads (3 x 4 slots + 4 on 2 cores)."""
 
 
 class Compose:
@@ -157,6 +161,48 @@ def test_only_the_workers_have_the_jail_privileges(compose: Compose) -> None:
         assert host["SecurityOpt"] == ["no-new-privileges:true"], (service, host)
         assert host["ReadonlyRootfs"] and not host["Privileged"], (service, host)
         assert found["Config"]["User"] not in ("", "root", "0"), (service, found["Config"])
+
+
+# Run inside the api container: the TCP ports listened on (but Docker's DNS resolver's, on
+# 127.0.0.11), and the uid of each nginx and gunicorn process. No procps there.
+API_PROCESSES = """
+import os
+ports = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for row in open(table).read().splitlines()[1:]:
+        address, port = row.split()[1].rsplit(":", 1)
+        if row.split()[3] == "0A" and address != "0B00007F":
+            ports.add(int(port, 16))
+uids = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    argv = open(f"/proc/{pid}/cmdline", "rb").read()
+    for name in ("nginx", "gunicorn"):
+        if pid == str(os.getpid()):  # this script's own command line names both
+            break
+        if name.encode() in argv:
+            uids.setdefault(name, set()).add(os.stat(f"/proc/{pid}").st_uid)
+print(sorted(ports), {name: sorted(found) for name, found in sorted(uids.items())})
+"""
+
+
+def test_the_api_is_behind_nginx_unprivileged(compose: Compose) -> None:
+    """Stalled connections, more than gunicorn has threads, delay no one; nginx answers a
+    malformed request itself, in JSON; nginx and gunicorn run as the container's user, and
+    only nginx listens on a port."""
+    (container,) = compose.containers("api")
+    stalled = [socket.create_connection(("127.0.0.1", compose.port), timeout=10) for _ in range(STALLED)]
+    try:
+        for sock in stalled:
+            sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        answer = requests.get(f"{compose.base}/health", timeout=10)
+        assert answer.status_code == 200, (answer.text, compose.logs())
+        bad, body = raw(compose.base, b"GARBAGE\r\n\r\n")
+        assert bad.status == 400 and json.loads(body)["error"]["code"] == "bad_request", body
+    finally:
+        for sock in stalled:
+            sock.close()
+    found = docker("exec", container, "/usr/bin/python3", "-c", API_PROCESSES).stdout
+    assert found.strip() == "[8080] {'gunicorn': [10001], 'nginx': [10001]}", found
 
 
 def test_redis_is_not_published_and_needs_the_password(compose: Compose) -> None:

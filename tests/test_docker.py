@@ -4,7 +4,8 @@ Everything is read from the Makefile (image name, run flags), never copied, so t
 check exactly what `make run` and the README tell users to do.
 
 By default the image is one container (docker/supervise.py as PID 1): an embedded
-redis-server, PYSANDBOX_WORKERS (2) RQ workers and gunicorn. It must serve sync and async
+redis-server, PYSANDBOX_WORKERS (2) RQ workers, gunicorn and nginx in front of it
+(tests/test_proxy.py tests what nginx adds). It must serve sync and async
 runs, exit 1 within seconds when any of its parts dies (so Docker or Cloud Run replaces
 it), and exit 0 on `docker stop` well within the stop timeout.
 """
@@ -359,11 +360,12 @@ def test_one_scrape_counts_the_runs_of_gunicorn_and_the_workers(supervised: tupl
     assert moved("pysandbox_queue_wait_seconds_count") == 1, delta
     assert moved("pysandbox_http_requests_total", route="/execute", status="202") == 1, delta
     assert after[("pysandbox_warm_jails", (("state", "total"),))] >= DEFAULT_WORKERS
-    # gunicorn's and the workers' lines are JSON; only the supervisor, the entrypoint and
-    # redis-server write plain text ("supervise: ...", "entrypoint: ...", "<pid>:<role> ...").
+    # gunicorn's, nginx's access and the workers' lines are JSON; only the supervisor, the
+    # entrypoint, redis-server and nginx's error log write plain text ("supervise: ...",
+    # "entrypoint: ...", "<pid>:<role> ...", "2026/12/02 17:54:19 [error] ...").
     logs = docker("logs", container)
     for line in (logs.stdout + logs.stderr).splitlines():
-        if re.match(r"(supervise|entrypoint): |\d+:[CMSX] ", line):
+        if re.match(r"(supervise|entrypoint): |\d+:[CMSX] |\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[", line):
             continue
         assert isinstance(json.loads(line)["severity"], str), line
 
@@ -430,6 +432,8 @@ def test_redis_listens_only_on_its_socket_with_a_password(supervised: tuple[str,
     ("worker", "-m worker", "SIGKILL"),
     ("worker", "-m worker", "SIGTERM"),  # a clean exit 0 of a part is still a failure
     ("gunicorn", "gunicorn", "SIGKILL"),
+    ("nginx", "nginx: master", "SIGKILL"),
+    ("nginx", "nginx: master", "SIGTERM"),  # nginx's fast stop, exit 0: still a failure
 ])
 def test_container_exits_1_when_a_part_dies(image: str, run_flags: list[str], part: str,
                                             match: str, sig: str) -> None:
@@ -465,6 +469,23 @@ def test_docker_stop_exits_0_within_the_timeout(image: str, run_flags: list[str]
         assert took < DOCKER_STOP_S - 1, f"docker stop took {took:.1f} s; logs:\n{logs}"
         assert "supervise: SIGTERM: stopping" in logs and "supervise: stopped" in logs, logs
         print(f"docker stop: exit 0 after {took:.1f} s")
+
+
+def test_docker_stop_answers_the_sync_run_in_flight(image: str, run_flags: list[str]) -> None:
+    """The drain goes through nginx: a 3 s sync run under way when `docker stop` comes is still
+    answered 200 (nginx stops accepting and waits for it; gunicorn stops after nginx), and the
+    container exits 0 within the timeout."""
+    with running(image, run_flags, "PYSANDBOX_WORKERS=0") as (container, base):
+        script = "import time\ndef main():\n    time.sleep(3)\n    return 'drained'\n"
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(requests.post, f"{base}/execute", json={"script": script}, timeout=30)
+            time.sleep(1)
+            docker("stop", "-t", str(DOCKER_STOP_S), container, timeout=DOCKER_STOP_S + 30)
+            done = answer.result()
+        logs = container_logs(container)
+        assert done.status_code == 200 and done.json()["result"] == "drained", (done.text, logs)
+        assert docker("inspect", "-f", "{{.State.ExitCode}}", container).stdout.strip() == "0", logs
+        assert "did not stop in time" not in logs, logs
 
 
 def test_no_workers_means_sync_only(image: str, run_flags: list[str]) -> None:

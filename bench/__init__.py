@@ -1,0 +1,1 @@
+"""Benchmarks: run.py (speed), fairness.py (a flood), slowclients.py (slow connections)."""
