@@ -24,7 +24,8 @@ def max_body_bytes(config: dict[str, Any]) -> int:
 
 
 def newcomer_slots(slots: int) -> int:
-    """Slots kept for clients that hold none: one where slots outnumber cores (api/capacity.py)."""
+    """Run slots beyond `slots` for clients that hold none: one where slots outnumber cores
+    (api/capacity.py, "A slot for a newcomer")."""
     return 1 if slots > (os.cpu_count() or 1) else 0
 
 
