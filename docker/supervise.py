@@ -405,7 +405,7 @@ def nginx_settings(env: dict[str, str]) -> dict[str, int]:
                           text=True, timeout=60)
     if done.returncode != 0:
         raise ValueError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
-                         f"python -m api.proxy {exit_text(done.returncode)}")
+                         f"python -m api.proxy exited with status {done.returncode}")
     return json.loads(done.stdout)
 
 
