@@ -7,13 +7,14 @@ from flask.json.provider import DefaultJSONProvider
 
 from api import clients, docs, errors, logs, metrics, playground, ratelimits, request_ids, routes
 from api.capacity import Capacity
-from api.config import load_config
+from shared.settings import load_config
 from api.jobs import Budget, JobQueue
 from api.requests import files_in_cap
 from jail import Limits, start_warm_pool
 from jail.limits import MIB
 from jail.selftest import self_test
-from worker.storage import JOB_OVERHEAD_BYTES, worst_result_bytes
+from shared.metrics import observe_warm_jails
+from shared.storage import JOB_OVERHEAD_BYTES, worst_result_bytes
 
 
 def max_body_bytes(config: dict[str, Any]) -> int:
@@ -71,7 +72,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if app.config["REDIS_URL"] else None
     runs_here = not app.config["EXECUTE_VIA_QUEUE"]
     if runs_here:
-        start_warm_pool(app.config["WARM_JAILS"], app.config["TMP_MB"], metrics.observe_warm_jails)
+        start_warm_pool(app.config["WARM_JAILS"], app.config["TMP_MB"], observe_warm_jails)
     app.extensions["pysandbox"] = {
         "capacity": Capacity(app.config["MAX_CONCURRENT_RUNS"], app.config["QUEUE_WAIT_S"],
                              app.config["RETRY_AFTER_S"], app.config["FAIR_SHARING"],

@@ -6,7 +6,7 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from api.logs import annotate
-from api.metrics import ERRORS
+from shared.metrics import ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from rq.job import Job, JobStatus
 from api.errors import ApiError, busy
 from api.responses import outcome_body, outcome_error
 from jail import Limits, Outcome, RunInput, Status
-from worker.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
-from worker.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, \
+from shared.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
+from shared.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, \
     worst_result_bytes
 
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from api import max_body_bytes
-from api.config import load_config
+from shared.settings import load_config
 
 UPSTREAM_MARGIN_S = 30
 """Beyond a run's longest wait and time: starting its jail, and carrying its answer."""

@@ -7,8 +7,9 @@ from api.capacity import Capacity
 from api.clients import client_id
 from api.errors import ApiError
 from api.jobs import JOB_ID, RQ_BACKSTOP_S, JobQueue, unavailable
-from api.logs import annotate, run_fields
-from api.metrics import observe_run, observe_sandbox_error
+from api.logs import annotate
+from shared.logs import run_fields
+from shared.metrics import observe_run, observe_sandbox_error
 from api.request_ids import request_id
 from api.requests import parse_execute
 from api.responses import outcome_body

@@ -78,7 +78,7 @@ GUNICORN_APP = "api:create_app()"
 WORKER = [VENV_PYTHON, "-m", "worker"]
 REDIS_MEMORY_MB = 512
 """Redis's maxmemory unless $PYSANDBOX_REDIS_MEMORY_MB says otherwise: the same variable and
-default as the API's storage budget (api/config.py), which fits inside it."""
+default as the API's storage budget (shared/settings.py), which fits inside it."""
 NGINX = "/usr/sbin/nginx"
 NGINX_TEMPLATE = "/usr/local/share/pysandbox/nginx.conf"
 NGINX_USER = "www-data"

@@ -25,7 +25,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.config import DEFAULTS
+from shared.settings import DEFAULTS
 from jail.watchdog import SLACK_MB
 from tests.hostile import MEMORY_SUM, memory_bound_problem
 from tests.images import (SERVICE_PARTS, docker, free_port, image,  # noqa: F401 (image: a fixture)

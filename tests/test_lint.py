@@ -11,7 +11,7 @@ import pytest
 
 from tests.servers import REPO
 
-CHECKED = ["api", "worker", "bench", "docker", "jail"]
+CHECKED = ["api", "worker", "shared", "bench", "docker", "jail"]
 
 
 @pytest.mark.parametrize("tool, args", [("ruff", ["check", *CHECKED]), ("mypy", [])])

@@ -17,7 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
-from api.logs import trace_fields
+from shared.logs import trace_fields
 from tests.servers import free_port, gunicorn, redis_server, workers
 
 SECRET = "s3cr3t-d0-n0t-l0g-7f3a"

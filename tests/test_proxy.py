@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from api.config import DEFAULTS
+from shared.settings import DEFAULTS
 from api.proxy import proxy_settings
 from bench.slowclients import BENIGN_REQUESTS, KINDS, measure
 from tests.images import docker, image, make_var  # noqa: F401 (image: a fixture)

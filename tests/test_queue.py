@@ -10,7 +10,7 @@ from redis import Redis
 
 from api import create_app
 from tests.servers import redis_server, workers
-from worker.storage import DUE, JOB_OVERHEAD_BYTES, Ledger
+from shared.storage import DUE, JOB_OVERHEAD_BYTES, Ledger
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The storage budget's accounting (worker/storage.py) on a real redis-server: reserve, settle,
+"""The storage budget's accounting (shared/storage.py) on a real redis-server: reserve, settle,
 release, prune; the worst-case bound against outcomes as large as the caps allow; and what a
 real job keeps in Redis, with real workers."""
 import base64
@@ -15,8 +15,8 @@ from api.jobs import Budget, JobQueue
 from api.metrics import storage_metrics
 from jail import Limits, Outcome, OutFile, Status
 from tests.servers import redis_server, workers
-from worker.queue import QUEUE_NAME, alive_key
-from worker.storage import (CLIENTS, DUE, JOB_OVERHEAD_BYTES, JOBS, TOTAL, Ledger, payload_key,
+from shared.queue import QUEUE_NAME, alive_key
+from shared.storage import (CLIENTS, DUE, JOB_OVERHEAD_BYTES, JOBS, TOTAL, Ledger, payload_key,
                             allocated, stored_result_bytes, worst_result_bytes)
 
 MIB = 2**20

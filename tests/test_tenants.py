@@ -18,8 +18,8 @@ from rq import Queue
 from api import create_app
 from tests.servers import gunicorn, redis_server, workers
 from tests.test_clients import KEYS, bearer, sha256
-from worker.queue import QUEUE_NAME
-from worker.storage import CLIENTS, JOBS
+from shared.queue import QUEUE_NAME
+from shared.storage import CLIENTS, JOBS
 
 MIB = 2**20
 KEYED = {"PYSANDBOX_API_KEYS": ",".join(f"{name}:{sha256(key)}" for name, key in KEYS.items())}

@@ -16,12 +16,12 @@ from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
-from api import logs
-from api.config import load_config
-from api.metrics import observe_warm_jails
+from shared import logs
+from shared.settings import load_config
+from shared.metrics import observe_warm_jails
 from jail import start_warm_pool
 from jail.selftest import self_test
-from worker.queue import QUEUE_NAME
+from shared.queue import QUEUE_NAME
 
 RECONNECT_S = 1.0
 log = logging.getLogger("worker")

@@ -1,8 +1,8 @@
 """The job functions the API enqueues by name: run one script in the jail.
 
-run_stored (worker.queue.JOB_FUNCTION) reads the job's input from its own key and deletes it,
+run_stored (shared.queue.JOB_FUNCTION) reads the job's input from its own key and deletes it,
 so that a taken job's input no longer fills Redis, and settles the job's storage budget
-(worker/storage.py). execute takes the input as arguments: the form of jobs queued before
+(shared/storage.py). execute takes the input as arguments: the form of jobs queued before
 run_stored existed, which a persistent Redis may still hold.
 """
 import logging
@@ -14,11 +14,11 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
-from api.logs import run_fields
-from api.metrics import QUEUE_WAIT_SECONDS, observe_run, observe_sandbox_error
+from shared.logs import run_fields
+from shared.metrics import QUEUE_WAIT_SECONDS, observe_run, observe_sandbox_error
 from jail import Limits, Outcome, RunInput, SandboxError, Status, run
-from worker.queue import keep_alive
-from worker.storage import JOB_OVERHEAD_BYTES, Ledger, payload_key, stored_result_bytes, \
+from shared.queue import keep_alive
+from shared.storage import JOB_OVERHEAD_BYTES, Ledger, payload_key, stored_result_bytes, \
     worst_result_bytes
 
 log = logging.getLogger(__name__)

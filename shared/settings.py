@@ -2,6 +2,7 @@
 
 REDIS_URL is read without the prefix, as every Redis client and host expects it.
 """
+import json
 import os
 from typing import Any
 
@@ -44,13 +45,23 @@ DEFAULTS: dict[str, object] = {
 """Each is documented in the README's configuration table."""
 
 
+PREFIX = "PYSANDBOX_"
+
+
+def _value(raw: str) -> Any:
+    """A variable's value: its JSON (5, 0.5, true), else the string itself."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
 def load_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     """Defaults, then PYSANDBOX_* from the environment (JSON values), then explicit overrides."""
-    from flask import Config
-
-    config = Config(".")
-    config.from_mapping(DEFAULTS)
-    config.from_prefixed_env("PYSANDBOX")
+    config: dict[str, Any] = dict(DEFAULTS)
+    for name, raw in os.environ.items():
+        if name.startswith(PREFIX):
+            config[name.removeprefix(PREFIX)] = _value(raw)
     config["REDIS_URL"] = os.environ.get("REDIS_URL", config["REDIS_URL"])
     config.update(overrides or {})
     if config["WARM_JAILS"] < 0:  # the default: one warm jail per run slot

@@ -30,7 +30,7 @@ from rq.job import Job
 from rq.serializers import DefaultSerializer
 
 from jail import Limits
-from worker.queue import alive_key
+from shared.queue import alive_key
 
 PREFIX = "pysandbox:storage:"
 TOTAL, CLIENTS, JOBS, DUE = (PREFIX + name for name in ("total", "clients", "jobs", "due"))

@@ -1,6 +1,6 @@
 """The queue's contract, shared by the API (which enqueues) and the workers (which run).
 
-The API imports only this module and worker/storage.py, never the job code: it enqueues
+The API imports only this module and shared/storage.py, never the job code: it enqueues
 JOB_FUNCTION by name, with no arguments: the job's input is in its own key (storage.payload_key).
 A per-job key exists only while a live worker is running that job: RQ notices a dead
 worker only after its heartbeat TTL (a minute or more); this key, refreshed every second
