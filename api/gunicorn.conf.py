@@ -4,7 +4,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from shared.settings import load_config
+from shared.settings import load
 
 # prometheus_client's multiprocess mode: every process that counts writes its values in this
 # directory, and GET /metrics adds them up. It must be set before anything imports
@@ -20,7 +20,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 workers = 1
 worker_class = "gthread"
-threads = 3 * int(load_config(None)["MAX_CONCURRENT_RUNS"]) + 4
+threads = 3 * load().max_concurrent_runs + 4
 """Slots + the most requests that may wait for one (2 x slots, api/capacity.py) + 4: a request
 past capacity gets a quick 503, and a light client's request a thread, never a wait in the accept queue."""
 timeout = 60

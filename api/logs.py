@@ -11,8 +11,8 @@ from flask import Flask, Response, g, has_request_context, request
 from gunicorn.glogging import Logger as BaseGunicornLogger
 
 from api.request_ids import request_id
-from shared import logs
-from shared.logs import formatter, json_format, trace_fields
+from shared import logs, settings
+from shared.logs import LogFormat, formatter, trace_fields
 
 ENVIRON_KEY = "pysandbox.log"
 """The WSGI environ entry where a request's log fields gather until gunicorn logs it."""
@@ -29,9 +29,9 @@ class RequestContext(logging.Filter):
         return True
 
 
-def setup() -> None:
+def setup(log_format: LogFormat) -> None:
     """The shared log format, with each request's fields."""
-    logs.setup(RequestContext())
+    logs.setup(log_format, RequestContext())
 
 
 def annotate(**fields: Any) -> None:
@@ -56,14 +56,18 @@ class GunicornLogger(BaseGunicornLogger):
 
     With PYSANDBOX_LOG_FORMAT=text it is gunicorn's own logger, unchanged."""
 
+    json_lines = True
+
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
+        log_format = settings.load().log_format
+        self.json_lines = log_format == "json"
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
-                handler.setFormatter(formatter())
+                handler.setFormatter(formatter(log_format))
 
     def access(self, resp: Any, req: Any, environ: dict, request_time: Any) -> None:
-        if not json_format():
+        if not self.json_lines:
             super().access(resp, req, environ, request_time)
             return
         if not self.access_log_enabled:

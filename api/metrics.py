@@ -6,14 +6,14 @@ scraped, by StateCollector.
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from api.service import Service, service
 from shared.metrics import ANONYMOUS, MULTIPROC_ENV, REQUEST_SECONDS, REQUESTS, SLOTS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -26,11 +26,11 @@ class StateCollector(Collector):
     """Gauges read when scraped from the app's state: its self-test's verdict (when it runs
     scripts itself) and the queue (when it has one, from Redis)."""
 
-    def __init__(self, state: dict[str, Any]) -> None:
+    def __init__(self, state: Service) -> None:
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
-        selftest, jobs = self.state["selftest"], self.state["jobs"]
+        selftest, jobs = self.state.selftest, self.state.jobs
         if selftest is not None:
             yield GaugeMetricFamily("pysandbox_selftest_passed", "1 when this API's jail passed "
                                     "its escape self-test", value=int(selftest.passed))
@@ -79,7 +79,7 @@ def exposition() -> bytes:
         counted = CollectorRegistry()
         MultiProcessCollector(counted)
     now = CollectorRegistry()
-    now.register(StateCollector(current_app.extensions["pysandbox"]))
+    now.register(StateCollector(service()))
     return generate_latest(counted) + generate_latest(now)
 
 
@@ -106,10 +106,10 @@ def _answered(response: Response) -> Response:
     return response
 
 
-def register(app: Flask, slots: int) -> None:
-    """Count every request; serve GET /metrics unless PYSANDBOX_METRICS is false."""
+def register(app: Flask, slots: int, serve: bool) -> None:
+    """Count every request; serve GET /metrics if `serve` (PYSANDBOX_METRICS)."""
     SLOTS.set(slots)
     app.before_request(_started)
     app.after_request(_answered)
-    if app.config["METRICS"]:
+    if serve:
         app.register_blueprint(bp)

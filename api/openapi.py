@@ -13,6 +13,7 @@ from pydantic.json_schema import models_json_schema
 
 from api.request_ids import HEADER as REQUEST_ID
 from api.schemas import Error, ExecuteQuery, ExecuteRequest, Health, JobQueued, JobState, RunError, RunResult
+from shared.settings import DEFAULTS
 
 ERROR_CODES: dict[int, dict[str, str]] = {
     400: {"invalid_request": "the body is not JSON or not an object; `script` missing, not a string or "
@@ -77,10 +78,10 @@ MESSAGES_422 = {
     "main_signature": "main() takes no argument but the request has an input; define main(input)",
     "main_error": "main() raised ZeroDivisionError: division by zero",
     "invalid_result": "main() returned a set, which JSON cannot hold",
-    "timeout": "the script ran longer than its 5 s time limit",
-    "memory_limit": "the script used more than its 256 MB memory limit",
-    "output_limit": "the script printed more than 1048576 bytes",
-    "result_too_large": "main() returned more than 1048576 bytes of JSON",
+    "timeout": f"the script ran longer than its {DEFAULTS.default_timeout_s:g} s time limit",
+    "memory_limit": f"the script used more than its {DEFAULTS.default_memory_mb} MB memory limit",
+    "output_limit": f"the script printed more than {DEFAULTS.max_output_bytes} bytes",
+    "result_too_large": f"main() returned more than {DEFAULTS.max_result_bytes} bytes of JSON",
     "no_result": "the script exited (status 0) before main() returned",
 }
 RUN_FIELDS = {"stdout": "", "stderr": "", "output_truncated": False, "duration_ms": 4, "cpu_ms": 2,

@@ -1,9 +1,8 @@
 """The HTTP endpoints: POST /execute (sync or ?async=1), GET and DELETE /jobs/<id>, GET /health."""
 import logging
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 
-from api.capacity import Capacity
 from api.clients import client_id
 from api.errors import ApiError
 from api.jobs import JOB_ID, RQ_BACKSTOP_S, JobQueue, unavailable
@@ -11,6 +10,7 @@ from api.logs import annotate
 from shared.logs import run_fields
 from shared.metrics import observe_run, observe_sandbox_error
 from api.request_ids import request_id
+from api.service import service
 from api.requests import parse_execute
 from api.responses import outcome_body
 from jail import Limits, RunInput, SandboxError, run, warm_pool
@@ -20,20 +20,16 @@ log = logging.getLogger(__name__)
 bp = Blueprint("sandbox", __name__)
 
 
-def _state() -> dict:
-    return current_app.extensions["pysandbox"]
-
-
 def _checked() -> SelfTest:
     """The startup self-test's verdict, re-run while it has not passed."""
-    state = _state()
-    if not state["selftest"].passed:
-        state["selftest"] = self_test()
-    return state["selftest"]
+    state = service()
+    if state.selftest is None or not state.selftest.passed:
+        state.selftest = self_test()
+    return state.selftest
 
 
 def _queue() -> JobQueue:
-    jobs = _state()["jobs"]
+    jobs = service().jobs
     if jobs is None:
         raise unavailable("async runs need a queue: set REDIS_URL")
     return jobs
@@ -45,8 +41,7 @@ def _run_here(script: str, limits: Limits, inputs: RunInput | None) -> Response:
         raise ApiError(503, "sandbox_unavailable",
                        "the sandbox failed its self-test; no script is run until it passes",
                        headers={"Retry-After": "30"})
-    capacity: Capacity = _state()["capacity"]
-    with capacity.slot(client_id()) as waited_s:
+    with service().capacity.slot(client_id()) as waited_s:
         try:
             outcome = run(script, limits, inputs=inputs)
         except SandboxError:
@@ -63,7 +58,7 @@ def _run_here(script: str, limits: Limits, inputs: RunInput | None) -> Response:
 @bp.post("/execute")
 def execute():
     """Run the script and answer what its main() returned, or enqueue it (?async=1)."""
-    script, limits, inputs, queued = parse_execute(request, current_app.config)
+    script, limits, inputs, queued = parse_execute(request, service().settings)
     if queued:
         job = _queue().submit(script, limits, inputs, request_id(), client_id())
         annotate(job_id=job.id)
@@ -71,11 +66,11 @@ def execute():
         response.status_code = 202
         response.headers["Location"] = url_for("sandbox.job", job_id=job.id)
         return response
-    if current_app.config["EXECUTE_VIA_QUEUE"]:
+    if service().settings.execute_via_queue:
         queue = _queue()
         job = queue.submit(script, limits, inputs, request_id(), client_id())
         annotate(job_id=job.id)
-        return jsonify(queue.wait(job, current_app.config["QUEUE_WAIT_S"],
+        return jsonify(queue.wait(job, service().settings.queue_wait_s,
                                   limits.timeout_s + RQ_BACKSTOP_S))
     return _run_here(script, limits, inputs)
 
@@ -98,7 +93,8 @@ def cancel_job(job_id: str):
 def health():
     """200 when scripts can run: the jail passed its escape probes (or workers serve the queue)."""
     body: dict = {}
-    if current_app.config["EXECUTE_VIA_QUEUE"]:
+    state = service()
+    if state.settings.execute_via_queue:
         queue = body["queue"] = _queue().health()
         healthy = queue["redis"] == "ok" and queue["workers"] > 0
     else:
@@ -108,6 +104,6 @@ def health():
         body["selftest"] = verdict.to_dict()
         body["warm_jails"] = {"size": pool.size if pool else 0, "idle": pool.idle if pool else 0}
         healthy = verdict.passed
-        if _state()["jobs"] is not None:
-            body["queue"] = _state()["jobs"].health()
+        if state.jobs is not None:
+            body["queue"] = state.jobs.health()
     return jsonify({"status": "ok" if healthy else "unavailable", **body}), 200 if healthy else 503

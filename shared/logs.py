@@ -1,36 +1,30 @@
 """Log lines of every process (API and workers): one JSON object per line with the fields Cloud
 Logging reads, or readable text lines.
 
-PYSANDBOX_LOG_FORMAT=json (the default) or text. In JSON every line has `severity`, `message`,
-`time` and `logger`. The API adds a request's fields (api/logs.py). A script's source, output
-and result are never passed to a log: only ids, codes, durations and sizes.
+PYSANDBOX_LOG_FORMAT=json (the default) or text (shared/settings.py). In JSON every line has
+`severity`, `message`, `time` and `logger`. The API adds a request's fields (api/logs.py). A
+script's source, output and result are never passed to a log: only ids, codes, durations and sizes.
 """
 import logging
 import os
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pythonjsonlogger.json import JsonFormatter
 
 from jail import Outcome
 
-FORMAT_ENV = "PYSANDBOX_LOG_FORMAT"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/(\d{1,20}))?")
 TRACE_KEY, SPAN_KEY = "logging.googleapis.com/trace", "logging.googleapis.com/spanId"
 
 
-def json_format() -> bool:
-    """True unless PYSANDBOX_LOG_FORMAT=text (anything else but json is refused)."""
-    value = os.environ.get(FORMAT_ENV, "json").strip().lower()
-    if value not in ("json", "text"):
-        raise ValueError(f"{FORMAT_ENV} must be json or text, not {value!r}")
-    return value == "json"
+LogFormat = Literal["json", "text"]
 
 
-def formatter() -> logging.Formatter:
+def formatter(log_format: LogFormat) -> logging.Formatter:
     """The formatter every handler of ours uses: JSON, or the readable text line."""
-    if not json_format():
+    if log_format == "text":
         return logging.Formatter(TEXT_FORMAT)
     return JsonFormatter("{levelname}{name}{message}", style="{", timestamp="time",
                          rename_fields={"levelname": "severity", "name": "logger"})
@@ -49,11 +43,11 @@ def trace_fields(header: str | None) -> dict[str, str]:
     return fields
 
 
-def setup(*filters: logging.Filter) -> None:
+def setup(log_format: LogFormat, *filters: logging.Filter) -> None:
     """Route the root logger (the app's, the jail's, rq's lines) through our formatter, with
     these filters (the API's adds a request's fields)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(formatter())
+    handler.setFormatter(formatter(log_format))
     for line_filter in filters:
         handler.addFilter(line_filter)
     root = logging.getLogger()

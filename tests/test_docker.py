@@ -25,7 +25,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.settings import DEFAULTS
+from shared.settings import Settings
 from jail.watchdog import SLACK_MB
 from tests.hostile import MEMORY_SUM, memory_bound_problem
 from tests.images import (SERVICE_PARTS, docker, free_port, image,  # noqa: F401 (image: a fixture)
@@ -38,7 +38,7 @@ HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 MAX_IMAGE_BYTES = 250 * 1000 * 1000  # issue 12: the default image stays within 250 MB (`docker image ls`: SI MB)
 HEALTH_TIMEOUT_S = 60
 DEFAULT_WORKERS = 2
-DEFAULT_MEMORY_MB = DEFAULTS["DEFAULT_MEMORY_MB"]
+DEFAULT_MEMORY_MB = Settings().default_memory_mb
 """The image's PYSANDBOX_WORKERS default (docker/supervise.py)."""
 EXIT_WITHIN_S = 20
 """How soon the container must exit once one of its parts died (the supervisor's stop

@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from shared.settings import DEFAULTS
+from shared.settings import Settings
 from api.proxy import proxy_settings
 from bench.slowclients import BENIGN_REQUESTS, KINDS, measure
 from tests.images import docker, image, make_var  # noqa: F401 (image: a fixture)
@@ -29,7 +29,7 @@ BODY_TIMEOUT_S = int(re.search(r"client_body_timeout (\d+)s;", NGINX_CONF)[1])
 CLOSE_MARGIN_S = 5.0
 """Beyond nginx's bound: its timers' granularity, and this side noticing on a loaded machine."""
 SLOW_PER_KIND = 500
-MAX_BODY_BYTES = proxy_settings(dict(DEFAULTS))["MAX_BODY_BYTES"]
+MAX_BODY_BYTES = proxy_settings(Settings())["MAX_BODY_BYTES"]
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
@@ -130,11 +130,11 @@ def test_gunicorn_answers_once_and_is_logged_once(service) -> None:
 
 def test_the_app_still_names_its_own_caps(service) -> None:
     """A body under nginx's cap reaches the app, which refuses a script over its own cap itself."""
-    script = "#" * (DEFAULTS["MAX_SCRIPT_BYTES"] + 1)  # type: ignore[operator]
+    script = "#" * (Settings().max_script_bytes + 1)
     answer = requests.post(f"{service[1]}/execute", json={"script": script}, timeout=30)
     assert answer.status_code == 413, answer.text
     assert answer.json()["error"] == {"code": "payload_too_large", "message":
-                                      f"the script is larger than {DEFAULTS['MAX_SCRIPT_BYTES']} bytes"}
+                                      f"the script is larger than {Settings().max_script_bytes} bytes"}
 
 
 def test_answers_larger_than_nginx_buffers_pass_whole(service) -> None:
@@ -177,7 +177,7 @@ def test_gunicorn_not_answering_in_time_is_a_json_504(image: str, run_flags: lis
     """nginx waits for gunicorn as long as the longest sync run may take (+ a margin), then 504."""
     env = ("PYSANDBOX_WORKERS=0", "PYSANDBOX_MAX_TIMEOUT_S=1", "PYSANDBOX_DEFAULT_TIMEOUT_S=1",
            "PYSANDBOX_QUEUE_WAIT_S=0")
-    waits_s = proxy_settings({**DEFAULTS, "MAX_TIMEOUT_S": 1, "QUEUE_WAIT_S": 0})["UPSTREAM_TIMEOUT_S"]
+    waits_s = proxy_settings(Settings(max_timeout_s=1, queue_wait_s=0))["UPSTREAM_TIMEOUT_S"]
     with running(image, run_flags, *env) as (container, base):
         stopped = docker("exec", container, "/usr/bin/python3", "-c", SIGNAL_GUNICORN_WORKER, "SIGSTOP")
         assert stopped.stdout.strip().isdigit(), stopped.stdout

@@ -6,7 +6,6 @@ works on with a new RQ worker, without a restart. With PYSANDBOX_WORKER_METRICS_
 serves its own /metrics on that port (compose: on the internal network only).
 """
 import logging
-import os
 import sys
 import time
 
@@ -17,13 +16,15 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
 from shared import logs
-from shared.settings import load_config
+from shared.settings import load, warn_unknown
 from shared.metrics import observe_warm_jails
 from jail import start_warm_pool
 from jail.selftest import self_test
 from shared.queue import QUEUE_NAME
 
 RECONNECT_S = 1.0
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+"""A worker's Redis when REDIS_URL is unset (an API without it has no queue at all)."""
 log = logging.getLogger("worker")
 
 
@@ -50,16 +51,17 @@ def wait_for(redis: Redis) -> None:
 
 def main() -> int:
     """Self-test the jail, then work the queue until told to stop."""
-    logs.setup()
-    config = load_config(None)
-    start_warm_pool(min(1, config["WARM_JAILS"]), config["TMP_MB"], observe_warm_jails)
+    settings = load()
+    logs.setup(settings.log_format)
+    warn_unknown()
+    start_warm_pool(min(1, settings.warm_jails), settings.tmp_mb, observe_warm_jails)
     verdict = self_test()
     if not verdict.passed:
         log.error("worker: the jail failed its self-test (%s); not starting", verdict.failures)
         return 1
-    if config["WORKER_METRICS_PORT"]:
-        start_http_server(config["WORKER_METRICS_PORT"])
-    redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port)
+    redis = Redis.from_url(settings.redis_url or LOCAL_REDIS_URL)
     while True:
         # Jobs run in this process (not a forked work-horse), where the warm jail lives.
         worker = Worker([Queue(QUEUE_NAME, connection=redis)], connection=redis,
