@@ -69,7 +69,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if settings.execute_via_queue and not settings.redis_url:
         raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
     jobs = JobQueue(settings.redis_url, settings.max_queued_jobs, settings.max_queued_jobs_per_client,
-                    settings.result_ttl_s, settings.retry_after_s, storage_budget(settings)) \
+                    settings.result_ttl_s, storage_budget(settings)) \
         if settings.redis_url else None
     runs_here = not settings.execute_via_queue
     if runs_here:

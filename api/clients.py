@@ -25,7 +25,7 @@ from flask import Flask, g, request
 from limits import parse_many
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api.errors import ApiError
+from api.errors import FORBIDDEN, UNAUTHORIZED, ApiError
 from api.service import service
 from shared.settings import Settings
 
@@ -109,14 +109,14 @@ def identify(presented: str, keys: list[Key]) -> Key | None:
 
 def forbidden(path: str) -> ApiError:
     """403 forbidden: a tenant's key on an operator's path."""
-    return ApiError(403, "forbidden", f"{path} is for the operator: it needs a key with the "
-                    f"`{OPERATOR}` role (name:sha256-hex[:limits]:{OPERATOR})")
+    return FORBIDDEN(f"{path} is for the operator: it needs a key with the "
+                     f"`{OPERATOR}` role (name:sha256-hex[:limits]:{OPERATOR})")
 
 
 def unauthorized(message: str, invalid: bool = False) -> ApiError:
     """401 unauthorized, with the challenge RFC 6750 describes."""
     challenge = CHALLENGE + (', error="invalid_token"' if invalid else "")
-    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
+    return UNAUTHORIZED(message, headers={"WWW-Authenticate": challenge})
 
 
 def presented_key() -> str:

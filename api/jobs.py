@@ -1,4 +1,8 @@
-"""Queued runs on RQ/Redis: enqueue a script, report a job's state by id."""
+"""Queued runs on RQ/Redis: enqueue a script, report a job's state by id.
+
+The API's client of the queue: it answers in domain values (a JobState, an Outcome, a Fault)
+and raises QueueError subclasses; the HTTP edge (api/responses.py) renders both."""
+import functools
 import logging
 import pickle
 import re
@@ -6,7 +10,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from enum import Enum
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -14,8 +20,6 @@ from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from api.errors import ApiError, busy
-from api.responses import outcome_body, outcome_error
 from jail import Limits, Outcome, RunInput, Status
 from shared.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
 from shared.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, \
@@ -30,6 +34,8 @@ WAITING_NAMES = {status.value for status in WAITING}
 CANCEL_WAIT_S = 3.0
 """How long DELETE waits for a running job's worker to confirm it killed the jail."""
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def client_jobs_key(client: str) -> str:
@@ -37,33 +43,82 @@ def client_jobs_key(client: str) -> str:
     return f"pysandbox:client-jobs:{client}"
 
 
-def worker_lost() -> ApiError:
-    """A job whose worker died mid-run, or lost Redis before it could store the result: it is
-    reported failed, never silently re-run."""
-    return ApiError(500, "worker_lost", "the worker running this job died, or lost the queue, before "
-                    "it finished; it was not re-run (submit it again)")
+class Fault(str, Enum):
+    """How a job failed through no fault of its script."""
+
+    CANCELED = "canceled"
+    """Its client canceled it before a worker started it."""
+    WORKER_LOST = "worker_lost"
+    """Its worker died mid-run, or lost Redis before it could store the result: it is reported
+    failed, never silently re-run."""
+    SANDBOX_FAILED = "sandbox_failed"
+    """The sandbox failed to run it (logged)."""
 
 
-def not_found() -> ApiError:
-    """404 job_not_found."""
-    return ApiError(404, "job_not_found", "no such job, or its result has expired")
+Ended = Outcome | Fault
+"""How a job ended: the run's Outcome (ok or the script's fault, or canceled while it ran), or a Fault."""
 
 
-def canceled() -> ApiError:
-    """The error of a job its client canceled (DELETE /jobs/<id>): only ever inside a job's
-    state, never raised, so its status is not an answer's."""
-    return ApiError(409, "canceled", "the job was canceled by its client")
+@dataclass(frozen=True)
+class JobState:
+    """A job as its client sees it."""
+
+    id: str
+    status: str
+    """queued, running, finished, failed or canceled."""
+    request_id: str | None
+    ended: Ended | None = None
+    """None while it has not ended."""
 
 
-def finished() -> ApiError:
-    """409 job_finished: a job that already ended cannot be canceled."""
-    return ApiError(409, "job_finished",
-                    "the job has already ended; only queued or running jobs can be canceled")
+class QueueError(Exception):
+    """The queue refused a request, or failed."""
 
 
-def unavailable(reason: str) -> ApiError:
-    """503 queue_unavailable."""
-    return ApiError(503, "queue_unavailable", reason, headers={"Retry-After": "5"})
+class QueueUnavailable(QueueError):
+    """Redis cannot be reached (or none is configured); the message says why."""
+
+
+def unreachable(exc: Exception) -> QueueUnavailable:
+    """The queue could not be reached: exc says how."""
+    return QueueUnavailable(f"the queue cannot be reached ({type(exc).__name__})")
+
+
+class QueueFull(QueueError):
+    """The queue, or this client's share of it, is full; the message says which."""
+
+
+class NoWorkerFree(QueueError):
+    """No worker took a sync run within the wait for one: it was canceled, never to run."""
+
+
+@dataclass
+class OverBudget(QueueError):
+    """The job would take the client's (client_full) or everyone's storage over budget."""
+
+    refusal: Refusal
+    need: int
+    budget: "Budget"
+
+
+class JobNotFound(QueueError):
+    """No such job of this client's: unknown, malformed, expired or another client's id."""
+
+
+class JobFinished(QueueError):
+    """A job that already ended cannot be canceled."""
+
+
+class JobFailed(QueueError):
+    """A sync run through the queue ended in a failure (its `ended`)."""
+
+    def __init__(self, ended: Ended) -> None:
+        super().__init__(ended)
+        self.ended = ended
+
+
+class JobOverran(QueueError):
+    """A sync run through the queue did not end within its limits and the backstop (logged)."""
 
 
 @dataclass(frozen=True)
@@ -74,58 +129,48 @@ class Budget:
     client_bytes: int
 
 
-def over_budget(refusal: Refusal, need: int, budget: Budget, retry_after_s: int) -> ApiError:
-    """503 storage_budget_exceeded (this client's budget) or storage_full (everyone's). Room
-    comes back as running jobs end (their worst case becomes what they stored) and as results
-    expire. 503 as `busy` is for the client's share of the queue: 429 means a rate limit, with
-    its X-RateLimit-* headers."""
-    headers = {"Retry-After": str(retry_after_s)}
-    reserve = (f"this job reserves {need} bytes (its input and the largest result its limits "
-               "allow, until it ends)")
-    if refusal.client_full:
-        return ApiError(503, "storage_budget_exceeded", (
-            f"this client's jobs hold {refusal.client_held} bytes of its {budget.client_bytes}-byte "
-            f"storage budget in the queue and {reserve}; retry once some of its jobs have ended "
-            "or their results have expired"), headers=headers)
-    return ApiError(503, "storage_full", (
-        f"the queue's storage holds {refusal.total_held} bytes of its {budget.total_bytes} and "
-        f"{reserve}; retry shortly"), headers=headers)
+def _reaching_redis(method: Callable[P, R]) -> Callable[P, R]:
+    """A JobQueue method whose RedisError becomes QueueUnavailable."""
+    @functools.wraps(method)
+    def reaching(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except RedisError as exc:
+            raise unreachable(exc) from None
+    return reaching
 
 
 class JobQueue:
     """The API's side of the queue."""
 
     def __init__(self, redis_url: str, max_queued: int, max_queued_per_client: int, result_ttl_s: int,
-                 retry_after_s: int, budget: Budget) -> None:
+                 budget: Budget) -> None:
         self.redis = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
         self.queue = Queue(QUEUE_NAME, connection=self.redis)
         self.ledger, self.budget = Ledger(self.redis), budget
         self.max_queued, self.max_queued_per_client = max_queued, max_queued_per_client
-        self.result_ttl_s, self.retry_after_s = result_ttl_s, retry_after_s
+        self.result_ttl_s = result_ttl_s
 
+    @_reaching_redis
     def submit(self, script: str, limits: Limits, inputs: RunInput | None, request_id: str,
                client: str) -> Job:
-        """Enqueue one run of client's, which keeps its request's id; 503 busy when the queue is
-        full, or when this client already has its share of it waiting; 503 over_budget() when
-        it would take the client's or everyone's storage over budget. Its input goes to a key of
-        its own, which the worker deletes; the job carries only its id."""
+        """Enqueue one run of client's, which keeps its request's id; QueueFull when the queue is
+        full, or when this client already has its share of it waiting; OverBudget when it would
+        take the client's or everyone's storage over budget. Its input goes to a key of its own,
+        which the worker deletes; the job carries only its id."""
         payload = pickle.dumps((script, limits, inputs), protocol=pickle.HIGHEST_PROTOCOL)
         need = allocated(len(payload)) + worst_result_bytes(limits) + JOB_OVERHEAD_BYTES
         job_id = str(uuid.uuid4())
-        try:
-            if self.queue.count >= self.max_queued:
-                raise busy(f"the queue holds {self.max_queued} jobs", self.retry_after_s)
-            waiting = self._waiting_of(client)
-            if waiting >= self.max_queued_per_client:
-                raise busy(f"this client has {waiting} jobs waiting in the queue, its share of it",
-                           self.retry_after_s)
-            refusal = self.ledger.reserve(job_id, client, need, self.budget.client_bytes,
-                                          self.budget.total_bytes)
-            if refusal is not None:
-                raise over_budget(refusal, need, self.budget, self.retry_after_s)
-            return self._enqueue(job_id, payload, limits, request_id, client)
-        except RedisError as exc:
-            raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
+        if self.queue.count >= self.max_queued:
+            raise QueueFull(f"the queue holds {self.max_queued} jobs")
+        waiting = self._waiting_of(client)
+        if waiting >= self.max_queued_per_client:
+            raise QueueFull(f"this client has {waiting} jobs waiting in the queue, its share of it")
+        refusal = self.ledger.reserve(job_id, client, need, self.budget.client_bytes,
+                                      self.budget.total_bytes)
+        if refusal is not None:
+            raise OverBudget(refusal, need, self.budget)
+        return self._enqueue(job_id, payload, limits, request_id, client)
 
     def _enqueue(self, job_id: str, payload: bytes, limits: Limits, request_id: str,
                  client: str) -> Job:
@@ -169,60 +214,57 @@ class JobQueue:
             self.redis.srem(key, *gone)
         return len(ids) - len(gone)
 
-    def wait(self, job: Job, queue_wait_s: float, run_s: float) -> dict[str, Any]:
-        """Block until the job ends; the sync answer's 200 body, or its error raised.
+    @_reaching_redis
+    def wait(self, job: Job, queue_wait_s: float, run_s: float) -> Outcome:
+        """Block until the job ends; its Outcome if main() returned, else JobFailed.
 
-        A job no worker has taken within queue_wait_s is cancelled and answered 503 busy,
-        as a local run that finds no free slot is: its client will not expect it to run."""
-        try:
-            taken_by = time.monotonic() + queue_wait_s
-            while job.get_status() in WAITING:
-                if time.monotonic() >= taken_by:
-                    job.cancel()
-                    self._drop_input(job)
-                    raise busy("every worker is busy", self.retry_after_s)
-                time.sleep(0.005)
-            ends_by = time.monotonic() + run_s
-            while time.monotonic() < ends_by:
-                job.latest_result(timeout=1)
-                status, detail = self._resolve(job)
-                if isinstance(detail, ApiError):
-                    raise detail
-                if status == "finished":
-                    return detail
-        except RedisError as exc:
-            raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
+        A job no worker has taken within queue_wait_s is cancelled (NoWorkerFree), as a local run
+        that finds no free slot is refused: its client will not expect it to run."""
+        taken_by = time.monotonic() + queue_wait_s
+        while job.get_status() in WAITING:
+            if time.monotonic() >= taken_by:
+                job.cancel()
+                self._drop_input(job)
+                raise NoWorkerFree("every worker is busy")
+            time.sleep(0.005)
+        ends_by = time.monotonic() + run_s
+        while time.monotonic() < ends_by:
+            job.latest_result(timeout=1)
+            status, ended = self._resolve(job)
+            if status == "finished" and isinstance(ended, Outcome):
+                return ended
+            if ended is not None:
+                raise JobFailed(ended)
         log.error("job %s outlived its limits by %d s", job.id, RQ_BACKSTOP_S)
-        raise ApiError(500, "internal_error", "the run did not end in time; the error was logged")
+        raise JobOverran(job.id)
 
-    def state(self, job_id: str, client: str) -> dict[str, Any]:
-        """{"id", "status", "request_id", ...} for client's job: its result or its error once it
-        has ended."""
+    @_reaching_redis
+    def state(self, job_id: str, client: str) -> JobState:
+        """client's job: its status, and how it ended once it has."""
         return self._describe(self._fetch(job_id, client))
 
-    def cancel(self, job_id: str, client: str) -> dict[str, Any]:
+    @_reaching_redis
+    def cancel(self, job_id: str, client: str) -> JobState:
         """Cancel client's queued or running job and answer its state (canceled, once its worker
-        has killed the jail); a canceled job's state again; 409 job_finished for one that ended."""
+        has killed the jail); a canceled job's state again; JobFinished for one that ended."""
         job = self._fetch(job_id, client)
         status, _ = self._resolve(job)
         if status == "canceled":
             return self._describe(job)
         if status not in ("queued", "running"):
-            raise finished()
+            raise JobFinished(job.id)
         try:
             request_cancel(self.redis, job.id, self.result_ttl_s)
             if job.get_status() in WAITING:
                 job.cancel()  # never runs; a worker that took it meanwhile sees the cancel key
                 self._drop_input(job)
-        except RedisError as exc:
-            raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
         except InvalidJobOperation:
             pass  # taken or ended meanwhile: the worker honours the key, or it had finished
         ends_by = time.monotonic() + CANCEL_WAIT_S
         while (status := self._resolve(job)[0]) == "running" and time.monotonic() < ends_by:
             time.sleep(0.05)
         if status in ("finished", "failed"):
-            raise finished()  # it ended before its worker saw the cancel
+            raise JobFinished(job.id)  # it ended before its worker saw the cancel
         return self._describe(job)
 
     def _drop_input(self, job: Job) -> None:
@@ -237,53 +279,45 @@ class JobQueue:
             self.ledger.settle(job.id, JOB_OVERHEAD_BYTES, done=True)
 
     def _fetch(self, job_id: str, client: str) -> Job:
-        """client's job; 404 job_not_found for an id that is malformed, unknown, expired or
+        """client's job; JobNotFound for an id that is malformed, unknown, expired or
         another client's, all alike. The owner is in the job's meta, which the one read of the
         job's hash brings: a foreign job costs the same round trip as an unknown one. A job
         queued before owners were recorded has none and is nobody's (see the README)."""
         if not JOB_ID.fullmatch(job_id):
-            raise not_found()
+            raise JobNotFound(job_id)
         try:
             job = Job.fetch(job_id, connection=self.redis)
         except NoSuchJobError:
-            raise not_found() from None
-        except RedisError as exc:
-            raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
+            raise JobNotFound(job_id) from None
         if job.meta.get("client") != client:
-            raise not_found()
+            raise JobNotFound(job_id)
         return job
 
-    def _describe(self, job: Job) -> dict[str, Any]:
-        status, detail = self._resolve(job)
-        head = {"id": job.id, "status": status, "request_id": job.meta.get("request_id")}
-        return {**head, **(detail.to_dict() if isinstance(detail, ApiError) else detail)}
+    def _describe(self, job: Job) -> JobState:
+        status, ended = self._resolve(job)
+        return JobState(job.id, status, job.meta.get("request_id"), ended)
 
-    def _resolve(self, job: Job) -> tuple[str, dict[str, Any] | ApiError]:
-        """The job's public status with its 200 body, or with the error it ended in."""
-        try:
-            status = job.get_status()
-            if status is JobStatus.CANCELED:
-                return "canceled", canceled()
-            if status in WAITING:
-                return "queued", {}
-            if status is JobStatus.STARTED:
-                return ("running", {}) if self._running(job) else ("failed", worker_lost())
-            value = job.return_value() if status is JobStatus.FINISHED else None
-            if isinstance(value, dict):
-                outcome = Outcome.from_dict(value)
-                if outcome.status is Status.CANCELED:
-                    return "canceled", outcome_error(outcome)
-                return ("finished", outcome_body(outcome)) if outcome.ok else (
-                    "failed", outcome_error(outcome))
-        except RedisError as exc:
-            raise unavailable(f"the queue cannot be reached ({type(exc).__name__})") from None
+    def _resolve(self, job: Job) -> tuple[str, Ended | None]:
+        """The job's public status, and how it ended (None while it has not)."""
+        status = job.get_status()
+        if status is JobStatus.CANCELED:
+            return "canceled", Fault.CANCELED
+        if status in WAITING:
+            return "queued", None
+        if status is JobStatus.STARTED:
+            return ("running", None) if self._running(job) else ("failed", Fault.WORKER_LOST)
+        value = job.return_value() if status is JobStatus.FINISHED else None
+        if isinstance(value, dict):
+            outcome = Outcome.from_dict(value)
+            if outcome.status is Status.CANCELED:
+                return "canceled", outcome
+            return ("finished" if outcome.ok else "failed"), outcome
         # Abandoned: its worker died. A Redis error: the worker lost Redis (a restart, a
         # failover) while storing the outcome, and RQ recorded that once Redis was back.
         if any(mark in (job.exc_info or "") for mark in ("AbandonedJobError", "redis.exceptions.")):
-            return "failed", worker_lost()
+            return "failed", Fault.WORKER_LOST
         log.error("job %s failed in the worker: %s", job.id, job.exc_info)
-        return "failed", ApiError(500, "internal_error",
-                                  "the sandbox failed to run this job; the error was logged")
+        return "failed", Fault.SANDBOX_FAILED
 
     def _running(self, job: Job) -> bool:
         """A started job is running while its worker keeps its liveness key (or just began)."""

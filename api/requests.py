@@ -5,7 +5,7 @@ import json
 
 from flask import Request
 
-from api.errors import ApiError
+from api.errors import INVALID_FILE, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, ApiError
 from api.schemas import ExecuteQuery, ExecuteRequest, FileContent, TextFile, parse_json, parse_query
 from jail import Limits, RunInput
 from shared.settings import Settings
@@ -15,12 +15,12 @@ from jail.runinput import in_name_problem
 
 def too_large(what: str) -> ApiError:
     """413 payload_too_large naming the cap."""
-    return ApiError(413, "payload_too_large", what)
+    return PAYLOAD_TOO_LARGE(what)
 
 
 def invalid_file(name: str, why: str) -> ApiError:
     """400 invalid_file naming the file."""
-    return ApiError(400, "invalid_file", f"file {json.dumps(name)[:200]}: {why}")
+    return INVALID_FILE(f"file {json.dumps(name)[:200]}: {why}")
 
 
 def files_in_cap(settings: Settings) -> int:
@@ -34,7 +34,7 @@ def parse_execute(request: Request, settings: Settings) -> tuple[str, Limits, Ru
 
     415 comes before the body is read, 413 before it is parsed (Flask's MAX_CONTENT_LENGTH)."""
     if not request.is_json:
-        raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+        raise UNSUPPORTED_MEDIA_TYPE("send the body as Content-Type: application/json")
     body = parse_json(ExecuteRequest, request.get_data(cache=False))
     if len(body.script.encode("utf-8", "surrogatepass")) > settings.max_script_bytes:
         raise too_large(f"the script is larger than {settings.max_script_bytes} bytes")

@@ -4,15 +4,15 @@ import logging
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.clients import client_id
-from api.errors import ApiError
-from api.jobs import JOB_ID, RQ_BACKSTOP_S, JobQueue, unavailable
+from api.errors import INTERNAL_ERROR, SANDBOX_UNAVAILABLE, respond
+from api.jobs import JOB_ID, RQ_BACKSTOP_S, JobQueue, QueueError, QueueUnavailable
 from api.logs import annotate
 from shared.logs import run_fields
 from shared.metrics import observe_run, observe_sandbox_error
 from api.request_ids import request_id
 from api.service import service
 from api.requests import parse_execute
-from api.responses import outcome_body
+from api.responses import job_body, outcome_body, queue_error
 from jail import Limits, RunInput, SandboxError, run, warm_pool
 from jail.selftest import SelfTest, self_test
 
@@ -31,28 +31,31 @@ def _checked() -> SelfTest:
 def _queue() -> JobQueue:
     jobs = service().jobs
     if jobs is None:
-        raise unavailable("async runs need a queue: set REDIS_URL")
+        raise QueueUnavailable("async runs need a queue: set REDIS_URL")
     return jobs
 
 
 def _run_here(script: str, limits: Limits, inputs: RunInput | None) -> Response:
     """The run's answer, with how long it waited for a run slot as Server-Timing `slot`."""
     if not _checked().passed:
-        raise ApiError(503, "sandbox_unavailable",
-                       "the sandbox failed its self-test; no script is run until it passes",
-                       headers={"Retry-After": "30"})
+        raise SANDBOX_UNAVAILABLE("the sandbox failed its self-test; no script is run until it passes")
     with service().capacity.slot(client_id()) as waited_s:
         try:
             outcome = run(script, limits, inputs=inputs)
         except SandboxError:
             observe_sandbox_error()
             log.exception("the sandbox failed")
-            raise ApiError(500, "internal_error", "the sandbox failed; the error was logged") from None
+            raise INTERNAL_ERROR("the sandbox failed; the error was logged") from None
     observe_run(outcome)
     annotate(**run_fields(outcome))  # the request's line is the run's: no second line per run
     response = jsonify(outcome_body(outcome))
     response.headers["Server-Timing"] = f"slot;dur={waited_s * 1000:.1f}"
     return response
+
+
+@bp.errorhandler(QueueError)
+def _queue_refused(exc: QueueError) -> Response:
+    return respond(queue_error(exc, service().settings.retry_after_s))
 
 
 @bp.post("/execute")
@@ -70,8 +73,8 @@ def execute():
         queue = _queue()
         job = queue.submit(script, limits, inputs, request_id(), client_id())
         annotate(job_id=job.id)
-        return jsonify(queue.wait(job, service().settings.queue_wait_s,
-                                  limits.timeout_s + RQ_BACKSTOP_S))
+        return jsonify(outcome_body(queue.wait(job, service().settings.queue_wait_s,
+                                               limits.timeout_s + RQ_BACKSTOP_S)))
     return _run_here(script, limits, inputs)
 
 
@@ -79,14 +82,14 @@ def execute():
 def job(job_id: str):
     """A queued run's status; its result or error once it has ended."""
     annotate(job_id=job_id if JOB_ID.fullmatch(job_id) else None)
-    return jsonify(_queue().state(job_id, client_id()))
+    return jsonify(job_body(_queue().state(job_id, client_id())))
 
 
 @bp.delete("/jobs/<job_id>")
 def cancel_job(job_id: str):
     """Cancel a queued or running run; answers its state, canceled."""
     annotate(job_id=job_id if JOB_ID.fullmatch(job_id) else None)
-    return jsonify(_queue().cancel(job_id, client_id()))
+    return jsonify(job_body(_queue().cancel(job_id, client_id())))
 
 
 @bp.get("/health")

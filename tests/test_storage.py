@@ -164,7 +164,7 @@ def test_a_job_keeps_no_input_once_taken_and_fits_its_overhead(redis_url, redis)
     record carries no script, and what a small job keeps in Redis fits JOB_OVERHEAD_BYTES.
     A job in the old form (the input as arguments of worker.jobs.execute) still runs."""
     queue = JobQueue(redis_url, max_queued=10, max_queued_per_client=10, result_ttl_s=60,
-                     retry_after_s=1, budget=Budget(2**30, 2**29))
+                     budget=Budget(2**30, 2**29))
     script = "def main():\n    return 'marker-' + 'x' * 20"
     job = queue.submit(script, Limits(), None, "r1", "key:a")
     assert redis.exists(payload_key(job.id)) and b"marker" not in redis.hget(job.key, "data")
@@ -189,10 +189,10 @@ def test_a_job_canceled_before_it_ran_drops_its_input_and_keeps_only_its_record(
     expires with the result TTL (RQ alone keeps a canceled job forever), its storage is the
     record's."""
     queue = JobQueue(redis_url, max_queued=10, max_queued_per_client=10, result_ttl_s=60,
-                     retry_after_s=1, budget=Budget(2**30, 2**29))
+                     budget=Budget(2**30, 2**29))
     job = queue.submit("def main():\n    return 1", Limits(), None, "r1", "key:a")
     assert int(redis.hget(JOBS, job.id).split()[0]) > worst_result_bytes(Limits())  # type: ignore[union-attr]
-    assert queue.cancel(job.id, "key:a")["status"] == "canceled"
+    assert queue.cancel(job.id, "key:a").status == "canceled"
     assert not redis.exists(payload_key(job.id)) and 0 < redis.ttl(job.key) <= 60
     assert redis.hget(JOBS, job.id) == f"{JOB_OVERHEAD_BYTES} d key:a".encode()
     assert held(redis) == (JOB_OVERHEAD_BYTES, {"key:a": JOB_OVERHEAD_BYTES})
