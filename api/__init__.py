@@ -10,10 +10,10 @@ from api import clients, docs, errors, logs, metrics, playground, ratelimits, re
 from api.capacity import Capacity
 from api.jobs import Budget, JobQueue
 from api.requests import files_in_cap
+from api.modes import EnqueueOnly, RunHere, RunMode
 from api.service import EXTENSION, Service
-from jail import start_warm_pool
+from jail import Sandbox
 from jail.limits import MIB
-from jail.selftest import self_test
 from shared.metrics import observe_warm_jails
 from shared.settings import Settings, load, warn_unknown
 from shared.storage import JOB_OVERHEAD_BYTES, worst_result_bytes
@@ -47,6 +47,19 @@ def storage_budget(settings: Settings) -> Budget:
     return budget
 
 
+def run_mode(settings: Settings, jobs: JobQueue | None) -> RunMode:
+    """EnqueueOnly with PYSANDBOX_EXECUTE_VIA_QUEUE (it needs the queue), else RunHere: a
+    sandbox with the warm jails, the run slots, and the jail's self-test."""
+    if settings.execute_via_queue:
+        if jobs is None:
+            raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
+        return EnqueueOnly(jobs, settings.queue_wait_s)
+    sandbox = Sandbox(settings.warm_jails, settings.tmp_mb, on_change=observe_warm_jails)
+    capacity = Capacity(settings.max_concurrent_runs, settings.queue_wait_s, settings.retry_after_s,
+                        settings.fair_sharing, reserved=newcomer_slots(settings.max_concurrent_runs))
+    return RunHere(sandbox, capacity, jobs)
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """The app, configured from PYSANDBOX_* variables (and REDIS_URL) and then `test_config` (by
     setting name, e.g. {"MAX_TIMEOUT_S": 2}), after a self-test of the jail."""
@@ -66,22 +79,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(routes.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(playground.bp)
-    if settings.execute_via_queue and not settings.redis_url:
-        raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
     jobs = JobQueue(settings.redis_url, settings.max_queued_jobs, settings.max_queued_jobs_per_client,
                     settings.result_ttl_s, storage_budget(settings)) \
         if settings.redis_url else None
-    runs_here = not settings.execute_via_queue
-    if runs_here:
-        start_warm_pool(settings.warm_jails, settings.tmp_mb, observe_warm_jails)
-    app.extensions[EXTENSION] = Service(
-        settings=settings,
-        capacity=Capacity(settings.max_concurrent_runs, settings.queue_wait_s, settings.retry_after_s,
-                          settings.fair_sharing, reserved=newcomer_slots(settings.max_concurrent_runs)),
-        keys=keys,
-        # An API that only enqueues never runs the jail, and needs no privileges for it.
-        selftest=None if settings.execute_via_queue else self_test(),
-        jobs=jobs,
-    )
-    metrics.register(app, settings.max_concurrent_runs if runs_here else 0, settings.metrics)
+    mode = run_mode(settings, jobs)
+    app.extensions[EXTENSION] = Service(settings=settings, keys=keys, mode=mode, jobs=jobs)
+    metrics.register(app, mode.capacity.slots if isinstance(mode, RunHere) else 0, settings.metrics)
     return app

@@ -30,7 +30,7 @@ class StateCollector(Collector):
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
-        selftest, jobs = self.state.selftest, self.state.jobs
+        selftest, jobs = self.state.mode.selftest, self.state.jobs
         if selftest is not None:
             yield GaugeMetricFamily("pysandbox_selftest_passed", "1 when this API's jail passed "
                                     "its escape self-test", value=int(selftest.passed))

@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, current_app
 
 if TYPE_CHECKING:  # these modules read the Service of their app
-    from api.capacity import Capacity
     from api.clients import Key
     from api.jobs import JobQueue
-    from jail.selftest import SelfTest
+    from api.modes import RunMode
     from shared.settings import Settings
 
 EXTENSION = "pysandbox"
@@ -21,10 +20,9 @@ class Service:
     """An app's state, in app.extensions[EXTENSION]."""
 
     settings: Settings
-    capacity: Capacity
     keys: list[Key]
-    selftest: SelfTest | None
-    """The startup self-test's verdict; None for an API that only enqueues (no jail here)."""
+    mode: RunMode
+    """Where sync runs run (api/modes.py)."""
     jobs: JobQueue | None
     """The queue, when REDIS_URL is set."""
     openapi: dict[str, Any] | None = None

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from jail import Limits, Outcome, Status, run
+from jail import Limits, Outcome, Sandbox, Status
 
-pytestmark = pytest.mark.usefixtures("each_jail_kind")
 from jail.settings import settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,11 +159,11 @@ PRELUDE = f"TOKEN = {TOKEN!r}\n" + textwrap.dedent('''\
 # helpers
 
 
-def jailed(source: str, limits: Limits = QUICK) -> tuple[Outcome, float]:
+def jailed(sandbox: Sandbox, source: str, limits: Limits = QUICK) -> tuple[Outcome, float]:
     """Run a script; run() must return an Outcome, never raise. Returns it and the wall time."""
     start = time.monotonic()
     try:
-        outcome = run(source, limits)
+        outcome = sandbox.run(source, limits)
     except Exception as exc:  # noqa: BLE001 - any exception from run() is the failure
         pytest.fail(f"run() raised {type(exc).__name__}: {exc}")
     elapsed = time.monotonic() - start
@@ -178,12 +177,12 @@ def describe(outcome: Outcome) -> str:
             f"traceback={(outcome.traceback or '')[-500:]!r}")
 
 
-def probe(setup: str, attacks: dict[str, str], limits: Limits = QUICK) -> dict[str, str]:
+def probe(sandbox: Sandbox, setup: str, attacks: dict[str, str], limits: Limits = QUICK) -> dict[str, str]:
     """Run attacks (name -> Python expression) in one jail; return name -> DID/BLOCKED."""
     lines = [PRELUDE, textwrap.dedent(setup), "", "def main():", "    return {"]
     lines += [f"        {name!r}: attempt(lambda: {expr})," for name, expr in attacks.items()]
     lines += ["    }", ""]
-    outcome, _ = jailed("\n".join(lines), limits)
+    outcome, _ = jailed(sandbox, "\n".join(lines), limits)
     assert outcome.status is Status.OK, describe(outcome)
     assert set(outcome.result) == set(attacks), outcome.result
     return outcome.result
@@ -243,10 +242,10 @@ def assert_token_absent(*paths: Path) -> None:
 
 
 @pytest.fixture(autouse=True)
-def benign_run_still_works():
+def benign_run_still_works(sandbox: Sandbox):
     """After every attack, a fresh jail still runs an ordinary script."""
     yield
-    outcome = run(BENIGN, Limits(timeout_s=5.0, memory_mb=128))
+    outcome = sandbox.run(BENIGN, Limits(timeout_s=5.0, memory_mb=128))
     assert outcome.status is Status.OK and outcome.result == 42, \
         f"benign run after the attack failed: {describe(outcome)}"
 
@@ -468,8 +467,8 @@ RESOURCES = [
 
 
 @pytest.mark.parametrize("source, limits, expected, check", RESOURCES)
-def test_resource_attack_is_contained(source, limits, expected, check):
-    outcome, elapsed = jailed(source, limits)
+def test_resource_attack_is_contained(sandbox, source, limits, expected, check):
+    outcome, elapsed = jailed(sandbox, source, limits)
     assert outcome.status in expected, describe(outcome)
     assert elapsed <= limits.timeout_s + TIME_MARGIN_S, \
         f"run took {elapsed:.1f} s with a {limits.timeout_s} s limit"
@@ -540,7 +539,7 @@ def _host_mqueue() -> bool:
     pytest.param("inotify", _host_inotify, id="inotify-instances"),
     pytest.param("mqueue", _host_mqueue, id="posix-mqueue-bytes"),
 ])
-def test_jail_cannot_exhaust_host_root_quotas(kind, host_can):
+def test_jail_cannot_exhaust_host_root_quotas(sandbox, kind, host_can):
     """Per-user kernel quotas the jail uses must not be the host root's (the userns owner's).
 
     The jail grabs every inotify instance / POSIX mqueue byte it can and holds them for 2 s;
@@ -549,7 +548,7 @@ def test_jail_cannot_exhaust_host_root_quotas(kind, host_can):
     assert host_can(), f"the host cannot get a {kind} even before the attack"
     starved = 0
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        attack = pool.submit(jailed, QUOTA_GRAB.replace("{kind}", kind),
+        attack = pool.submit(jailed, sandbox, QUOTA_GRAB.replace("{kind}", kind),
                              Limits(timeout_s=4.0, memory_mb=128))
         deadline = time.monotonic() + 2.0
         time.sleep(0.3)
@@ -593,23 +592,23 @@ FS_READS = [
 
 
 @pytest.mark.parametrize("attacks", FS_READS)
-def test_host_file_is_not_readable(attacks):
-    assert_all_blocked(probe("", attacks))
+def test_host_file_is_not_readable(sandbox, attacks):
+    assert_all_blocked(probe(sandbox, "", attacks))
 
 
-def test_root_holds_only_the_runtime():
-    outcome, _ = jailed(PRELUDE + "\ndef main():\n    return sorted(os.listdir('/'))\n")
+def test_root_holds_only_the_runtime(sandbox):
+    outcome, _ = jailed(sandbox, PRELUDE + "\ndef main():\n    return sorted(os.listdir('/'))\n")
     assert outcome.status is Status.OK, describe(outcome)
     host_only = set(outcome.result) & {"etc", "home", "root", "var", "work", "proc", "sys",
                                        "run", "srv", "mnt", "boot", "media"}
     assert not host_only, f"host directories visible in the jail: {outcome.result}"
 
 
-def test_host_tmp_file_is_invisible():
+def test_host_tmp_file_is_invisible(sandbox):
     marker = Path(f"/tmp/pysandbox-adv-{uuid.uuid4().hex}")
     marker.write_text("host secret")
     try:
-        report = probe("", {"read": f"read({str(marker)!r})",
+        report = probe(sandbox, "", {"read": f"read({str(marker)!r})",
                             "listed": f"listed({marker.name!r}, '/tmp')"})
     finally:
         marker.unlink()
@@ -636,13 +635,13 @@ FS_WRITES = [
 
 
 @pytest.mark.parametrize("attacks", FS_WRITES)
-def test_read_only_places_are_read_only(attacks):
-    assert_all_blocked(probe("", attacks))
+def test_read_only_places_are_read_only(sandbox, attacks):
+    assert_all_blocked(probe(sandbox, "", attacks))
     assert_token_absent(HARNESS, settings().site_dir / "numpy" / "__init__.py",
                         Path("/usr/bin/python3").resolve())
 
 
-def test_cwd_is_the_private_scratch_tmpfs():
+def test_cwd_is_the_private_scratch_tmpfs(sandbox):
     name = f"pysandbox-adv-cwd-{uuid.uuid4().hex}"
     source = PRELUDE + textwrap.dedent(f'''
         def main():
@@ -650,7 +649,7 @@ def test_cwd_is_the_private_scratch_tmpfs():
             return {{"cwd": os.getcwd(), "abs": os.path.abspath({name!r}),
                      "up": sorted(os.listdir(".."))}}
         ''')
-    outcome, _ = jailed(source)
+    outcome, _ = jailed(sandbox, source)
     assert outcome.status is Status.OK, describe(outcome)
     assert outcome.result["cwd"] == "/tmp", outcome.result
     leaked = [str(p) for base in (Path("/tmp"), REPO, Path.cwd()) for p in base.glob(name)]
@@ -727,8 +726,8 @@ FS_EXEC = [
 
 
 @pytest.mark.parametrize("attacks", FS_EXEC)
-def test_no_exec_of_dropped_files(attacks):
-    assert_all_blocked(probe(EXEC_SETUP, attacks))
+def test_no_exec_of_dropped_files(sandbox, attacks):
+    assert_all_blocked(probe(sandbox, EXEC_SETUP, attacks))
 
 
 LINK_SETUP = '''
@@ -761,18 +760,18 @@ FS_LINKS = [
 
 
 @pytest.mark.parametrize("attacks", FS_LINKS)
-def test_link_tricks_do_not_reach_outside(attacks):
-    assert_all_blocked(probe(LINK_SETUP, attacks))
+def test_link_tricks_do_not_reach_outside(sandbox, attacks):
+    assert_all_blocked(probe(sandbox, LINK_SETUP, attacks))
     assert_token_absent(HARNESS)
 
 
-def test_dev_holds_only_harmless_devices():
-    outcome, _ = jailed("import os\ndef main():\n    return sorted(os.listdir('/dev'))\n")
+def test_dev_holds_only_harmless_devices(sandbox):
+    outcome, _ = jailed(sandbox, "import os\ndef main():\n    return sorted(os.listdir('/dev'))\n")
     assert outcome.status is Status.OK, describe(outcome)
     assert set(outcome.result) <= {"null", "zero", "urandom", "random", "shm"}, outcome.result
 
 
-def test_dangerous_devices_absent_and_mknod_fails():
+def test_dangerous_devices_absent_and_mknod_fails(sandbox):
     attacks = {f"exists_{d}": f"os.stat('/dev/{d}')"
                for d in ("mem", "kmem", "kmsg", "port", "kvm", "sda", "vda", "tty", "console",
                          "fuse", "net/tun", "vsock", "vhost-vsock")}
@@ -783,11 +782,11 @@ def test_dangerous_devices_absent_and_mknod_fails():
         "read_node": "(os.mknod('/tmp/m2', stat.S_IFCHR | 0o666, os.makedev(1, 1)), "
                      "read('/tmp/m2'))",
     }
-    assert_all_blocked(probe("", attacks))
+    assert_all_blocked(probe(sandbox, "", attacks))
 
 
-def test_sys_and_proc_absent():
-    assert_all_blocked(probe("", {"sys": "os.listdir('/sys')", "proc": "os.listdir('/proc')",
+def test_sys_and_proc_absent(sandbox):
+    assert_all_blocked(probe(sandbox, "", {"sys": "os.listdir('/sys')", "proc": "os.listdir('/proc')",
                                   "cgroup": "os.listdir('/sys/fs/cgroup')"}))
 
 
@@ -824,11 +823,11 @@ NETWORK = [
 
 
 @pytest.mark.parametrize("attacks", NETWORK)
-def test_no_network(attacks):
-    assert_all_blocked(probe("", attacks))
+def test_no_network(sandbox, attacks):
+    assert_all_blocked(probe(sandbox, "", attacks))
 
 
-def test_host_listeners_unreachable():
+def test_host_listeners_unreachable(sandbox):
     """A TCP and an abstract unix socket listening on the host: the jail reaches neither."""
     tcp_server = socket.create_server(("127.0.0.1", 0))
     abstract = f"\0pysandbox-adv-{uuid.uuid4().hex}"
@@ -837,7 +836,7 @@ def test_host_listeners_unreachable():
     unix_server.listen()
     port = tcp_server.getsockname()[1]
     try:
-        report = probe("", {"tcp": f"tcp('127.0.0.1', {port})",
+        report = probe(sandbox, "", {"tcp": f"tcp('127.0.0.1', {port})",
                             "abstract": f"unix({abstract!r})"})
         for server in (tcp_server, unix_server):
             server.setblocking(False)
@@ -849,11 +848,11 @@ def test_host_listeners_unreachable():
     assert_all_blocked(report)
 
 
-def test_no_interface_but_loopback():
+def test_no_interface_but_loopback(sandbox):
     source = "import socket\ndef main():\n" \
              "    try:\n        return [n for _, n in socket.if_nameindex()]\n" \
              "    except OSError as exc:\n        return str(exc)\n"
-    outcome, _ = jailed(source)
+    outcome, _ = jailed(sandbox, source)
     assert outcome.status is Status.OK, describe(outcome)
     assert isinstance(outcome.result, str) or set(outcome.result) <= {"lo"}, outcome.result
 
@@ -914,11 +913,11 @@ PRIVILEGE = [
 
 
 @pytest.mark.parametrize("attacks", PRIVILEGE)
-def test_privileged_operation_fails(attacks):
-    assert_all_blocked(probe("", attacks))
+def test_privileged_operation_fails(sandbox, attacks):
+    assert_all_blocked(probe(sandbox, "", attacks))
 
 
-def test_no_capabilities():
+def test_no_capabilities(sandbox):
     source = PRELUDE + textwrap.dedent('''
         def main():
             header = (ctypes.c_uint32 * 2)(0x20080522, 0)
@@ -929,7 +928,7 @@ def test_no_capabilities():
                     "inheritable": [data[2], data[5]], "ambient": ambient,
                     "uid": os.getresuid(), "gid": os.getresgid(), "groups": os.getgroups()}
         ''')
-    outcome, _ = jailed(source)
+    outcome, _ = jailed(sandbox, source)
     assert outcome.status is Status.OK, describe(outcome)
     caps = outcome.result
     assert caps["effective"] == [0, 0] and caps["permitted"] == [0, 0], caps
@@ -938,9 +937,9 @@ def test_no_capabilities():
     assert 0 not in caps["groups"], caps
 
 
-def test_no_new_privs_is_set():
+def test_no_new_privs_is_set(sandbox):
     source = PRELUDE + "\ndef main():\n    return prctl(39, 0, 0, 0, 0)\n"
-    outcome, _ = jailed(source)
+    outcome, _ = jailed(sandbox, source)
     assert outcome.status is Status.OK and outcome.result == 1, describe(outcome)
 
 
@@ -981,12 +980,12 @@ def main():
 '''
 
 
-def test_kill_everything_reaches_nothing_outside():
+def test_kill_everything_reaches_nothing_outside(sandbox):
     """kill(-1), kill(0), kill(1) and every pid from inside: a concurrent jail and the host survive."""
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        sibling = pool.submit(jailed, SIBLING, Limits(timeout_s=4.0, memory_mb=64))
+        sibling = pool.submit(jailed, sandbox, SIBLING, Limits(timeout_s=4.0, memory_mb=64))
         time.sleep(0.2)
-        outcome, _ = jailed(KILL_EVERYTHING)
+        outcome, _ = jailed(sandbox, KILL_EVERYTHING)
         sibling_outcome, _ = sibling.result()
     assert outcome.status is Status.OK and outcome.result == "harness alive", describe(outcome)
     assert sibling_outcome.status is Status.OK and sibling_outcome.result == "sibling alive", \
@@ -1305,18 +1304,18 @@ RESULT_CHANNEL = [
 
 
 @pytest.mark.parametrize("source, expected, check", RESULT_CHANNEL)
-def test_result_channel_attack_gives_clean_outcome(source, expected, check):
-    outcome, elapsed = jailed(source)
+def test_result_channel_attack_gives_clean_outcome(sandbox, source, expected, check):
+    outcome, elapsed = jailed(sandbox, source)
     assert outcome.status in expected, describe(outcome)
     assert elapsed <= QUICK.timeout_s + TIME_MARGIN_S
     if check is not None:
         check(outcome)
 
 
-def test_atexit_and_threads_do_not_delay_the_answer():
+def test_atexit_and_threads_do_not_delay_the_answer(sandbox):
     """atexit handlers (a 100 kB print, an endless loop) and a non-daemon thread never run on."""
-    _, baseline = jailed("import atexit, threading, time\ndef main():\n    return 'real'\n")
-    outcome, elapsed = jailed(ATEXIT_LOOP, Limits(timeout_s=5.0, memory_mb=128))
+    _, baseline = jailed(sandbox, "import atexit, threading, time\ndef main():\n    return 'real'\n")
+    outcome, elapsed = jailed(sandbox, ATEXIT_LOOP, Limits(timeout_s=5.0, memory_mb=128))
     assert outcome.status is Status.OK and outcome.result == "real", describe(outcome)
     assert elapsed < baseline + 1.0, \
         f"the answer took {elapsed:.2f} s (a plain run: {baseline:.2f} s)"
@@ -1327,7 +1326,7 @@ def test_atexit_and_threads_do_not_delay_the_answer():
 # isolation between runs
 
 
-def test_tmp_and_shm_files_do_not_survive_a_run():
+def test_tmp_and_shm_files_do_not_survive_a_run(sandbox):
     write = PRELUDE + textwrap.dedent('''
         def main():
             for d in ("/tmp", "/dev/shm", "/tmp/out"):
@@ -1338,18 +1337,18 @@ def test_tmp_and_shm_files_do_not_survive_a_run():
         def main():
             return {"tmp": os.listdir("/tmp"), "shm": os.listdir("/dev/shm"), "out": os.listdir("/tmp/out")}
         ''')
-    first, _ = jailed(write)
+    first, _ = jailed(sandbox, write)
     assert first.status is Status.OK and first.result == "written", describe(first)
-    second, _ = jailed(check)
+    second, _ = jailed(sandbox, check)
     assert second.status is Status.OK, describe(second)
     assert second.result == {"tmp": ["out"], "shm": [], "out": []}, f"run 2 sees run 1's files: {second.result}"
 
 
-def test_environment_does_not_survive_a_run():
-    first, _ = jailed("import os\ndef main():\n    os.environ['LEFT_BY_RUN_1'] = 'secret'\n"
+def test_environment_does_not_survive_a_run(sandbox):
+    first, _ = jailed(sandbox, "import os\ndef main():\n    os.environ['LEFT_BY_RUN_1'] = 'secret'\n"
                       "    os.putenv('PUT_BY_RUN_1', 'secret')\n    return 1\n")
     assert first.status is Status.OK, describe(first)
-    second, _ = jailed("import os\ndef main():\n    return dict(os.environ)\n")
+    second, _ = jailed(sandbox, "import os\ndef main():\n    return dict(os.environ)\n")
     assert second.status is Status.OK, describe(second)
     assert not {"LEFT_BY_RUN_1", "PUT_BY_RUN_1"} & set(second.result), second.result
 
@@ -1373,8 +1372,8 @@ def main():
 '''
 
 
-def test_daemon_does_not_outlive_its_run():
-    outcome, _ = jailed(DAEMON)
+def test_daemon_does_not_outlive_its_run(sandbox):
+    outcome, _ = jailed(sandbox, DAEMON)
     assert outcome.status is Status.OK and outcome.result == "daemon started", describe(outcome)
     assert_no_orphans(within_s=1.0)
 
@@ -1389,9 +1388,9 @@ def main():
 '''
 
 
-def test_concurrent_runs_do_not_share_tmp():
+def test_concurrent_runs_do_not_share_tmp(sandbox):
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        runs = [pool.submit(jailed, CONCURRENT_TMP.format(mine=name), QUICK)
+        runs = [pool.submit(jailed, sandbox, CONCURRENT_TMP.format(mine=name), QUICK)
                 for name in ("run-a", "run-b")]
         outcomes = [future.result()[0] for future in runs]
     for outcome, mine in zip(outcomes, ("run-a", "run-b")):
@@ -1399,12 +1398,12 @@ def test_concurrent_runs_do_not_share_tmp():
         assert outcome.result == sorted([mine, "out"]), f"{mine} sees another run's files: {outcome.result}"
 
 
-def test_fork_bomb_does_not_starve_a_concurrent_run():
+def test_fork_bomb_does_not_starve_a_concurrent_run(sandbox):
     """pids, memory and nofile are per jail: a neighbour's fork bomb cannot block a benign run."""
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        bomb = pool.submit(jailed, FORK_BOMB, Limits(timeout_s=3.0, memory_mb=128))
+        bomb = pool.submit(jailed, sandbox, FORK_BOMB, Limits(timeout_s=3.0, memory_mb=128))
         time.sleep(1.0)
-        outcome, elapsed = jailed(BENIGN, Limits(timeout_s=5.0, memory_mb=64))
+        outcome, elapsed = jailed(sandbox, BENIGN, Limits(timeout_s=5.0, memory_mb=64))
         bomb_outcome, _ = bomb.result()
     assert outcome.status is Status.OK and outcome.result == 42, describe(outcome)
     assert bomb_outcome.status is Status.TIMEOUT, describe(bomb_outcome)
@@ -1415,12 +1414,12 @@ def test_fork_bomb_does_not_starve_a_concurrent_run():
 # load
 
 
-def test_twelve_cpu_bound_runs_and_a_benign_one(record_property):
+def test_twelve_cpu_bound_runs_and_a_benign_one(sandbox, record_property):
     cpu_limits = Limits(timeout_s=2.0, memory_mb=64)
     with concurrent.futures.ThreadPoolExecutor(13) as pool:
-        hogs = [pool.submit(jailed, CPU_LOOP, cpu_limits) for _ in range(12)]
+        hogs = [pool.submit(jailed, sandbox, CPU_LOOP, cpu_limits) for _ in range(12)]
         time.sleep(0.5)
-        benign, latency = jailed(BENIGN, Limits(timeout_s=5.0, memory_mb=64))
+        benign, latency = jailed(sandbox, BENIGN, Limits(timeout_s=5.0, memory_mb=64))
         hog_outcomes = [future.result() for future in hogs]
     record_property("benign_latency_s", round(latency, 3))
     print(f"\nbenign run latency under 12 CPU-bound jails: {latency:.3f} s")

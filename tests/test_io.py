@@ -13,16 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from jail import Limits, Outcome, RunInput, Status, run
+from jail import Limits, Outcome, RunInput, Sandbox, Status
 
-pytestmark = pytest.mark.usefixtures("each_jail_kind")
 
 QUICK = Limits(timeout_s=5.0, memory_mb=128)
 SMALL_CAPS = Limits(timeout_s=5.0, memory_mb=128, max_files_out=3, max_files_out_bytes=4096)
 
 
-def jailed(script: str, limits: Limits = QUICK, inputs: RunInput | None = None) -> Outcome:
-    outcome = run(script, limits, inputs=inputs)
+def jailed(sandbox: Sandbox, script: str, limits: Limits = QUICK, inputs: RunInput | None = None) -> Outcome:
+    outcome = sandbox.run(script, limits, inputs=inputs)
     assert isinstance(outcome, Outcome)
     return outcome
 
@@ -41,7 +40,7 @@ def ok(outcome: Outcome) -> Outcome:
 # in: input, stdin, files
 
 
-def test_input_stdin_and_files_arrive_as_given():
+def test_input_stdin_and_files_arrive_as_given(sandbox):
     script = ("import os, sys\ndef main(input):\n"
               "    files = {n: open(n, 'rb').read().hex() for n in ('a.txt', 'd/e/f.bin')}\n"
               "    owner = {n: os.stat(n).st_uid for n in ('a.txt', 'd/e/f.bin', 'd')}\n"
@@ -49,30 +48,30 @@ def test_input_stdin_and_files_arrive_as_given():
               "            'listing': sorted(os.listdir('.')), 'cwd': os.getcwd()}")
     given = RunInput(input_json=json.dumps({"é": [1, None]}), stdin="ligne\n".encode() * 3,
                      files=(("a.txt", b"hello"), ("d/e/f.bin", bytes(range(256)))))
-    result = ok(jailed(script, inputs=given)).result
+    result = ok(jailed(sandbox, script, inputs=given)).result
     assert result["input"] == {"é": [1, None]} and result["stdin"] == "ligne\n" * 3
     assert result["files"] == {"a.txt": b"hello".hex(), "d/e/f.bin": bytes(range(256)).hex()}
     assert set(result["owner"].values()) == {65534} and result["cwd"] == "/tmp"
     assert result["listing"] == ["a.txt", "d", "out"], "stdin's file is unlinked; out/ is made empty"
 
 
-def test_files_in_never_touch_the_hosts_filesystem():
+def test_files_in_never_touch_the_hosts_filesystem(sandbox):
     name = f"pysandbox-io-{uuid.uuid4().hex}"
-    ok(jailed("def main():\n    return 1", inputs=RunInput(files=((name, b"x"),))))
+    ok(jailed(sandbox, "def main():\n    return 1", inputs=RunInput(files=((name, b"x"),))))
     assert not list(Path("/tmp").glob(name)) and not list(Path.cwd().glob(name))
 
 
-def test_a_megabyte_of_stdin_reaches_a_child_process():
+def test_a_megabyte_of_stdin_reaches_a_child_process(sandbox):
     data = bytes(range(256)) * 4096
     script = ("import hashlib, subprocess\ndef main():\n"
               "    out = subprocess.run(['/usr/bin/cat'], capture_output=True).stdout\n"
               "    return [len(out), hashlib.sha256(out).hexdigest()]")
     import hashlib
-    assert ok(jailed(script, inputs=RunInput(stdin=data))).result == [len(data), hashlib.sha256(data).hexdigest()]
+    assert ok(jailed(sandbox, script, inputs=RunInput(stdin=data))).result == [len(data), hashlib.sha256(data).hexdigest()]
 
 
-def test_without_stdin_input_sees_end_of_file():
-    outcome = jailed("def main():\n    return input()", inputs=RunInput(input_json=None))
+def test_without_stdin_input_sees_end_of_file(sandbox):
+    outcome = jailed(sandbox, "def main():\n    return input()", inputs=RunInput(input_json=None))
     assert outcome.status is Status.MAIN_ERROR and "EOFError" in outcome.message
 
 
@@ -82,8 +81,8 @@ def test_without_stdin_input_sees_end_of_file():
     ("def main(a, b):\n    return 1", RunInput(input_json="[1, 2]")),
     ("main = print.__class__", RunInput(input_json="1")),
 ])
-def test_a_main_that_cannot_take_the_call_is_main_signature(script, given):
-    outcome = jailed(script, inputs=given)
+def test_a_main_that_cannot_take_the_call_is_main_signature(sandbox, script, given):
+    outcome = jailed(sandbox, script, inputs=given)
     assert outcome.status is Status.MAIN_SIGNATURE and "main" in outcome.message, outcome.message
 
 
@@ -122,8 +121,8 @@ def main():
 '''
 
 
-def test_only_regular_files_come_back_and_nothing_is_followed():
-    outcome = ok(jailed(OUT_TRICKS))
+def test_only_regular_files_come_back_and_nothing_is_followed(sandbox):
+    outcome = ok(jailed(sandbox, OUT_TRICKS))
     made = outcome.result
     assert made["link_site"] is True and made["fifo"] is True and made["socket"] is True, made
     assert made["device"] is not True and made["hardlink_site"] is not True, made
@@ -141,13 +140,13 @@ def test_only_regular_files_come_back_and_nothing_is_followed():
     "os.rmdir('out')",
     "os.chmod('out', 0)",
 ])
-def test_out_replaced_or_locked_gives_no_files_and_no_hang(replace):
+def test_out_replaced_or_locked_gives_no_files_and_no_hang(sandbox, replace):
     start = time.monotonic()
-    outcome = ok(jailed(f"import os\ndef main():\n    {replace}\n    return 1"))
+    outcome = ok(jailed(sandbox, f"import os\ndef main():\n    {replace}\n    return 1"))
     assert outcome.files == () and time.monotonic() - start < 4
 
 
-def test_a_fifo_swapped_in_during_collection_cannot_block_it():
+def test_a_fifo_swapped_in_during_collection_cannot_block_it(sandbox):
     script = ("import os, threading\n"
               "def swap():\n"
               "    while True:\n"
@@ -156,63 +155,63 @@ def test_a_fifo_swapped_in_during_collection_cannot_block_it():
               "            try:\n                make()\n            except OSError:\n                pass\n"
               "def main():\n    threading.Thread(target=swap, daemon=True).start()\n    return 1")
     for _ in range(3):
-        outcome = ok(jailed(script))
+        outcome = ok(jailed(sandbox, script))
         assert names(outcome) in ([], ["x"]) and all(f.size == 0 for f in outcome.files)
 
 
-def test_a_file_growing_during_collection_stays_within_the_cap():
+def test_a_file_growing_during_collection_stays_within_the_cap(sandbox):
     script = ("import os\ndef main():\n    if os.fork() == 0:\n"
               "        with open('out/grow', 'ab') as f:\n            while True:\n"
               "                f.write(b'x' * 65536)\n                f.flush()\n"
               "    while not os.path.exists('out/grow') or os.path.getsize('out/grow') < 2048:\n"
               "        pass\n    return 1")
-    outcome = jailed(script, SMALL_CAPS)
+    outcome = jailed(sandbox, script, SMALL_CAPS)
     assert outcome.status in (Status.OK, Status.TIMEOUT), outcome.message
     assert sum(f.size for f in outcome.files) <= SMALL_CAPS.max_files_out_bytes
 
 
-def test_ten_thousand_tiny_files_are_capped_quickly():
+def test_ten_thousand_tiny_files_are_capped_quickly(sandbox):
     script = "def main():\n    for n in range(10_000):\n        open(f'out/{n:05}', 'w').close()\n    return 1"
     start = time.monotonic()
-    outcome = ok(jailed(script, Limits(timeout_s=10.0, memory_mb=128)))
+    outcome = ok(jailed(sandbox, script, Limits(timeout_s=10.0, memory_mb=128)))
     assert names(outcome) == [f"{n:05}" for n in range(16)] and outcome.files_truncated is True
     assert time.monotonic() - start < 9
 
 
-def test_a_huge_sparse_file_is_left_out_unread():
+def test_a_huge_sparse_file_is_left_out_unread(sandbox):
     script = ("import os\ndef main():\n    with open('out/sparse', 'wb') as f:\n"
               "        f.truncate(15 * 1024 * 1024)\n    open('out/small', 'w').write('s')\n"
               "    return os.stat('out/sparse').st_blocks")
-    outcome = ok(jailed(script, SMALL_CAPS))
+    outcome = ok(jailed(sandbox, script, SMALL_CAPS))
     assert outcome.result == 0 and names(outcome) == ["small"] and outcome.files_truncated is True
 
 
-def test_files_up_to_the_default_caps_come_back_whole():
+def test_files_up_to_the_default_caps_come_back_whole(sandbox):
     script = ("import os\ndef main():\n    for n in range(2):\n"
               "        open(f'out/{n}.bin', 'wb').write(os.urandom(4 * 1024 * 1024))\n    return 1")
-    outcome = ok(jailed(script, Limits(timeout_s=10.0, memory_mb=256)))
+    outcome = ok(jailed(sandbox, script, Limits(timeout_s=10.0, memory_mb=256)))
     assert [f.size for f in outcome.files] == [4 * 1024 * 1024] * 2 and outcome.files_truncated is False
     assert all(len(base64.b64decode(f.content)) == f.size for f in outcome.files)
 
 
-def test_files_past_the_count_or_size_cap_are_left_out_and_flagged():
+def test_files_past_the_count_or_size_cap_are_left_out_and_flagged(sandbox):
     script = ("def main():\n    for n in range(5):\n        open(f'out/{n}', 'w').write('x' * 1500)\n")
-    outcome = jailed(script + "    return 1", SMALL_CAPS)
+    outcome = jailed(sandbox, script + "    return 1", SMALL_CAPS)
     assert names(ok(outcome)) == ["0", "1"] and outcome.files_truncated is True
 
 
-def test_files_come_back_with_the_scripts_own_errors_not_after_a_kill():
-    failed = jailed("def main():\n    open('out/log', 'w').write('x')\n    raise KeyError(1)")
+def test_files_come_back_with_the_scripts_own_errors_not_after_a_kill(sandbox):
+    failed = jailed(sandbox, "def main():\n    open('out/log', 'w').write('x')\n    raise KeyError(1)")
     assert failed.status is Status.MAIN_ERROR and names(failed) == ["log"]
-    killed = jailed("import time\ndef main():\n    open('out/log', 'w').write('x')\n    time.sleep(9)",
+    killed = jailed(sandbox, "import time\ndef main():\n    open('out/log', 'w').write('x')\n    time.sleep(9)",
                     Limits(timeout_s=1.0, memory_mb=128))
     assert killed.status is Status.TIMEOUT and killed.files == ()
 
 
-def test_media_types_come_from_the_extension():
+def test_media_types_come_from_the_extension(sandbox):
     script = ("def main():\n    for n in ('p.png', 'd.json', 'n.noext', 'noext'):\n"
               "        open('out/' + n, 'w').close()\n    return 1")
-    types = {f.name: f.media_type for f in ok(jailed(script)).files}
+    types = {f.name: f.media_type for f in ok(jailed(sandbox, script)).files}
     assert types == {"d.json": "application/json", "n.noext": "application/octet-stream",
                      "noext": "application/octet-stream", "p.png": "image/png"}
 
@@ -250,23 +249,23 @@ def entry(name: str = "f", content: str = "eA==") -> dict:
     "not json {",
     '{"files": [], "truncated": NaN}',
 ])
-def test_a_forged_files_report_is_invalid_result(line):
-    outcome = jailed(forged(line))
+def test_a_forged_files_report_is_invalid_result(sandbox, line):
+    outcome = jailed(sandbox, forged(line))
     assert outcome.status is Status.INVALID_RESULT and outcome.files == (), (outcome.status, names(outcome))
 
 
-def test_a_forged_report_that_keeps_the_rules_is_only_the_scripts_own_data():
-    outcome = ok(jailed(forged({"files": [entry("ok.txt")], "truncated": True})))
+def test_a_forged_report_that_keeps_the_rules_is_only_the_scripts_own_data(sandbox):
+    outcome = ok(jailed(sandbox, forged({"files": [entry("ok.txt")], "truncated": True})))
     assert names(outcome) == ["ok.txt"] and outcome.files[0].size == 1 and outcome.files_truncated is True
 
 
-def test_a_report_flooding_the_channel_is_stopped():
-    outcome = jailed("import __main__\n__main__.collect = lambda: b'\\n' + b'x' * (40 * 2**20)\n"
+def test_a_report_flooding_the_channel_is_stopped(sandbox):
+    outcome = jailed(sandbox, "import __main__\n__main__.collect = lambda: b'\\n' + b'x' * (40 * 2**20)\n"
                      "def main():\n    return 1")
     assert outcome.status in (Status.RESULT_TOO_LARGE, Status.INVALID_RESULT) and outcome.files == ()
 
 
-def test_a_file_whose_path_is_over_the_name_cap_is_left_out_not_the_result():
+def test_a_file_whose_path_is_over_the_name_cap_is_left_out_not_the_result(sandbox):
     """Issue 16: a path under out/ past 1024 characters lost the whole result as invalid_result."""
     deep = "/".join(["d" * 200] * 5)  # 1004 characters of directories: the file's path is longer
     script = ("import os\ndef main():\n"
@@ -274,7 +273,7 @@ def test_a_file_whose_path_is_over_the_name_cap_is_left_out_not_the_result():
               f"    open('out/{deep}/' + 'f' * 40, 'w').write('long')\n"
               f"    open('out/{deep}/f', 'w').write('fits')\n"
               "    return 7")
-    outcome = ok(jailed(script))
+    outcome = ok(jailed(sandbox, script))
     assert outcome.result == 7 and names(outcome) == [f"{deep}/f"]
 
 

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from jail import Limits, Outcome, Status, run
+from jail import Limits, Outcome, Sandbox, Status
 from jail.watchdog import SLACK_MB
 
-pytestmark = pytest.mark.usefixtures("each_jail_kind")
 
 NOBODY = 65534
 JAIL_ENV_KEYS = {"PATH", "HOME", "LANG", "PYTHONIOENCODING", "OPENBLAS_NUM_THREADS", "MALLOC_ARENA_MAX",
@@ -28,14 +27,14 @@ JAIL_ENV_KEYS = {"PATH", "HOME", "LANG", "PYTHONIOENCODING", "OPENBLAS_NUM_THREA
                  "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"}
 
 
-def jailed(source: str, limits: Limits) -> Outcome:
+def jailed(sandbox: Sandbox, source: str, limits: Limits) -> Outcome:
     """Run a script written indented in the test (dedented first)."""
-    return run(textwrap.dedent(source), limits)
+    return sandbox.run(textwrap.dedent(source), limits)
 
 
-def ok_result(source: str, limits: Limits):
+def ok_result(sandbox: Sandbox, source: str, limits: Limits):
     """Run a script that must succeed; its result."""
-    outcome = jailed(source, limits)
+    outcome = jailed(sandbox, source, limits)
     assert outcome.status is Status.OK, outcome
     return outcome.result
 
@@ -90,13 +89,13 @@ def orphan_script(token: str, parent_body: str, detach: bool = False) -> str:
     {"nested": [{"x": [1.5, None, True]}, [], {}], "deep": {"er": {"est": ["s"]}}},
 ], ids=["dict", "list", "str", "int", "negative", "bigint", "float", "true", "false",
         "none", "nested"])
-def test_result_of_each_json_type(value, limits):
-    assert ok_result(f"def main():\n    return {value!r}\n", limits) == value
+def test_result_of_each_json_type(sandbox, value, limits):
+    assert ok_result(sandbox, f"def main():\n    return {value!r}\n", limits) == value
 
 
-def test_unicode_in_result_and_stdout(limits):
+def test_unicode_in_result_and_stdout(sandbox, limits):
     text = "héllo ✓ 🐍 日本語 \u0000 \u2028"
-    outcome = jailed(f"""
+    outcome = jailed(sandbox, f"""
         def main():
             print({text!r})
             return {{{text!r}: [{text!r}]}}
@@ -106,8 +105,8 @@ def test_unicode_in_result_and_stdout(limits):
     assert outcome.stdout == text + "\n"
 
 
-def test_success_reports_short_duration_and_no_error(limits):
-    outcome = jailed("def main():\n    return 1\n", limits)
+def test_success_reports_short_duration_and_no_error(sandbox, limits):
+    outcome = jailed(sandbox, "def main():\n    return 1\n", limits)
     assert outcome.ok and outcome.result == 1
     assert outcome.message == "" and outcome.traceback is None
     assert not outcome.output_truncated
@@ -116,8 +115,8 @@ def test_success_reports_short_duration_and_no_error(limits):
 
 # --- usage: cpu_ms and peak_memory_mb in every outcome -------------------------------------
 
-def test_usage_counts_cpu_and_memory_of_a_run(limits):
-    outcome = jailed("""
+def test_usage_counts_cpu_and_memory_of_a_run(sandbox, limits):
+    outcome = jailed(sandbox, """
         import time
         def main():
             held = b'x' * (48 * 2**20)
@@ -131,15 +130,15 @@ def test_usage_counts_cpu_and_memory_of_a_run(limits):
     assert 40 <= outcome.peak_memory_mb <= limits.memory_mb, outcome
 
 
-def test_usage_is_reported_for_failed_runs_too(limits):
-    outcome = jailed("def main():\n    raise ValueError('x')\n", limits)
+def test_usage_is_reported_for_failed_runs_too(sandbox, limits):
+    outcome = jailed(sandbox, "def main():\n    raise ValueError('x')\n", limits)
     assert outcome.status is Status.MAIN_ERROR
     assert isinstance(outcome.cpu_ms, int) and outcome.cpu_ms >= 0, outcome
     assert isinstance(outcome.peak_memory_mb, float) and outcome.peak_memory_mb >= 0, outcome
 
 
-def test_cpu_of_waited_children_is_counted(limits):
-    outcome = jailed("""
+def test_cpu_of_waited_children_is_counted(sandbox, limits):
+    outcome = jailed(sandbox, """
         import os, time
         def main():
             pid = os.fork()
@@ -154,11 +153,11 @@ def test_cpu_of_waited_children_is_counted(limits):
     assert outcome.ok and outcome.cpu_ms >= 280, outcome  # children: 10 ms ticks
 
 
-def test_forked_workers_sharing_pandas_are_not_counted_twice():
+def test_forked_workers_sharing_pandas_are_not_counted_twice(sandbox):
     # Eight forks of a process that imported pandas (~50 MB of its own) share its pages: only
     # what each one writes counts against the run (a cgroup charges shared pages once; the
     # watchdog, whose cheap sum would count them nine times, then takes proportional shares).
-    outcome = jailed("""
+    outcome = jailed(sandbox, """
         import os, time
         import pandas
         def main():
@@ -189,10 +188,10 @@ def _jailed_processes() -> dict[int, int]:
     return found
 
 
-def test_jailed_processes_are_the_oom_killers_first_choice(limits):
+def test_jailed_processes_are_the_oom_killers_first_choice(sandbox, limits):
     script = "import os, time\ndef main():\n    os.fork()\n    time.sleep(1.5)\n    return 1\n"
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        running = pool.submit(jailed, script, limits)
+        running = pool.submit(jailed, sandbox, script, limits)
         time.sleep(0.8)
         seen = _jailed_processes()
         assert running.result().ok
@@ -213,8 +212,8 @@ def test_jailed_processes_are_the_oom_killers_first_choice(limits):
     ("import os, sys\ndef main():\n    os.write(1, b'raw fd\\n')\n    return 'R'\n",
      "stdout", "raw fd\n"),
 ], ids=["import_time", "in_main", "stderr", "child_process", "raw_fd1"])
-def test_prints_go_to_output_not_result(source, stream, text, limits):
-    outcome = jailed(source, limits)
+def test_prints_go_to_output_not_result(sandbox, source, stream, text, limits):
+    outcome = jailed(sandbox, source, limits)
     assert outcome.status is Status.OK, outcome
     assert outcome.result == "R"
     assert getattr(outcome, stream) == text
@@ -222,8 +221,8 @@ def test_prints_go_to_output_not_result(source, stream, text, limits):
     assert getattr(outcome, other) == ""
 
 
-def test_os_system_shell_output_goes_to_stdout(limits):
-    outcome = jailed("""
+def test_os_system_shell_output_goes_to_stdout(sandbox, limits):
+    outcome = jailed(sandbox, """
         import os
         def main():
             has_sh = os.path.exists("/bin/sh")
@@ -240,9 +239,9 @@ def test_os_system_shell_output_goes_to_stdout(limits):
         assert outcome.stdout == "hi\n"
 
 
-def test_printed_fake_report_does_not_replace_result(limits):
+def test_printed_fake_report_does_not_replace_result(sandbox, limits):
     fake = '{"status": "ok", "result": 999}'
-    outcome = jailed(f"""
+    outcome = jailed(sandbox, f"""
         import sys
         print({fake!r})
         def main():
@@ -258,8 +257,8 @@ def test_printed_fake_report_does_not_replace_result(limits):
 
 # --- syntax_error / no_main / main_error -----------------------------------------------------
 
-def test_syntax_error_names_the_line(limits):
-    outcome = jailed("x = 1\ndef main(:\n    return 1\n", limits)
+def test_syntax_error_names_the_line(sandbox, limits):
+    outcome = jailed(sandbox, "x = 1\ndef main(:\n    return 1\n", limits)
     assert outcome.status is Status.SYNTAX_ERROR
     assert "line 2" in outcome.message and "SyntaxError" in outcome.message
     assert 'File "<script>", line 2' in outcome.traceback
@@ -272,8 +271,8 @@ def test_syntax_error_names_the_line(limits):
     ('def main():\n    return "\ud800"\n', Status.SYNTAX_ERROR, "UTF-8"),
     ("import no_such_module_xyz\ndef main():\n    return 1\n", Status.MAIN_ERROR, "no_such_module_xyz"),
 ], ids=["indentation", "null_byte", "lone_surrogate", "missing_module"])
-def test_status_and_message_name_the_fault(source, status, fragment, limits):
-    outcome = run(source, limits)
+def test_status_and_message_name_the_fault(sandbox, source, status, fragment, limits):
+    outcome = sandbox.run(source, limits)
     assert outcome.status is status
     assert fragment in outcome.message
 
@@ -284,14 +283,14 @@ def test_status_and_message_name_the_fault(source, status, fragment, limits):
     "main = 5\n",
     "def helper():\n    return 1\n",
 ], ids=["missing", "empty_script", "not_callable", "other_function"])
-def test_no_main(source, limits):
-    outcome = run(source, limits)
+def test_no_main(sandbox, source, limits):
+    outcome = sandbox.run(source, limits)
     assert outcome.status is Status.NO_MAIN
     assert "main()" in outcome.message
 
 
-def test_main_error_traceback_shows_user_frames_only(limits):
-    outcome = jailed("""
+def test_main_error_traceback_shows_user_frames_only(sandbox, limits):
+    outcome = jailed(sandbox, """
         def helper(x):
             return 1 / x
 
@@ -308,8 +307,8 @@ def test_main_error_traceback_shows_user_frames_only(limits):
     assert "harness.py" not in trace and "/sandbox" not in trace
 
 
-def test_exception_at_import_time_is_main_error(limits):
-    outcome = jailed("""
+def test_exception_at_import_time_is_main_error(sandbox, limits):
+    outcome = jailed(sandbox, """
         import json
         CONFIG = json.loads("{not json")
         def main():
@@ -322,8 +321,8 @@ def test_exception_at_import_time_is_main_error(limits):
     assert "harness.py" not in outcome.traceback
 
 
-def test_custom_exception_keeps_its_message(limits):
-    outcome = jailed("""
+def test_custom_exception_keeps_its_message(sandbox, limits):
+    outcome = jailed(sandbox, """
         class Boom(Exception):
             pass
         def main():
@@ -345,8 +344,8 @@ def test_custom_exception_keeps_its_message(limits):
     ("b'bytes'", "bytes"),
     ("{(1, 2): 3}", "tuple"),
 ], ids=["nan", "inf", "neg_inf", "set", "custom_object", "bytes", "tuple_key"])
-def test_invalid_result_names_the_problem(expr, named, limits):
-    outcome = jailed(f"""
+def test_invalid_result_names_the_problem(sandbox, expr, named, limits):
+    outcome = jailed(sandbox, f"""
         class Custom:
             pass
         def main():
@@ -357,8 +356,8 @@ def test_invalid_result_names_the_problem(expr, named, limits):
     assert "not JSON" in outcome.message and named in outcome.message
 
 
-def test_too_deeply_nested_result_is_invalid(limits):
-    outcome = jailed("""
+def test_too_deeply_nested_result_is_invalid(sandbox, limits):
+    outcome = jailed(sandbox, """
         def main():
             x = []
             for _ in range(200):
@@ -376,8 +375,8 @@ def test_too_deeply_nested_result_is_invalid(limits):
     "while True: pass",
     "threading.Event().wait()",
 ], ids=["sleep", "busy_loop", "blocked_wait"])
-def test_timeout(body):
-    outcome = jailed(f"""
+def test_timeout(sandbox, body):
+    outcome = jailed(sandbox, f"""
         import threading, time
         def main():
             {body}
@@ -387,31 +386,31 @@ def test_timeout(body):
     assert 900 <= outcome.duration_ms <= 2500
 
 
-def test_timeout_precision_busy_loop():
+def test_timeout_precision_busy_loop(sandbox):
     started = time.monotonic()
-    outcome = run("def main():\n    while True:\n        pass\n", Limits(timeout_s=1))
+    outcome = sandbox.run("def main():\n    while True:\n        pass\n", Limits(timeout_s=1))
     elapsed = time.monotonic() - started
     assert outcome.status is Status.TIMEOUT
     assert 900 <= outcome.duration_ms <= 2500
     assert elapsed < 3.0
 
 
-def test_timeout_at_import_time():
-    outcome = run("while True:\n    pass\n", Limits(timeout_s=1))
+def test_timeout_at_import_time(sandbox):
+    outcome = sandbox.run("while True:\n    pass\n", Limits(timeout_s=1))
     assert outcome.status is Status.TIMEOUT
     assert 900 <= outcome.duration_ms <= 2500
 
 
-def test_timeout_with_fractional_limit():
-    outcome = run("import time\ndef main():\n    time.sleep(60)\n", Limits(timeout_s=1.5))
+def test_timeout_with_fractional_limit(sandbox):
+    outcome = sandbox.run("import time\ndef main():\n    time.sleep(60)\n", Limits(timeout_s=1.5))
     assert outcome.status is Status.TIMEOUT
     assert 1400 <= outcome.duration_ms <= 3000
 
 
-def test_self_sigstop_still_ends_at_timeout():
+def test_self_sigstop_still_ends_at_timeout(sandbox):
     # The script is pid 1 of its namespace, where SIGSTOP from inside may be ignored:
     # either way it then sleeps, and the run must end at the timeout, not hang.
-    outcome = jailed("""
+    outcome = jailed(sandbox, """
         import os, signal, time
         def main():
             os.kill(os.getpid(), signal.SIGSTOP)
@@ -421,8 +420,8 @@ def test_self_sigstop_still_ends_at_timeout():
     assert 900 <= outcome.duration_ms <= 2500
 
 
-def test_stopped_child_waited_on_ends_at_timeout():
-    outcome = jailed("""
+def test_stopped_child_waited_on_ends_at_timeout(sandbox):
+    outcome = jailed(sandbox, """
         import os, signal
         def main():
             pid = os.fork()
@@ -436,8 +435,8 @@ def test_stopped_child_waited_on_ends_at_timeout():
     assert 900 <= outcome.duration_ms <= 2500
 
 
-def test_whole_process_group_stopped_ends_at_timeout():
-    outcome = jailed("""
+def test_whole_process_group_stopped_ends_at_timeout(sandbox):
+    outcome = jailed(sandbox, """
         import os, signal, time
         def main():
             for _ in range(3):
@@ -458,8 +457,8 @@ def test_whole_process_group_stopped_ends_at_timeout():
     "(os.fork() == 0) and (os.kill(os.getpid(), signal.SIGSTOP), os._exit(0))",
 ], ids=["child_process_sleeping", "forked_child_sleeping", "non_daemon_thread_sleeping",
         "non_daemon_thread_printing", "stopped_child"])
-def test_leftovers_after_main_returns_do_not_delay_answer(leftover):
-    outcome = jailed(f"""
+def test_leftovers_after_main_returns_do_not_delay_answer(sandbox, leftover):
+    outcome = jailed(sandbox, f"""
         import os, signal, subprocess, sys, threading, time
         def main():
             {leftover}
@@ -470,26 +469,26 @@ def test_leftovers_after_main_returns_do_not_delay_answer(leftover):
     assert outcome.duration_ms < 1500
 
 
-def test_child_running_after_timeout_is_killed():
+def test_child_running_after_timeout_is_killed(sandbox):
     token = f"pysandbox-orphan-{uuid.uuid4().hex}"
-    outcome = run(orphan_script(token, "time.sleep(60)"), Limits(timeout_s=1))
+    outcome = sandbox.run(orphan_script(token, "time.sleep(60)"), Limits(timeout_s=1))
     assert outcome.status is Status.TIMEOUT
     assert outcome.stdout == "sleeper started\n"
     assert survivors(token) == []
 
 
-def test_child_running_after_main_returns_is_killed(limits):
+def test_child_running_after_main_returns_is_killed(sandbox, limits):
     token = f"pysandbox-orphan-{uuid.uuid4().hex}"
-    outcome = run(orphan_script(token, "return 'parent done'"), limits)
+    outcome = sandbox.run(orphan_script(token, "return 'parent done'"), limits)
     assert outcome.status is Status.OK, outcome
     assert outcome.result == "parent done"
     assert outcome.stdout == "sleeper started\n"
     assert survivors(token) == []
 
 
-def test_daemonized_grandchild_is_killed(limits):
+def test_daemonized_grandchild_is_killed(sandbox, limits):
     token = f"pysandbox-orphan-{uuid.uuid4().hex}"
-    outcome = run(orphan_script(token, "return 'detached'", detach=True), limits)
+    outcome = sandbox.run(orphan_script(token, "return 'detached'", detach=True), limits)
     assert outcome.status is Status.OK, outcome
     assert outcome.result == "detached"
     assert outcome.stdout == "sleeper started\n"
@@ -503,15 +502,15 @@ def test_daemonized_grandchild_is_killed(limits):
     "import numpy as np\ndef main():\n    return float(np.ones(10**9).sum())\n",
     "def main():\n    chunks = []\n    while True:\n        chunks.append(b'x' * 2**20)\n",
 ], ids=["bytearray_1gb", "numpy_ones", "growing_list"])
-def test_memory_limit(source):
-    outcome = run(source, Limits(timeout_s=5, memory_mb=128))
+def test_memory_limit(sandbox, source):
+    outcome = sandbox.run(source, Limits(timeout_s=5, memory_mb=128))
     assert outcome.status is Status.MEMORY_LIMIT, outcome
     assert "128 MB" in outcome.message or "memory" in outcome.message
     assert outcome.duration_ms < 5000
 
 
-def test_memory_under_limit_works():
-    result = ok_result("""
+def test_memory_under_limit_works(sandbox):
+    result = ok_result(sandbox, """
         def main():
             b = bytearray(40 * 2**20)
             b[-1] = 7
@@ -520,10 +519,10 @@ def test_memory_under_limit_works():
     assert result == [40 * 2**20, 7]
 
 
-def test_memory_limit_covers_children(each_jail_kind):
+def test_memory_limit_covers_children(sandbox, each_jail_kind):
     # 4 children x 60 MB > 128 MB for the whole jail: the cgroup's OOM killer ends some.
     # Without cgroups the watchdog adds up the run's processes and kills the whole run.
-    outcome = jailed("""
+    outcome = jailed(sandbox, """
         import os, time
         def main():
             pids = []
@@ -548,8 +547,8 @@ def test_memory_limit_covers_children(each_jail_kind):
 # --- output_limit --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cap", [100, 5000, 100_000])
-def test_output_limit_truncates_to_exactly_the_cap(cap, limits):
-    outcome = jailed("""
+def test_output_limit_truncates_to_exactly_the_cap(sandbox, cap, limits):
+    outcome = jailed(sandbox, """
         import sys
         def main():
             while True:
@@ -564,8 +563,8 @@ def test_output_limit_truncates_to_exactly_the_cap(cap, limits):
     assert outcome.duration_ms < limits.timeout_s * 1000
 
 
-def test_output_limit_counts_stderr(limits):
-    outcome = jailed("""
+def test_output_limit_counts_stderr(sandbox, limits):
+    outcome = jailed(sandbox, """
         import sys
         def main():
             while True:
@@ -576,8 +575,8 @@ def test_output_limit_counts_stderr(limits):
     assert outcome.stderr == "e" * 10_000
 
 
-def test_output_limit_from_child_process(limits):
-    outcome = jailed("""
+def test_output_limit_from_child_process(sandbox, limits):
+    outcome = jailed(sandbox, """
         import subprocess, sys
         def main():
             subprocess.run([sys.executable, "-c", "while True: print('c' * 100)"])
@@ -586,8 +585,8 @@ def test_output_limit_from_child_process(limits):
     assert len(outcome.stdout) == 2000 and outcome.output_truncated
 
 
-def test_output_exactly_at_cap_is_not_truncated(limits):
-    outcome = run("def main():\n    print('x' * 99)\n    return 1\n",
+def test_output_exactly_at_cap_is_not_truncated(sandbox, limits):
+    outcome = sandbox.run("def main():\n    print('x' * 99)\n    return 1\n",
                   replace(limits, max_output_bytes=100))
     assert outcome.status is Status.OK, outcome
     assert outcome.stdout == "x" * 99 + "\n"
@@ -598,27 +597,27 @@ def test_output_exactly_at_cap_is_not_truncated(limits):
 
 @pytest.mark.parametrize("size", [1001, 5000, 10**7],
                          ids=["just_over", "over", "huge"])
-def test_result_too_large(size, limits):
-    outcome = run(f"def main():\n    return 'x' * {size}\n",
+def test_result_too_large(sandbox, size, limits):
+    outcome = sandbox.run(f"def main():\n    return 'x' * {size}\n",
                   replace(limits, max_result_bytes=1000))
     assert outcome.status is Status.RESULT_TOO_LARGE
     assert outcome.result is None
     assert "1000 bytes" in outcome.message
 
 
-def test_result_json_exactly_at_max_result_bytes_is_ok(limits):
+def test_result_json_exactly_at_max_result_bytes_is_ok(sandbox, limits):
     # 'x' * 998 encodes to 1000 bytes of JSON (the quotes count).
-    outcome = run("def main():\n    return 'x' * 998\n", replace(limits, max_result_bytes=1000))
+    outcome = sandbox.run("def main():\n    return 'x' * 998\n", replace(limits, max_result_bytes=1000))
     assert outcome.status is Status.OK
     assert outcome.result == "x" * 998
 
 
 @pytest.mark.parametrize("chars", [999, 1000], ids=["json_1001_bytes", "json_1002_bytes"])
-def test_bug_result_json_one_or_two_bytes_over_max_is_too_large(chars, limits):
+def test_bug_result_json_one_or_two_bytes_over_max_is_too_large(sandbox, chars, limits):
     # BUG (jail/protocol.py parse_report): the report's envelope
     # '{"status": "ok", "result": ' + ... + '}' is 28 bytes but 30 are allowed for it,
     # so JSON of max_result_bytes+1 or +2 bytes is accepted.
-    outcome = run(f"def main():\n    return 'x' * {chars}\n",
+    outcome = sandbox.run(f"def main():\n    return 'x' * {chars}\n",
                   replace(limits, max_result_bytes=1000))
     assert len(json.dumps("x" * chars)) > 1000
     assert outcome.status is Status.RESULT_TOO_LARGE, outcome.status
@@ -637,8 +636,8 @@ def test_bug_result_json_one_or_two_bytes_over_max_is_too_large(chars, limits):
      "status 0"),
 ], ids=["exit0_import", "exit3_main", "exit_str", "raise_systemexit", "os_exit0",
         "os_exit5", "exec_away"])
-def test_no_result(source, says, limits):
-    outcome = run(source, limits)
+def test_no_result(sandbox, source, says, limits):
+    outcome = sandbox.run(source, limits)
     assert outcome.status is Status.NO_RESULT, outcome
     assert says in outcome.message
     assert outcome.result is None
@@ -646,9 +645,9 @@ def test_no_result(source, says, limits):
 
 # --- process, file and /tmp limits ---------------------------------------------------------
 
-def test_fork_bomb_ends_and_next_run_works():
+def test_fork_bomb_ends_and_next_run_works(sandbox):
     started = time.monotonic()
-    outcome = jailed("""
+    outcome = jailed(sandbox, """
         import os
         def main():
             while True:
@@ -659,12 +658,12 @@ def test_fork_bomb_ends_and_next_run_works():
         """, Limits(timeout_s=1))
     assert outcome.status is Status.TIMEOUT
     assert time.monotonic() - started < 5
-    assert ok_result("def main():\n    return 'alive'\n", Limits(timeout_s=3)) == "alive"
+    assert ok_result(sandbox, "def main():\n    return 'alive'\n", Limits(timeout_s=3)) == "alive"
 
 
 @pytest.mark.parametrize("max_pids", [8, 32])
-def test_max_pids_caps_processes(max_pids, limits):
-    count, error = ok_result("""
+def test_max_pids_caps_processes(sandbox, max_pids, limits):
+    count, error = ok_result(sandbox, """
         import os, time
         def main():
             n = 0
@@ -682,8 +681,8 @@ def test_max_pids_caps_processes(max_pids, limits):
     assert 0 < count < max_pids
 
 
-def test_max_pids_caps_threads(limits):
-    count = ok_result("""
+def test_max_pids_caps_threads(sandbox, limits):
+    count = ok_result(sandbox, """
         import threading
         def main():
             stop = threading.Event()
@@ -701,8 +700,8 @@ def test_max_pids_caps_threads(limits):
 
 
 @pytest.mark.parametrize("max_open_files", [32, 64])
-def test_open_files_capped(max_open_files, limits):
-    count, errno_, cap = ok_result("""
+def test_open_files_capped(sandbox, max_open_files, limits):
+    count, errno_, cap = ok_result(sandbox, """
         import errno, resource
         def main():
             files = []
@@ -719,8 +718,8 @@ def test_open_files_capped(max_open_files, limits):
     assert max_open_files // 2 < count < max_open_files
 
 
-def test_file_size_capped(limits):
-    result = ok_result("""
+def test_file_size_capped(sandbox, limits):
+    result = ok_result(sandbox, """
         import os
         def main():
             try:
@@ -736,8 +735,8 @@ def test_file_size_capped(limits):
     assert result[2] <= 4 * 2**20
 
 
-def test_tmp_is_writable(limits):
-    result = ok_result("""
+def test_tmp_is_writable(sandbox, limits):
+    result = ok_result(sandbox, """
         import os
         def main():
             with open("/tmp/a.txt", "w") as f:
@@ -750,11 +749,11 @@ def test_tmp_is_writable(limits):
     assert result == ["hello", "world", "/tmp"]
 
 
-def test_bug_tmp_is_size_capped_by_tmp_mb(limits):
+def test_bug_tmp_is_size_capped_by_tmp_mb(sandbox, limits):
     # BUG (jail/nsjail.py build_argv): '--tmpfsmount /tmp:size=...' mounts a tmpfs at the
     # literal path '/tmp:size=...,mode=1777'; /tmp is the config's unsized tmpfs.
     # Many files each under the per-file cap, 3x tmp_mb in total: the tmpfs must fill up.
-    result = ok_result("""
+    result = ok_result(sandbox, """
         import errno, os
         def main():
             written = 0
@@ -797,13 +796,13 @@ def test_bug_tmp_is_size_capped_by_tmp_mb(limits):
      {"a": 4, "b": 2}),
 ], ids=["os", "sys", "json", "math", "datetime", "collections", "re", "random", "numpy",
         "pandas"])
-def test_imports_work(setup, expr, expected, limits):
-    assert ok_result(f"{setup}\ndef main():\n    return {expr}\n",
+def test_imports_work(sandbox, setup, expr, expected, limits):
+    assert ok_result(sandbox, f"{setup}\ndef main():\n    return {expr}\n",
                      replace(limits, timeout_s=10)) == expected
 
 
-def test_threads_work(limits):
-    result = ok_result("""
+def test_threads_work(sandbox, limits):
+    result = ok_result(sandbox, """
         import threading
         def main():
             out, lock = [], threading.Lock()
@@ -820,8 +819,8 @@ def test_threads_work(limits):
     assert result == [i * i for i in range(8)]
 
 
-def test_multiprocessing_pool_works(limits):
-    result = ok_result("""
+def test_multiprocessing_pool_works(sandbox, limits):
+    result = ok_result(sandbox, """
         import multiprocessing
         def square(x):
             return x * x
@@ -834,8 +833,8 @@ def test_multiprocessing_pool_works(limits):
 
 # --- isolation basics ----------------------------------------------------------------------
 
-def test_runs_as_nobody(limits):
-    result = ok_result("""
+def test_runs_as_nobody(sandbox, limits):
+    result = ok_result(sandbox, """
         import os
         def main():
             return [os.getuid(), os.geteuid(), os.getgid(), os.getegid()]
@@ -844,16 +843,16 @@ def test_runs_as_nobody(limits):
     assert 0 not in result
 
 
-def test_environment_has_no_host_variables(limits, monkeypatch):
+def test_environment_has_no_host_variables(sandbox, limits, monkeypatch):
     monkeypatch.setenv("PYSANDBOX_SECRET_PROBE", "x")
-    env = ok_result("import os\ndef main():\n    return dict(os.environ)\n", limits)
+    env = ok_result(sandbox, "import os\ndef main():\n    return dict(os.environ)\n", limits)
     assert "PYSANDBOX_SECRET_PROBE" not in env
     assert set(env) <= JAIL_ENV_KEYS | {"LC_CTYPE"}
     assert env["HOME"] == "/tmp"
 
 
-def test_inet_socket_is_denied(limits):
-    result = ok_result("""
+def test_inet_socket_is_denied(sandbox, limits):
+    result = ok_result(sandbox, """
         import socket
         def main():
             out = []
@@ -868,8 +867,8 @@ def test_inet_socket_is_denied(limits):
     assert result == ["denied", "denied"]
 
 
-def test_etc_passwd_unreadable(limits):
-    result = ok_result("""
+def test_etc_passwd_unreadable(sandbox, limits):
+    result = ok_result(sandbox, """
         def main():
             try:
                 return open("/etc/passwd").read()
@@ -879,15 +878,15 @@ def test_etc_passwd_unreadable(limits):
     assert result in ("FileNotFoundError", "PermissionError")
 
 
-def test_no_proc(limits):
-    assert ok_result("import os\ndef main():\n    return os.path.exists('/proc/self')\n",
+def test_no_proc(sandbox, limits):
+    assert ok_result(sandbox, "import os\ndef main():\n    return os.path.exists('/proc/self')\n",
                      limits) is False
 
 
 @pytest.mark.parametrize("path", ["/usr/pwned", "/usr/bin/pwned", "/usr/lib/pwned",
                                   "/pwned"])
-def test_writes_outside_tmp_fail(path, limits):
-    result = ok_result(f"""
+def test_writes_outside_tmp_fail(sandbox, path, limits):
+    result = ok_result(sandbox, f"""
         def main():
             try:
                 with open({path!r}, "w") as f:
@@ -899,8 +898,8 @@ def test_writes_outside_tmp_fail(path, limits):
     assert result != "written" and isinstance(result, int)
 
 
-def test_hostname_is_sandbox(limits):
-    result = ok_result("""
+def test_hostname_is_sandbox(sandbox, limits):
+    result = ok_result(sandbox, """
         import os, socket
         def main():
             return [os.uname().nodename, socket.gethostname()]
@@ -910,19 +909,19 @@ def test_hostname_is_sandbox(limits):
 
 # --- every run is fresh --------------------------------------------------------------------
 
-def test_each_run_starts_clean(limits):
-    first = ok_result("""
+def test_each_run_starts_clean(sandbox, limits):
+    first = ok_result(sandbox, """
         def main():
             with open("/tmp/marker", "w") as f:
                 f.write("left behind")
             return "written"
         """, limits)
     assert first == "written"
-    second = ok_result("import os\ndef main():\n    return os.listdir('/tmp')\n", limits)
+    second = ok_result(sandbox, "import os\ndef main():\n    return os.listdir('/tmp')\n", limits)
     assert "marker" not in second
 
 
-def test_module_state_does_not_leak_between_runs(limits):
+def test_module_state_does_not_leak_between_runs(sandbox, limits):
     source = """
         import sys
         def main():
@@ -930,46 +929,46 @@ def test_module_state_does_not_leak_between_runs(limits):
             sys.pysandbox_counter = seen + 1
             return seen
         """
-    assert ok_result(source, limits) == 0
-    assert ok_result(source, limits) == 0
+    assert ok_result(sandbox, source, limits) == 0
+    assert ok_result(sandbox, source, limits) == 0
 
 
 # --- the host side honours Limits ----------------------------------------------------------
 
-def test_max_output_bytes_100_truncates_at_100(limits):
-    outcome = run("def main():\n    print('y' * 500)\n    return 1\n",
+def test_max_output_bytes_100_truncates_at_100(sandbox, limits):
+    outcome = sandbox.run("def main():\n    print('y' * 500)\n    return 1\n",
                   replace(limits, max_output_bytes=100))
     assert outcome.status is Status.OUTPUT_LIMIT
     assert outcome.stdout == "y" * 100
     assert outcome.output_truncated
 
 
-def test_timeout_s_is_honoured():
-    short = run("import time\ndef main():\n    time.sleep(1.5)\n    return 1\n",
+def test_timeout_s_is_honoured(sandbox):
+    short = sandbox.run("import time\ndef main():\n    time.sleep(1.5)\n    return 1\n",
                 Limits(timeout_s=1))
-    long = run("import time\ndef main():\n    time.sleep(1.5)\n    return 1\n",
+    long = sandbox.run("import time\ndef main():\n    time.sleep(1.5)\n    return 1\n",
                Limits(timeout_s=3))
     assert short.status is Status.TIMEOUT
     assert long.status is Status.OK and long.result == 1
 
 
-def test_memory_mb_is_honoured():
+def test_memory_mb_is_honoured(sandbox):
     source = "def main():\n    b = bytearray(200 * 2**20)\n    return len(b)\n"
-    small = run(source, Limits(timeout_s=5, memory_mb=128))
-    large = run(source, Limits(timeout_s=5, memory_mb=512))
+    small = sandbox.run(source, Limits(timeout_s=5, memory_mb=128))
+    large = sandbox.run(source, Limits(timeout_s=5, memory_mb=512))
     assert small.status is Status.MEMORY_LIMIT
     assert large.status is Status.OK and large.result == 200 * 2**20
 
 
-def test_outcome_round_trips_through_dict(limits):
-    outcome = run("print('p')\ndef main():\n    return {'a': [1]}\n", limits)
+def test_outcome_round_trips_through_dict(sandbox, limits):
+    outcome = sandbox.run("print('p')\ndef main():\n    return {'a': [1]}\n", limits)
     assert Outcome.from_dict(json.loads(json.dumps(outcome.to_dict()))) == outcome
 
 
-def test_a_forked_copy_of_the_script_never_reports(limits):
+def test_a_forked_copy_of_the_script_never_reports(sandbox, limits):
     """Each fork of a failing script would reach the harness's error path; only the original reports."""
     script = ("import os\ndef main():\n    for _ in range(3):\n        os.fork()\n"
               "    raise ValueError(f'from {os.getpid()}')\n")
-    outcome = run(script, limits)
+    outcome = sandbox.run(script, limits)
     assert outcome.status is Status.MAIN_ERROR, outcome
     assert "from 1" in outcome.message

@@ -16,9 +16,10 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
 from shared import logs
+from worker import jobs
 from shared.settings import load, warn_unknown
 from shared.metrics import observe_warm_jails
-from jail import start_warm_pool
+from jail import Sandbox
 from jail.selftest import self_test
 from shared.queue import QUEUE_NAME
 
@@ -54,11 +55,12 @@ def main() -> int:
     settings = load()
     logs.setup(settings.log_format)
     warn_unknown()
-    start_warm_pool(min(1, settings.warm_jails), settings.tmp_mb, observe_warm_jails)
-    verdict = self_test()
+    sandbox = Sandbox(min(1, settings.warm_jails), settings.tmp_mb, on_change=observe_warm_jails)
+    verdict = self_test(sandbox)
     if not verdict.passed:
         log.error("worker: the jail failed its self-test (%s); not starting", verdict.failures)
         return 1
+    jobs.run_in(sandbox)
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)
     redis = Redis.from_url(settings.redis_url or LOCAL_REDIS_URL)

@@ -16,13 +16,22 @@ from rq.job import Job
 
 from shared.logs import run_fields
 from shared.metrics import QUEUE_WAIT_SECONDS, observe_run, observe_sandbox_error
-from jail import Limits, Outcome, RunInput, SandboxError, Status, run
+from jail import Limits, Outcome, RunInput, Sandbox, SandboxError, Status
 from shared.queue import keep_alive
 from shared.storage import JOB_OVERHEAD_BYTES, Ledger, payload_key, stored_result_bytes, \
     worst_result_bytes
 
 log = logging.getLogger(__name__)
 NOT_RUN = "the job was canceled before it ran"
+_sandbox = Sandbox()
+"""The worker's sandbox (run_in): RQ calls the job functions by name, with the job's arguments
+only, so the process's sandbox is handed to this module once, at the worker's start."""
+
+
+def run_in(sandbox: Sandbox) -> None:
+    """Run this process's jobs in `sandbox` (the worker's, with its warm jail)."""
+    global _sandbox
+    _sandbox = sandbox
 
 
 def execute(script: str, limits: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -82,7 +91,7 @@ def _run(job: Job, script: str, limits: Limits, inputs: RunInput | None) -> dict
             outcome = Outcome(Status.CANCELED, message=NOT_RUN)
         else:
             try:
-                outcome = run(script, limits, cancel=canceled, inputs=inputs)
+                outcome = _sandbox.run(script, limits, cancel=canceled, inputs=inputs)
             except SandboxError:
                 observe_sandbox_error()
                 log.exception("job failed: the sandbox failed", extra=ids)
