@@ -35,7 +35,7 @@ DOCKER_RUN_FLAGS = --cap-add SYS_ADMIN --security-opt seccomp=unconfined --secur
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 # The jail mounts this as uid 65534, so it lives where every parent dir is searchable
-# (not in a checkout that may sit under a 0700 home); jail/settings.py's default.
+# (not in a checkout that may sit under a 0700 home); jail/paths.py's default.
 JAIL_SITE ?= /opt/pysandbox/jail-site
 PYTEST_ARGS ?=
 

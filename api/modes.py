@@ -13,7 +13,7 @@ from typing import Any
 
 from api.capacity import Capacity
 from api.errors import INTERNAL_ERROR, SANDBOX_UNAVAILABLE
-from api.jobs import RQ_BACKSTOP_S, JobQueue
+from api.job_queue import RQ_BACKSTOP_S, JobQueue
 from api.logs import annotate
 from jail import Limits, Outcome, RunInput, Sandbox, SandboxError
 from jail.selftest import SelfTest, self_test

@@ -5,11 +5,11 @@ from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.clients import client_id
 from api.errors import respond
-from api.jobs import JOB_ID, JobQueue, QueueError, QueueUnavailable
+from api.job_queue import JOB_ID, JobQueue, QueueError, QueueUnavailable
 from api.logs import annotate
 from api.request_ids import request_id
 from api.service import service
-from api.requests import parse_execute
+from api.run_request import parse_run_request
 from api.responses import job_body, outcome_body, queue_error
 
 log = logging.getLogger(__name__)
@@ -31,15 +31,16 @@ def _queue_refused(exc: QueueError) -> Response:
 @bp.post("/execute")
 def execute():
     """Run the script and answer what its main() returned, or enqueue it (?async=1)."""
-    script, limits, inputs, queued = parse_execute(request, service().settings)
-    if queued:
-        job = _queue().submit(script, limits, inputs, request_id(), client_id())
+    asked = parse_run_request(request, service().settings)
+    if asked.queued:
+        job = _queue().submit(asked.script, asked.limits, asked.inputs, request_id(), client_id())
         annotate(job_id=job.id)
         response = jsonify({"id": job.id, "status": "queued"})
         response.status_code = 202
         response.headers["Location"] = url_for("sandbox.job", job_id=job.id)
         return response
-    outcome, headers = service().mode.execute(script, limits, inputs, client_id(), request_id())
+    outcome, headers = service().mode.execute(asked.script, asked.limits, asked.inputs, client_id(),
+                                              request_id())
     response = jsonify(outcome_body(outcome))
     response.headers.update(headers)
     return response

@@ -8,7 +8,7 @@ from flask import Flask, current_app
 
 if TYPE_CHECKING:  # these modules read the Service of their app
     from api.clients import Key
-    from api.jobs import JobQueue
+    from api.job_queue import JobQueue
     from api.modes import RunMode
     from shared.settings import Settings
 

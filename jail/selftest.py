@@ -13,7 +13,7 @@ from jail.limits import Limits
 from jail.nsjail import host_cgroups, run_once
 from jail.outcome import Outcome, SandboxError, Status
 from jail.sandbox import Sandbox
-from jail.settings import settings
+from jail.paths import paths
 from jail.warm import START_TIMEOUT_S
 from jail.watchdog import SLACK_MB, WATCH_INTERVAL_S
 
@@ -110,7 +110,7 @@ def _memory_bound(outcome: Outcome) -> list[str]:
 
 def policy_env() -> set[str]:
     """The variables nsjail.cfg gives a script: all that may be in its environment."""
-    return set(re.findall(r'^envar: "([^=]+)=', settings().config.read_text(), re.M))
+    return set(re.findall(r'^envar: "([^=]+)=', paths().config.read_text(), re.M))
 
 
 def _escapes(found: dict) -> list[str]:

@@ -7,7 +7,7 @@ worker only after its heartbeat TTL (a minute or more); this key, refreshed ever
 and expiring after ALIVE_TTL_S, lets the API say `worker_lost` within seconds.
 
 Canceling: the API sets a job's cancel key (DELETE /jobs/<id>); the worker running it polls
-that key every CANCEL_POLL_S and sets the run's cancel event, which kills its jail. RQ's own
+that key every CANCEL_KEY_POLL_S and sets the run's cancel event, which kills its jail. RQ's own
 stop-job command would kill the work-horse, but these workers run jobs in-process
 (SimpleWorker, next to their warm jail), so the jail has to be told instead.
 """
@@ -22,7 +22,9 @@ QUEUE_NAME = "pysandbox"
 JOB_FUNCTION = "worker.jobs.run_stored"
 ALIVE_TTL_S = 10
 REFRESH_S = 1.0
-CANCEL_POLL_S = 0.2
+CANCEL_KEY_POLL_S = 0.2
+"""How often a worker running a job looks for its cancel key (jail/pipes.py's CANCEL_POLL_S is how
+often a run looks at its cancel event)."""
 
 
 def alive_key(job_id: str) -> str:
@@ -59,8 +61,8 @@ def keep_alive(redis: Redis, job_id: str) -> Iterator[threading.Event]:
 
     def beat() -> None:
         refresh_at = 0.0
-        while not done.wait(CANCEL_POLL_S):
-            refresh_at += CANCEL_POLL_S
+        while not done.wait(CANCEL_KEY_POLL_S):
+            refresh_at += CANCEL_KEY_POLL_S
             try:
                 if refresh_at >= REFRESH_S:
                     redis.set(key, 1, ex=ALIVE_TTL_S)

@@ -23,7 +23,7 @@ PREFIX = "PYSANDBOX_"
 UNPREFIXED = frozenset({"REDIS_URL"})
 """Fields read without the prefix."""
 OTHER_NAMES = frozenset({
-    "PYSANDBOX_NSJAIL", "PYSANDBOX_JAIL_SITE",  # the jail's host paths (jail/settings.py)
+    "PYSANDBOX_NSJAIL", "PYSANDBOX_JAIL_SITE",  # the jail's host paths (jail/paths.py)
     "PYSANDBOX_WORKERS", "PYSANDBOX_STOP_TIMEOUT_S",  # the container's supervisor (docker/supervise.py)
     # docker-compose.yml's and the Makefile's, and the tests':
     "PYSANDBOX_IMAGE", "PYSANDBOX_WORKER_IMAGE", "PYSANDBOX_EXTRA_CA_CERTS", "PYSANDBOX_REDIS_PASSWORD",

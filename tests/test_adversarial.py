@@ -22,7 +22,7 @@ import pytest
 
 from jail import Limits, Outcome, Sandbox, Status
 
-from jail.settings import settings
+from jail.paths import paths
 
 REPO = Path(__file__).resolve().parent.parent
 HARNESS = REPO / "jail" / "harness.py"
@@ -637,7 +637,7 @@ FS_WRITES = [
 @pytest.mark.parametrize("attacks", FS_WRITES)
 def test_read_only_places_are_read_only(sandbox, attacks):
     assert_all_blocked(probe(sandbox, "", attacks))
-    assert_token_absent(HARNESS, settings().site_dir / "numpy" / "__init__.py",
+    assert_token_absent(HARNESS, paths().site_dir / "numpy" / "__init__.py",
                         Path("/usr/bin/python3").resolve())
 
 

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
 from api.clients import is_public, parse_keys
-from api.jobs import Budget, JobQueue, QueueFull
+from api.job_queue import Budget, JobQueue, QueueFull
 from jail import Limits
 from tests.servers import redis_server
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import requests
 
-from jail.settings import settings
+from jail.paths import paths
 from tests.servers import gunicorn
 
 
@@ -69,7 +69,7 @@ def test_a_sandbox_failure_mid_service_is_a_generic_500():
     parent = Path(tempfile.mkdtemp())
     parent.chmod(0o755)  # the jail's uid must be able to reach the mount source
     site = parent / "site"
-    os.symlink(settings().site_dir, site)
+    os.symlink(paths().site_dir, site)
     with gunicorn({"PYSANDBOX_JAIL_SITE": str(site), "PYSANDBOX_WARM_JAILS": "0"}) as url:
         assert post(url, "def main(): return 1").status_code == 200
         site.unlink()

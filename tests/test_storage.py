@@ -11,7 +11,7 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job
 
-from api.jobs import Budget, JobQueue
+from api.job_queue import Budget, JobQueue
 from api.metrics import storage_metrics
 from jail import Limits, Outcome, OutFile, Status
 from tests.servers import redis_server, workers

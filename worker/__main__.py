@@ -29,7 +29,7 @@ LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 log = logging.getLogger("worker")
 
 
-class Worker(SimpleWorker):
+class StoppableWorker(SimpleWorker):
     """RQ's in-process worker, which remembers that it was told to stop (SIGTERM, SIGINT)."""
 
     stopping = False
@@ -66,7 +66,7 @@ def main() -> int:
     redis = Redis.from_url(settings.redis_url or LOCAL_REDIS_URL)
     while True:
         # Jobs run in this process (not a forked work-horse), where the warm jail lives.
-        worker = Worker([Queue(QUEUE_NAME, connection=redis)], connection=redis,
+        worker = StoppableWorker([Queue(QUEUE_NAME, connection=redis)], connection=redis,
                         job_monitoring_interval=5, log_job_description=False)
         try:
             worker.work(with_scheduler=False)

@@ -1,7 +1,8 @@
-"""A POST /execute request as a script, its clamped limits and its inputs; the body is validated
-by api/schemas.py, the inputs' caps and file names here."""
+"""A POST /execute request as a RunRequest: a script, its clamped limits and its inputs; the body
+is validated by api/schemas.py, the inputs' caps and file names here."""
 import binascii
 import json
+from dataclasses import dataclass
 
 from flask import Request
 
@@ -28,9 +29,20 @@ def files_in_cap(settings: Settings) -> int:
     return settings.tmp_mb * MIB // 2
 
 
-def parse_execute(request: Request, settings: Settings) -> tuple[str, Limits, RunInput | None, bool]:
-    """The script, its limits, its inputs (None when the request has none) and whether to queue
-    it; or an ApiError saying what is wrong.
+@dataclass(frozen=True)
+class RunRequest:
+    """What POST /execute asks for."""
+
+    script: str
+    limits: Limits
+    inputs: RunInput | None
+    """None when the request has no input, stdin or files."""
+    queued: bool
+    """?async=1: enqueue it and answer 202."""
+
+
+def parse_run_request(request: Request, settings: Settings) -> RunRequest:
+    """The RunRequest, or an ApiError saying what is wrong.
 
     415 comes before the body is read, 413 before it is parsed (Flask's MAX_CONTENT_LENGTH)."""
     if not request.is_json:
@@ -39,8 +51,8 @@ def parse_execute(request: Request, settings: Settings) -> tuple[str, Limits, Ru
     if len(body.script.encode("utf-8", "surrogatepass")) > settings.max_script_bytes:
         raise too_large(f"the script is larger than {settings.max_script_bytes} bytes")
     query = parse_query(ExecuteQuery, request.args.to_dict())
-    return (body.script, settings.run_limits(body.timeout, body.memory_mb), run_input(body, settings),
-            query.is_async)
+    return RunRequest(body.script, settings.run_limits(body.timeout, body.memory_mb),
+                      run_input(body, settings), query.is_async)
 
 
 def run_input(body: ExecuteRequest, settings: Settings) -> RunInput | None:

@@ -14,7 +14,7 @@ def _bundled_nsjail() -> str:
 
 
 @dataclass(frozen=True)
-class JailSettings:
+class JailPaths:
     """Host paths the jail is built from."""
 
     nsjail: str
@@ -31,9 +31,9 @@ class JailSettings:
 
 
 @functools.cache
-def settings() -> JailSettings:
-    """The jail settings of this process."""
-    return JailSettings(
+def paths() -> JailPaths:
+    """The jail's paths on this host, for this process."""
+    return JailPaths(
         nsjail=os.environ.get("PYSANDBOX_NSJAIL") or _bundled_nsjail(),
         site_dir=Path(os.environ.get("PYSANDBOX_JAIL_SITE") or DEFAULT_SITE),
     )
