@@ -9,8 +9,8 @@ from flask.json.provider import DefaultJSONProvider
 from api import clients, docs, errors, logs, metrics, playground, ratelimits, request_ids, routes
 from api.capacity import Capacity
 from api.job_queue import Budget, JobQueue
-from api.run_request import files_in_cap
 from api.modes import EnqueueOnly, RunHere, RunMode
+from api.run_request import files_in_cap
 from api.service import EXTENSION, Service
 from jail import Sandbox
 from jail.limits import MIB

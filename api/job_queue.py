@@ -8,10 +8,10 @@ import pickle
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from redis import Redis
@@ -22,8 +22,7 @@ from rq.job import Job, JobStatus
 
 from jail import Limits, Outcome, RunInput, Status
 from shared.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
-from shared.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, \
-    worst_result_bytes
+from shared.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, worst_result_bytes
 
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 """A job id as RQ makes it (a uuid4); checked with fullmatch, so no trailing newline passes."""

@@ -2,7 +2,7 @@
 
 Bodies come from the models' JSON Schemas (one declaration); this module adds the paths, the
 statuses each can answer with the error codes each status carries (ERROR_CODES, also the
-README's table: tests/test_openapi.py compares them), headers, examples and the async flow as
+README's table: tests/service/test_openapi.py compares them), headers, examples and the async flow as
 links. See the note at the top of api/schemas.py for why it is assembled here.
 """
 from dataclasses import dataclass

@@ -3,11 +3,33 @@ the script's error), a job's state, and the queue's refusals."""
 from dataclasses import asdict
 from typing import Any
 
-from api.errors import CATALOG, INTERNAL_ERROR, JOB_FINISHED, JOB_NOT_FOUND, QUEUE_UNAVAILABLE, \
-    STORAGE_BUDGET_EXCEEDED, STORAGE_FULL, WORKER_LOST, ApiError, busy
 from api.errors import CANCELED as CANCELED_CODE
-from api.job_queue import (Ended, Fault, JobFailed, JobFinished, JobNotFound, JobOverran, JobState,
-                           NoWorkerFree, OverBudget, QueueError, QueueFull, QueueUnavailable)
+from api.errors import (
+    CATALOG,
+    INTERNAL_ERROR,
+    JOB_FINISHED,
+    JOB_NOT_FOUND,
+    QUEUE_UNAVAILABLE,
+    STORAGE_BUDGET_EXCEEDED,
+    STORAGE_FULL,
+    WORKER_LOST,
+    ApiError,
+    busy,
+)
+from api.job_queue import (
+    Ended,
+    Fault,
+    JobFailed,
+    JobFinished,
+    JobNotFound,
+    JobOverran,
+    JobState,
+    NoWorkerFree,
+    OverBudget,
+    QueueError,
+    QueueFull,
+    QueueUnavailable,
+)
 from jail import Outcome
 
 FAULTS = {

@@ -8,9 +8,9 @@ from api.errors import respond
 from api.job_queue import JOB_ID, JobQueue, QueueError, QueueUnavailable
 from api.logs import annotate
 from api.request_ids import request_id
-from api.service import service
-from api.run_request import parse_run_request
 from api.responses import job_body, outcome_body, queue_error
+from api.run_request import parse_run_request
+from api.service import service
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sandbox", __name__)

@@ -9,9 +9,9 @@ from flask import Request
 from api.errors import INVALID_FILE, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, ApiError
 from api.schemas import ExecuteQuery, ExecuteRequest, FileContent, TextFile, parse_json, parse_query
 from jail import Limits, RunInput
-from shared.settings import Settings
 from jail.limits import MIB
 from jail.runinput import in_name_problem
+from shared.settings import Settings
 
 
 def too_large(what: str) -> ApiError:

@@ -53,16 +53,16 @@ import os
 import pwd
 import re
 import secrets
-import shutil
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 SOCKET_DIR = "/run/pysandbox"
 SOCKET = f"{SOCKET_DIR}/redis.sock"

@@ -19,10 +19,10 @@ from pathlib import Path
 from jail import cgroups
 from jail.limits import MIB, Limits
 from jail.outcome import Outcome, SandboxError
+from jail.paths import paths
 from jail.pipes import KILL_GRACE_S, RunPipes, pump
 from jail.protocol import interpret
 from jail.runinput import RunInput, envelope
-from jail.paths import paths
 from jail.watchdog import MemoryWatch
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from jail.cgroups import Cgroups, Enforcement
 from jail.limits import Limits
 from jail.nsjail import host_cgroups, run_once
 from jail.outcome import Outcome, SandboxError, Status
-from jail.sandbox import Sandbox
 from jail.paths import paths
+from jail.sandbox import Sandbox
 from jail.warm import START_TIMEOUT_S
 from jail.watchdog import SLACK_MB, WATCH_INTERVAL_S
 

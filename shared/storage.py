@@ -44,7 +44,7 @@ JOB_OVERHEAD_BYTES = 16 * 1024
 """What a job keeps in Redis besides its input and result, with room: its RQ hash (meta,
 timestamps, a reference as its only argument), its registry and result-stream entries, this
 ledger's entries, its keys while it runs. Measured at about 5 KiB in Redis's MEMORY USAGE
-(tests/test_storage.py checks it stays under)."""
+(tests/service/test_storage.py checks it stays under)."""
 MAX_MESSAGE_BYTES = 4 * 2_000
 MAX_TRACEBACK_BYTES = 4 * 64_000
 """An error's message and traceback, at most (jail/protocol.py) 2 000 and 64 000 characters of
@@ -75,7 +75,7 @@ def allocated(nbytes: int) -> int:
 def worst_result_bytes(limits: Limits) -> int:
     """The most RQ can store for a job with these limits, as Redis counts it: the Outcome's
     dict pickled (RQ's DefaultSerializer), then base64 (rq.results.Result.serialize). Measured by
-    tests/test_storage.py against outcomes built to be as large as the caps allow:
+    tests/service/test_storage.py against outcomes built to be as large as the caps allow:
       - main()'s JSON of n bytes pickles to at most 9n/4 (`1e1,`, 4 bytes, is a 9-byte BINFLOAT);
       - stdout + stderr of n bytes decode (errors="replace") to at most 3n bytes of UTF-8;
       - files out of n bytes are 4n/3 of base64 (and a padding per file), with their names."""

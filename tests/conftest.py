@@ -9,8 +9,10 @@ import pytest
 from jail import Limits, Outcome, RunInput, Sandbox, run
 from jail.cgroups import Cgroups
 from jail.warm import START_TIMEOUT_S
-from tests.servers import gunicorn
+from tests.support.servers import gunicorn
 
+pytest_plugins = ["tests.support.images"]
+"""The `image` and `plot_image` fixtures (the images `make image` builds)."""
 NO_CGROUPS = Cgroups(Path("/sys/fs/cgroup"), frozenset(), "off for this test")
 
 

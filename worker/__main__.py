@@ -15,13 +15,13 @@ from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
-from shared import logs
-from worker import jobs
-from shared.settings import load, warn_unknown
-from shared.metrics import observe_warm_jails
 from jail import Sandbox
 from jail.selftest import self_test
+from shared import logs
+from shared.metrics import observe_warm_jails
 from shared.queue import QUEUE_NAME
+from shared.settings import load, warn_unknown
+from worker import jobs
 
 RECONNECT_S = 1.0
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -14,12 +14,11 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
+from jail import Limits, Outcome, RunInput, Sandbox, SandboxError, Status
 from shared.logs import run_fields
 from shared.metrics import QUEUE_WAIT_SECONDS, observe_run, observe_sandbox_error
-from jail import Limits, Outcome, RunInput, Sandbox, SandboxError, Status
 from shared.queue import keep_alive
-from shared.storage import JOB_OVERHEAD_BYTES, Ledger, payload_key, stored_result_bytes, \
-    worst_result_bytes
+from shared.storage import JOB_OVERHEAD_BYTES, Ledger, payload_key, stored_result_bytes, worst_result_bytes
 
 log = logging.getLogger(__name__)
 NOT_RUN = "the job was canceled before it ran"
