@@ -1,5 +1,6 @@
 """The contract: /openapi.json is valid OpenAPI 3.1, covers every route and status, its examples
-conform to its models, the README's API section says the same, and /docs works offline."""
+conform to its models, docs/api.md and the README's "API at a glance" say the same, and /docs works
+offline."""
 import hashlib
 import re
 from html.parser import HTMLParser
@@ -164,22 +165,43 @@ def test_job_and_error_examples_conform_to_the_models(doc):
         JobState.model_validate(example["value"])
 
 
-def readme_api() -> str:
+API_PAGE = REPO / "docs" / "api.md"
+
+
+def readme_at_a_glance() -> str:
+    """The README's section "The API at a glance"."""
     text = (REPO / "README.md").read_text()
-    return text[text.index("\n## API"):text.index("\n## Security")]
+    start = text.index("\n## The API at a glance")
+    return text[start:text.index("\n## ", start + 1)]
 
 
-def test_the_readme_lists_the_same_statuses_and_codes(doc):
-    rows = re.findall(r"^\| (\d{3}) \| (.+?) \|", readme_api(), re.MULTILINE)
-    readme = {(int(status), code) for status, codes in rows for code in re.findall(r"`(\w+)`", codes)}
-    assert readme == error_pairs(doc)
+def endpoints(doc: dict) -> set[tuple[str, str]]:
+    """(method, path) of every operation, the path written as the documentation writes it."""
+    return {(method.upper(), re.sub(r"\{(\w+)\}", r"<\1>", path).replace("<job_id>", "<id>"))
+            for path, item in doc["paths"].items() for method in item if method in METHODS}
+
+
+def test_the_api_page_lists_the_same_statuses_and_codes(doc):
+    rows = re.findall(r"^\| (\d{3}) \| (.+?) \|", API_PAGE.read_text(), re.MULTILINE)
+    page = {(int(status), code) for status, codes in rows for code in re.findall(r"`(\w+)`", codes)}
+    assert page == error_pairs(doc)
+
+
+def test_the_api_page_names_every_endpoint(doc):
+    assert set(re.findall(r"^## `(\w+) (\S+)`", API_PAGE.read_text(), re.MULTILINE)) == endpoints(doc)
 
 
 def test_the_readme_names_every_endpoint(doc):
-    headings = set(re.findall(r"^### `(\w+) (\S+)`", readme_api(), re.MULTILINE))
-    documented = {(method.upper(), re.sub(r"\{(\w+)\}", r"<\1>", path).replace("<job_id>", "<id>"))
-                  for path, item in doc["paths"].items() for method in item if method in METHODS}
-    assert headings == documented
+    rows = re.findall(r"^\| `(\w+) (\S+)` \|", readme_at_a_glance(), re.MULTILINE)
+    assert set(rows) == endpoints(doc)
+
+
+def test_the_readme_names_only_real_statuses_and_codes(doc):
+    errors = readme_at_a_glance()
+    errors = errors[errors.index("Every error is JSON"):]
+    named = set(re.findall(r"`(\w+)`", errors))
+    pairs = error_pairs(doc)
+    assert named - {str(status) for status, _ in pairs} - {code for _, code in pairs} == set()
 
 
 class Assets(HTMLParser):

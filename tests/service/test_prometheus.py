@@ -1,4 +1,4 @@
-"""The README's Prometheus scrape configuration, as written, against the real service: a real
+"""The Prometheus scrape configuration of docs/operating.md, as written, against the real service: a real
 Prometheus (Debian's package) scrapes /metrics with the operator's key; a tenant's key is refused.
 """
 import hashlib
@@ -20,11 +20,11 @@ KEYS = {"prometheus": "prom-" + "k" * 40, "tenant": "tenant-" + "k" * 40}
 SCRAPE_WAIT_S = 60
 
 
-def readme_scrape_config() -> str:
-    """The prometheus.yml block of the README's "Operating it" section."""
-    text = (REPO / "README.md").read_text()
+def documented_scrape_config() -> str:
+    """The prometheus.yml block of docs/operating.md."""
+    text = (REPO / "docs" / "operating.md").read_text()
     found = re.search(r"```yaml\n# prometheus.yml\n(.*?)```", text, re.DOTALL)
-    assert found, "the README has no prometheus.yml block"
+    assert found, "docs/operating.md has no prometheus.yml block"
     return found.group(1)
 
 
@@ -38,13 +38,13 @@ def service() -> Iterator[str]:
 
 @contextmanager
 def prometheus(tmp_path: Path, target: str, key: str) -> Iterator[str]:
-    """Prometheus with the README's configuration, its target and key file put where this test
+    """Prometheus with the documented configuration, its target and key file put where this test
     has them; yields its API's base URL."""
     if not Path(PROMETHEUS).exists():
         pytest.fail("no prometheus binary: apt-get install prometheus (.ci/run installs it)")
     key_file = tmp_path / "pysandbox.key"
     key_file.write_text(key + "\n")
-    config = readme_scrape_config().replace("/etc/prometheus/pysandbox.key", str(key_file)) \
+    config = documented_scrape_config().replace("/etc/prometheus/pysandbox.key", str(key_file)) \
         .replace("localhost:8080", target)
     (tmp_path / "prometheus.yml").write_text("global:\n  scrape_interval: 1s\n" + config)
     check = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
@@ -78,7 +78,7 @@ def target_state(api: str) -> dict:
     pytest.fail(f"Prometheus never scraped the target in {SCRAPE_WAIT_S} s")
 
 
-def test_the_readme_scrape_config_reads_metrics_with_the_operators_key(service, tmp_path):
+def test_the_documented_scrape_config_reads_metrics_with_the_operators_key(service, tmp_path):
     target = service.removeprefix("http://")
     with prometheus(tmp_path, target, KEYS["prometheus"]) as api:
         state = target_state(api)

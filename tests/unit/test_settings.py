@@ -12,17 +12,16 @@ from api import create_app
 from shared.settings import DEFAULTS, OTHER_NAMES, VARIABLES, load, unknown_names
 from tests.support.servers import REPO
 
-CONFIGURATION_TABLE = REPO / "README.md"
-"""The file whose "## Configuration" section holds the table of the settings."""
+CONFIGURATION_TABLE = REPO / "docs" / "configuration.md"
+"""The page whose table (rows starting with a variable's name) lists the settings."""
 NAME = re.compile(r"`([A-Z][A-Z0-9_]+)`")
 
 
 def table_rows(path: Path = CONFIGURATION_TABLE) -> list[tuple[list[str], list[str]]]:
     """The configuration table's rows: (variable names, the default of each, or [] if not one
     per name)."""
-    section = path.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
     rows = []
-    for line in section.splitlines():
+    for line in path.read_text().splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         names = NAME.findall(cells[0]) if line.startswith("| `") else []
         if names:
