@@ -1,5 +1,6 @@
 # PySandbox: the front door.
 #
+#   make test-unit  the tests that need no root, jail or service (tests/unit: seconds)
 #   make test     venv + jail site-packages, then every test (the Docker tests build the image)
 #   make test-vm  only the cgroup v2 tier: the image in a Debian 12 VM (qemu, .ci/vm/build-disk)
 #   make image    build the API image (IMAGE=pysandbox:latest) from Dockerfile.api;
@@ -35,7 +36,7 @@ DOCKER_RUN_FLAGS = --cap-add SYS_ADMIN --security-opt seccomp=unconfined --secur
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 # The jail mounts this as uid 65534, so it lives where every parent dir is searchable
-# (not in a checkout that may sit under a 0700 home); jail/settings.py's default.
+# (not in a checkout that may sit under a 0700 home); jail/paths.py's default.
 JAIL_SITE ?= /opt/pysandbox/jail-site
 PYTEST_ARGS ?=
 
@@ -45,7 +46,7 @@ EXTRA_CA_FILES := $(wildcard /usr/local/share/ca-certificates/*.crt)
 DOCKER_BUILD_ARGS := $(if $(EXTRA_CA_FILES),--build-arg EXTRA_CA_CERTS="$$(cat $(EXTRA_CA_FILES))")
 DOCKER_BUILD_ARGS += $(if $(strip $(JAIL_PACKAGES)),--build-arg JAIL_PACKAGES="$(strip $(JAIL_PACKAGES))")
 
-.PHONY: help venv jail-site image image-plot image-worker compose-up run test test-vm clean print-%
+.PHONY: help venv jail-site image image-plot image-worker compose-up run test-unit test test-vm clean print-%
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -94,11 +95,14 @@ compose-up:
 run: image
 	docker run --rm -p 8080:8080 $(DOCKER_RUN_FLAGS) $(IMAGE)
 
+test-unit: venv
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
 test: venv jail-site
 	PYSANDBOX_JAIL_SITE=$(JAIL_SITE) $(VENV)/bin/pytest tests/ $(PYTEST_ARGS)
 
 test-vm: venv
-	$(VENV)/bin/pytest tests/test_cgroup_v2.py $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/vm/test_cgroup_v2.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(JAIL_SITE) $(JAIL_SITE).new $(JAIL_SITE).old .pytest_cache

@@ -1,5 +1,6 @@
 """PySandbox's HTTP API: create_app() builds the Flask app (gunicorn: "api:create_app()")."""
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
@@ -7,20 +8,22 @@ from flask.json.provider import DefaultJSONProvider
 
 from api import clients, docs, errors, logs, metrics, playground, ratelimits, request_ids, routes
 from api.capacity import Capacity
-from api.config import load_config
-from api.jobs import Budget, JobQueue
-from api.requests import files_in_cap
-from jail import Limits, start_warm_pool
+from api.job_queue import Budget, JobQueue
+from api.modes import EnqueueOnly, RunHere, RunMode
+from api.run_request import files_in_cap
+from api.service import EXTENSION, Service
+from jail import Sandbox
 from jail.limits import MIB
-from jail.selftest import self_test
-from worker.storage import JOB_OVERHEAD_BYTES, worst_result_bytes
+from shared.metrics import observe_warm_jails
+from shared.settings import Settings, load, warn_unknown
+from shared.storage import JOB_OVERHEAD_BYTES, worst_result_bytes
 
 
-def max_body_bytes(config: dict[str, Any]) -> int:
+def max_body_bytes(settings: Settings) -> int:
     """The largest body: the script and stdin as JSON strings (escapes: 2 bytes a byte), the
     input, the files as base64 (4/3) with their names, and room for the rest."""
-    return (2 * (config["MAX_SCRIPT_BYTES"] + config["MAX_STDIN_BYTES"]) + config["MAX_INPUT_BYTES"]
-            + 4 * files_in_cap(config) // 3 + config["MAX_FILES"] * 2048 + 4096)
+    return (2 * (settings.max_script_bytes + settings.max_stdin_bytes) + settings.max_input_bytes
+            + 4 * files_in_cap(settings) // 3 + settings.max_files * 2048 + 4096)
 
 
 def newcomer_slots(slots: int) -> int:
@@ -29,57 +32,57 @@ def newcomer_slots(slots: int) -> int:
     return 1 if slots > (os.cpu_count() or 1) else 0
 
 
-def storage_budget(config: dict[str, Any]) -> Budget:
+def storage_budget(settings: Settings) -> Budget:
     """The storage budget; ValueError unless a client's budget holds the largest job (the
     largest body as input, and the largest result the caps allow) within the total's."""
-    budget = Budget(config["STORAGE_BUDGET_MB"] * MIB, config["STORAGE_BUDGET_PER_CLIENT_MB"] * MIB)
-    largest = max_body_bytes(config) + worst_result_bytes(Limits(
-        max_output_bytes=config["MAX_OUTPUT_BYTES"], max_result_bytes=config["MAX_RESULT_BYTES"],
-        max_files_out=config["MAX_FILES_OUT"], max_files_out_bytes=config["MAX_FILES_OUT_BYTES"])) \
+    budget = Budget(settings.storage_budget_mb * MIB, settings.storage_budget_per_client_mb * MIB)
+    largest = max_body_bytes(settings) + worst_result_bytes(settings.run_limits(None, None)) \
         + JOB_OVERHEAD_BYTES
     if not largest <= budget.client_bytes <= budget.total_bytes:
         raise ValueError(f"PYSANDBOX_STORAGE_BUDGET_PER_CLIENT_MB must hold the largest job "
                          f"({largest / MIB:.1f} MiB with these caps) and be at most "
                          "PYSANDBOX_STORAGE_BUDGET_MB")
-    if budget.total_bytes > config["REDIS_MEMORY_MB"] * MIB:
+    if budget.total_bytes > settings.redis_memory_mb * MIB:
         raise ValueError("PYSANDBOX_STORAGE_BUDGET_MB must fit in PYSANDBOX_REDIS_MEMORY_MB")
     return budget
 
 
-def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """The app, configured from PYSANDBOX_* variables (and REDIS_URL), after a self-test of the jail."""
+def run_mode(settings: Settings, jobs: JobQueue | None) -> RunMode:
+    """EnqueueOnly with PYSANDBOX_EXECUTE_VIA_QUEUE (it needs the queue), else RunHere: a
+    sandbox with the warm jails, the run slots, and the jail's self-test."""
+    if settings.execute_via_queue:
+        if jobs is None:
+            raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
+        return EnqueueOnly(jobs, settings.queue_wait_s)
+    sandbox = Sandbox(settings.warm_jails, settings.tmp_mb, on_change=observe_warm_jails)
+    capacity = Capacity(settings.max_concurrent_runs, settings.queue_wait_s, settings.retry_after_s,
+                        settings.fair_sharing, reserved=newcomer_slots(settings.max_concurrent_runs))
+    return RunHere(sandbox, capacity, jobs)
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """The app, configured from PYSANDBOX_* variables (and REDIS_URL) and then `test_config` (by
+    setting name, e.g. {"MAX_TIMEOUT_S": 2}), after a self-test of the jail."""
+    settings = load(test_config)
+    logs.setup(settings.log_format)
+    warn_unknown()
     app = Flask(__name__)
-    app.config.update(load_config(test_config))
-    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(app.config)
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(settings)
     assert isinstance(app.json, DefaultJSONProvider)
     app.json.sort_keys = False
-    logs.setup()
     errors.register(app)
     request_ids.register(app)
     logs.register(app)
-    keys = clients.load_keys(app.config)
-    clients.register(app)
-    ratelimits.register(app, app.config["REDIS_URL"], keys)
+    keys = clients.load_keys(settings)
+    clients.register(app, settings.trusted_proxies)
+    ratelimits.register(app, settings.redis_url, settings.rate_limit, keys)
     app.register_blueprint(routes.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(playground.bp)
-    if app.config["EXECUTE_VIA_QUEUE"] and not app.config["REDIS_URL"]:
-        raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
-    jobs = JobQueue(app.config["REDIS_URL"], app.config["MAX_QUEUED_JOBS"],
-                    app.config["MAX_QUEUED_JOBS_PER_CLIENT"], app.config["RESULT_TTL_S"],
-                    app.config["RETRY_AFTER_S"], storage_budget(app.config)) \
-        if app.config["REDIS_URL"] else None
-    runs_here = not app.config["EXECUTE_VIA_QUEUE"]
-    if runs_here:
-        start_warm_pool(app.config["WARM_JAILS"], app.config["TMP_MB"], metrics.observe_warm_jails)
-    app.extensions["pysandbox"] = {
-        "capacity": Capacity(app.config["MAX_CONCURRENT_RUNS"], app.config["QUEUE_WAIT_S"],
-                             app.config["RETRY_AFTER_S"], app.config["FAIR_SHARING"],
-                             reserved=newcomer_slots(app.config["MAX_CONCURRENT_RUNS"])),
-        "keys": keys,
-        # An API that only enqueues never runs the jail, and needs no privileges for it.
-        "selftest": None if app.config["EXECUTE_VIA_QUEUE"] else self_test(),
-        "jobs": jobs,
-    }
-    metrics.register(app, app.config["MAX_CONCURRENT_RUNS"] if runs_here else 0)
+    jobs = JobQueue(settings.redis_url, settings.max_queued_jobs, settings.max_queued_jobs_per_client,
+                    settings.result_ttl_s, storage_budget(settings)) \
+        if settings.redis_url else None
+    mode = run_mode(settings, jobs)
+    app.extensions[EXTENSION] = Service(settings=settings, keys=keys, mode=mode, jobs=jobs)
+    metrics.register(app, mode.capacity.slots if isinstance(mode, RunHere) else 0, settings.metrics)
     return app

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from api.errors import ApiError, busy
-from api.metrics import SLOTS_IN_USE
+from shared.metrics import SLOTS_IN_USE
 
 PRESENT_S = 5.0
 """A client that asked for a slot this recently still counts as present (it is between

@@ -20,13 +20,14 @@ import hmac
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from flask import Flask, current_app, g, request
+from flask import Flask, g, request
 from limits import parse_many
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api.errors import ApiError
+from api.errors import FORBIDDEN, UNAUTHORIZED, ApiError
+from api.service import service
+from shared.settings import Settings
 
 PUBLIC_PATHS = frozenset({"/health", "/", "/openapi.json", "/docs"})
 """Answered without a key: health checks, the playground page (it asks its user for a key),
@@ -84,11 +85,11 @@ def parse_keys(text: str, origin: str) -> list[Key]:
     return keys
 
 
-def load_keys(config: dict[str, Any]) -> list[Key]:
+def load_keys(settings: Settings) -> list[Key]:
     """The keys of PYSANDBOX_API_KEYS and of the file PYSANDBOX_API_KEYS_FILE names; [] = keys off."""
-    keys = parse_keys(config["API_KEYS"], "PYSANDBOX_API_KEYS")
-    if config["API_KEYS_FILE"]:
-        path = Path(config["API_KEYS_FILE"])
+    keys = parse_keys(settings.api_keys, "PYSANDBOX_API_KEYS")
+    if settings.api_keys_file:
+        path = Path(settings.api_keys_file)
         keys += parse_keys(path.read_text(), str(path))
     names = [key.name for key in keys]
     if len(set(names)) != len(names):
@@ -108,14 +109,14 @@ def identify(presented: str, keys: list[Key]) -> Key | None:
 
 def forbidden(path: str) -> ApiError:
     """403 forbidden: a tenant's key on an operator's path."""
-    return ApiError(403, "forbidden", f"{path} is for the operator: it needs a key with the "
-                    f"`{OPERATOR}` role (name:sha256-hex[:limits]:{OPERATOR})")
+    return FORBIDDEN(f"{path} is for the operator: it needs a key with the "
+                     f"`{OPERATOR}` role (name:sha256-hex[:limits]:{OPERATOR})")
 
 
 def unauthorized(message: str, invalid: bool = False) -> ApiError:
     """401 unauthorized, with the challenge RFC 6750 describes."""
     challenge = CHALLENGE + (', error="invalid_token"' if invalid else "")
-    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": challenge})
+    return UNAUTHORIZED(message, headers={"WWW-Authenticate": challenge})
 
 
 def presented_key() -> str:
@@ -167,13 +168,12 @@ def _authenticate() -> None:
 
 
 def _keys() -> list[Key]:
-    return current_app.extensions["pysandbox"]["keys"]
+    return service().keys
 
 
-def register(app: Flask) -> None:
-    """Trust PYSANDBOX_TRUSTED_PROXIES proxies' X-Forwarded-For, and ask for a key when keys are on.
-    Registered before the rate limiter, which counts by the client this decides."""
-    proxies = app.config["TRUSTED_PROXIES"]
+def register(app: Flask, proxies: int) -> None:
+    """Trust `proxies` proxies' X-Forwarded-For (PYSANDBOX_TRUSTED_PROXIES), and ask for a key when
+    keys are on. Registered before the rate limiter, which counts by the client this decides."""
     if proxies < 0:
         raise ValueError("PYSANDBOX_TRUSTED_PROXIES must be 0 or more")
     if proxies:

@@ -6,10 +6,11 @@ build needs nothing new); the page loads nothing from outside the service.
 from importlib.resources import files
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, jsonify, send_from_directory
+from flask import Blueprint, Response, jsonify, send_from_directory
 
 from api import ratelimits
 from api.openapi import Access, document
+from api.service import service
 
 bp = Blueprint("docs", __name__)
 ASSETS = Path(str(files("flask_swagger_ui") / "dist"))
@@ -56,12 +57,11 @@ def _harden(response: Response) -> Response:
 @bp.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI 3.1 document of the service as configured (keys, rate limits), built once per app."""
-    state = current_app.extensions["pysandbox"]
-    if "openapi" not in state:
-        keys = state["keys"]
-        state["openapi"] = document(Access(keys=bool(keys), rate_limits=ratelimits.enabled(
-            current_app.config["RATE_LIMIT"], keys)))
-    return jsonify(state["openapi"])
+    state = service()
+    if state.openapi is None:
+        state.openapi = document(Access(keys=bool(state.keys), rate_limits=ratelimits.enabled(
+            state.settings.rate_limit, state.keys)))
+    return jsonify(state.openapi)
 
 
 @bp.get("/docs")

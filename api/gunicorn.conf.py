@@ -4,9 +4,11 @@ import shutil
 import tempfile
 from typing import Any
 
+from shared.settings import load
+
 # prometheus_client's multiprocess mode: every process that counts writes its values in this
 # directory, and GET /metrics adds them up. It must be set before anything imports
-# prometheus_client (importing api.config below imports the api package, which does), and be
+# prometheus_client (importing shared.settings below imports the api package, which does), and be
 # empty at start (stale files would count a previous run's runs). docker/supervise.py makes
 # one for gunicorn and the RQ workers together; else gunicorn makes its own, fresh, in
 # $TMPDIR (a tmpfs in compose), and removes it when it stops.
@@ -15,12 +17,10 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _own_multiproc_dir = tempfile.mkdtemp(prefix="pysandbox-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_multiproc_dir
 
-from api.config import load_config  # noqa: E402 (after the directory is set: see above)
-
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 workers = 1
 worker_class = "gthread"
-threads = 3 * int(load_config(None)["MAX_CONCURRENT_RUNS"]) + 4
+threads = 3 * load().max_concurrent_runs + 4
 """Slots + the most requests that may wait for one (2 x slots, api/capacity.py) + 4: a request
 past capacity gets a quick 503, and a light client's request a thread, never a wait in the accept queue."""
 timeout = 60

@@ -1,61 +1,22 @@
-"""Logs: one JSON object per line with the fields Cloud Logging reads, or readable text lines.
-
-PYSANDBOX_LOG_FORMAT=json (the default) or text. In JSON every line has `severity`, `message`,
-`time` and `logger`; lines written while a request is served add `request_id` and, when the
-request carries X-Cloud-Trace-Context, `logging.googleapis.com/trace` (and `spanId`).
-gunicorn's access log (GunicornLogger) writes the one line per request, with `httpRequest`
-and what the app noted about the request in its WSGI environ (annotate()): the job id, the
-error or outcome code, the run's usage, the client. A script's source, output and result
-are never passed to a log: only ids, codes, durations and sizes.
+"""The API's logs (shared/logs.py's format): lines written while a request is served add
+`request_id` and, when the request carries X-Cloud-Trace-Context, `logging.googleapis.com/trace`
+(and `spanId`). gunicorn's access log (GunicornLogger) writes the one line per request, with
+`httpRequest` and what the app noted about the request in its WSGI environ (annotate()): the
+job id, the error or outcome code, the run's usage, the client.
 """
 import logging
-import os
-import re
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
 from gunicorn.glogging import Logger as BaseGunicornLogger
-from pythonjsonlogger.json import JsonFormatter
 
 from api.request_ids import request_id
-from jail import Outcome
+from shared import logs, settings
+from shared.logs import LogFormat, formatter, trace_fields
 
-FORMAT_ENV = "PYSANDBOX_LOG_FORMAT"
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ENVIRON_KEY = "pysandbox.log"
 """The WSGI environ entry where a request's log fields gather until gunicorn logs it."""
 TRACE_HEADER = "X-Cloud-Trace-Context"
-TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/(\d{1,20}))?")
-TRACE_KEY, SPAN_KEY = "logging.googleapis.com/trace", "logging.googleapis.com/spanId"
-
-
-def json_format() -> bool:
-    """True unless PYSANDBOX_LOG_FORMAT=text (anything else but json is refused)."""
-    value = os.environ.get(FORMAT_ENV, "json").strip().lower()
-    if value not in ("json", "text"):
-        raise ValueError(f"{FORMAT_ENV} must be json or text, not {value!r}")
-    return value == "json"
-
-
-def formatter() -> logging.Formatter:
-    """The formatter every handler of ours uses: JSON, or the readable text line."""
-    if not json_format():
-        return logging.Formatter(TEXT_FORMAT)
-    return JsonFormatter("{levelname}{name}{message}", style="{", timestamp="time",
-                         rename_fields={"levelname": "severity", "name": "logger"})
-
-
-def trace_fields(header: str | None) -> dict[str, str]:
-    """Cloud Logging's trace fields from an X-Cloud-Trace-Context value ("TRACE/SPAN;o=1")."""
-    found = TRACE.match(header or "")
-    if found is None:
-        return {}
-    project = os.environ.get("GOOGLE_CLOUD_PROJECT", "")
-    trace = found[1].lower()
-    fields = {TRACE_KEY: f"projects/{project}/traces/{trace}" if project else trace}
-    if found[2]:
-        fields[SPAN_KEY] = found[2]
-    return fields
 
 
 class RequestContext(logging.Filter):
@@ -68,16 +29,9 @@ class RequestContext(logging.Filter):
         return True
 
 
-def setup() -> None:
-    """Route the root logger (the app's, the jail's, rq's lines) through our formatter."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(formatter())
-    handler.addFilter(RequestContext())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
+def setup(log_format: LogFormat) -> None:
+    """The shared log format, with each request's fields."""
+    logs.setup(log_format, RequestContext())
 
 
 def annotate(**fields: Any) -> None:
@@ -85,12 +39,6 @@ def annotate(**fields: Any) -> None:
     if has_request_context():
         noted = request.environ.setdefault(ENVIRON_KEY, {})
         noted.update({name: value for name, value in fields.items() if value is not None})
-
-
-def run_fields(outcome: Outcome) -> dict[str, Any]:
-    """What a log line says about a run: how it ended, in which jail, what it used."""
-    return {"outcome": outcome.status.value, "jail": outcome.jail, "duration_ms": outcome.duration_ms,
-            "cpu_ms": outcome.cpu_ms, "peak_memory_mb": outcome.peak_memory_mb}
 
 
 def _note_request(response: Response) -> Response:
@@ -108,14 +56,18 @@ class GunicornLogger(BaseGunicornLogger):
 
     With PYSANDBOX_LOG_FORMAT=text it is gunicorn's own logger, unchanged."""
 
+    json_lines = True
+
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
+        log_format = settings.load().log_format
+        self.json_lines = log_format == "json"
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
-                handler.setFormatter(formatter())
+                handler.setFormatter(formatter(log_format))
 
     def access(self, resp: Any, req: Any, environ: dict, request_time: Any) -> None:
-        if not json_format():
+        if not self.json_lines:
             super().access(resp, req, environ, request_time)
             return
         if not self.access_log_enabled:

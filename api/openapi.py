@@ -2,7 +2,7 @@
 
 Bodies come from the models' JSON Schemas (one declaration); this module adds the paths, the
 statuses each can answer with the error codes each status carries (ERROR_CODES, also the
-README's table: tests/test_openapi.py compares them), headers, examples and the async flow as
+README's table: tests/service/test_openapi.py compares them), headers, examples and the async flow as
 links. See the note at the top of api/schemas.py for why it is assembled here.
 """
 from dataclasses import dataclass
@@ -11,65 +11,13 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from api.errors import by_status
 from api.request_ids import HEADER as REQUEST_ID
 from api.schemas import Error, ExecuteQuery, ExecuteRequest, Health, JobQueued, JobState, RunError, RunResult
+from shared.settings import DEFAULTS
 
-ERROR_CODES: dict[int, dict[str, str]] = {
-    400: {"invalid_request": "the body is not JSON or not an object; `script` missing, not a string or "
-                             "blank; a bad `timeout`/`memory_mb`/`stdin`/`files`; an unknown field; "
-                             "`async` not 0/1",
-          "invalid_file": "a file's name is not allowed (`..`, absolute, bad characters, too deep or long, "
-                          "under `out/`, or under another file) or its base64 is not valid",
-          "bad_request": "a malformed HTTP request (request line, `Host`, a header), refused by the "
-                         "image's nginx"},
-    401: {"unauthorized": "keys are on and the request has no key, a malformed one, two different ones "
-                          "or an unknown one (`WWW-Authenticate` says the scheme)"},
-    403: {"forbidden": "keys are on and a tenant's key asks for an operator's path (`/metrics`): it needs "
-                       "a key with the `operator` role"},
-    404: {"not_found": "unknown path", "job_not_found": "unknown or expired job id"},
-    405: {"method_not_allowed": "wrong method (`Allow` says which)"},
-    409: {"job_finished": "DELETE of a job that already finished or failed"},
-    413: {"payload_too_large": "body over its cap (the image's nginx refuses it before reading it), or "
-                               "script, input, stdin or files over theirs (PYSANDBOX_MAX_SCRIPT_BYTES, "
-                               "_MAX_INPUT_BYTES, _MAX_STDIN_BYTES, _MAX_FILES, half of _TMP_MB)"},
-    414: {"uri_too_long": "the request line is over 8 KiB (nginx)"},
-    415: {"unsupported_media_type": "not `Content-Type: application/json`"},
-    431: {"headers_too_large": "a header line over 8 KiB, or more header lines than 32 KiB hold (nginx)"},
-    429: {"rate_limited": "over this client's rate limit (PYSANDBOX_RATE_LIMIT or its key's own); "
-                          "`Retry-After` says when to retry"},
-    422: {
-        "syntax_error": "the script does not compile (or is not UTF-8)",
-        "no_main": "no top-level callable `main`",
-        "main_signature": "`main` cannot be called as the request asks: it needs an argument and the "
-                          "request has no `input`, or it takes none and the request has one",
-        "main_error": "`main()` (or the script at import time) raised; `error.traceback` shows the "
-                      "script's frames",
-        "invalid_result": "`main()` returned something JSON cannot hold",
-        "timeout": "wall time (or CPU time) over the limit; the whole jail is killed",
-        "memory_limit": "over `memory_mb`, all of the run's processes together",
-        "output_limit": "stdout + stderr over 1 MiB; output kept up to the cap, `output_truncated: true`",
-        "result_too_large": "`main()`'s JSON over 1 MiB",
-        "no_result": "the script ended before `main()` returned",
-    },
-    500: {"internal_error": "the service's own fault (details in its log)",
-          "worker_lost": "sync request through the queue whose worker died"},
-    501: {"not_implemented": "a `Transfer-Encoding` other than chunked (nginx)"},
-    502: {"upstream_unavailable": "the image's nginx could not reach gunicorn (starting, stopping or "
-                                  "restarting); `Retry-After` says when to retry"},
-    503: {"busy": "at capacity; `Retry-After` says when to retry",
-          "sandbox_unavailable": "the jail failed its self-test",
-          "queue_unavailable": "no Redis configured, or Redis unreachable",
-          "storage_budget_exceeded": "queued runs: this client's jobs would hold more of the queue's "
-                                     "storage than its budget (PYSANDBOX_STORAGE_BUDGET_PER_CLIENT_MB); "
-                                     "a job counts its input and the largest result its limits allow "
-                                     "until it ends, then what it stored until its result expires",
-          "storage_full": "queued runs: all clients' jobs would hold more than the storage budget "
-                          "(PYSANDBOX_STORAGE_BUDGET_MB)"},
-    504: {"upstream_timeout": "gunicorn did not answer within the longest run's time + 30 s (nginx)"},
-    505: {"http_version_not_supported": "not HTTP/1.0 or 1.1 (nginx)"},
-}
-"""Every status an error is answered with, and its codes. A canceled job's `error.code` is
-`canceled`, in a job's state only (GET /jobs/{job_id}), never as an answer's status."""
+ERROR_CODES = by_status()
+"""Every status an error is answered with, and its codes (a view of api/errors.py's catalog)."""
 
 MESSAGES_422 = {
     "syntax_error": "the script does not compile: invalid syntax (line 1)",
@@ -77,10 +25,10 @@ MESSAGES_422 = {
     "main_signature": "main() takes no argument but the request has an input; define main(input)",
     "main_error": "main() raised ZeroDivisionError: division by zero",
     "invalid_result": "main() returned a set, which JSON cannot hold",
-    "timeout": "the script ran longer than its 5 s time limit",
-    "memory_limit": "the script used more than its 256 MB memory limit",
-    "output_limit": "the script printed more than 1048576 bytes",
-    "result_too_large": "main() returned more than 1048576 bytes of JSON",
+    "timeout": f"the script ran longer than its {DEFAULTS.default_timeout_s:g} s time limit",
+    "memory_limit": f"the script used more than its {DEFAULTS.default_memory_mb} MB memory limit",
+    "output_limit": f"the script printed more than {DEFAULTS.max_output_bytes} bytes",
+    "result_too_large": f"main() returned more than {DEFAULTS.max_result_bytes} bytes of JSON",
     "no_result": "the script exited (status 0) before main() returned",
 }
 RUN_FIELDS = {"stdout": "", "stderr": "", "output_truncated": False, "duration_ms": 4, "cpu_ms": 2,

@@ -7,10 +7,11 @@ its entry) replace PYSANDBOX_RATE_LIMIT for that key. Past a limit: 429 rate_lim
 Retry-After and X-RateLimit-Limit/-Remaining/-Reset (Flask-Limiter's headers; Reset is a
 Unix time).
 """
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, request
 from flask_limiter import HeaderNames, Limiter
 
 from api.clients import Key, client_id, client_key, is_public
+from api.service import service
 
 RETRY_AFTER_HEADER = "X-PySandbox-Rate-Retry-After"
 """Internal: never sent (see _retry_after_on_429_only)."""
@@ -28,7 +29,7 @@ def storage_uri(redis_url: str) -> str:
 
 def _limit() -> str:
     key = client_key()
-    return (key.rate_limit if key and key.rate_limit else None) or current_app.config["RATE_LIMIT"]
+    return (key.rate_limit if key and key.rate_limit else None) or service().settings.rate_limit
 
 
 def _exempt() -> bool:
@@ -51,10 +52,11 @@ def enabled(rate_limit: str, keys: list[Key]) -> bool:
     return bool(rate_limit) or any(key.rate_limit for key in keys)
 
 
-def register(app: Flask, redis_url: str, keys: list[Key]) -> None:
-    """Count every protected request against its client's limits (after authentication).
-    With no limit configured there is no limiter at all: nothing is added to a request's path."""
-    if not enabled(app.config["RATE_LIMIT"], keys):
+def register(app: Flask, redis_url: str, rate_limit: str, keys: list[Key]) -> None:
+    """Count every protected request against its client's limits (after authentication): `rate_limit`
+    (PYSANDBOX_RATE_LIMIT), or a key's own. With no limit configured there is no limiter at all:
+    nothing is added to a request's path."""
+    if not enabled(rate_limit, keys):
         return
     app.after_request(_retry_after_on_429_only)  # runs after Flask-Limiter's headers
     Limiter(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from api.errors import invalid
 from jail.runinput import IN_NAME_PATTERN, MAX_NAME_CHARS
+from shared.settings import DEFAULTS
 
 M = TypeVar("M", bound=BaseModel)
 NonBlank = Annotated[str, Field(min_length=1, pattern=r"\S")]
@@ -81,9 +82,11 @@ class ExecuteRequest(BaseModel):
                                                             "encoding": "base64"}}],
         json_schema_extra={"propertyNames": {"pattern": IN_NAME_PATTERN, "maxLength": MAX_NAME_CHARS}})
     timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
-        None, description="Wall-time limit in seconds; default 5, clamped to PYSANDBOX_MAX_TIMEOUT_S (30).")
+        None, description=f"Wall-time limit in seconds; default {DEFAULTS.default_timeout_s:g}, clamped to "
+                          f"PYSANDBOX_MAX_TIMEOUT_S ({DEFAULTS.max_timeout_s:g}).")
     memory_mb: PositiveInteger | None = Field(
-        None, description="Memory limit in MiB; default 256, clamped to 64…PYSANDBOX_MAX_MEMORY_MB (1024).")
+        None, description=f"Memory limit in MiB; default {DEFAULTS.default_memory_mb}, clamped to "
+                          f"{DEFAULTS.min_memory_mb}…PYSANDBOX_MAX_MEMORY_MB ({DEFAULTS.max_memory_mb}).")
 
 
 class ExecuteQuery(BaseModel):

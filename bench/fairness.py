@@ -5,7 +5,7 @@ B's errors, and A's share of the run capacity, against a service with fair shari
 
     .venv/bin/python bench/fairness.py URL_FAIR URL_UNFAIR KEY_A KEY_B [SECONDS]
 
-tests/test_fairness.py runs it against the image (two containers, one after the other).
+tests/image/test_fairness.py runs it against the image (two containers, one after the other).
 A honours Retry-After on 503 busy, as a client should (one that does not is what the rate
 limits are for); it counts a run's `duration_ms` towards its share.
 """

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.servers import gunicorn, redis_server, workers  # noqa: E402
+from tests.support.servers import gunicorn, redis_server, workers  # noqa: E402
 
 SCRIPTS = {
     "trivial": 'def main():\n    return {"ok": 1}\n',

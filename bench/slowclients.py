@@ -6,7 +6,7 @@ took to close each kind of slow connection.
 
     .venv/bin/python bench/slowclients.py URL [PER_KIND]      (PER_KIND: 500 by default)
 
-tests/test_proxy.py runs it against the image (`make image`, loopback only) and asserts what is
+tests/image/test_proxy.py runs it against the image (`make image`, loopback only) and asserts what is
 guaranteed: every benign request answered 200, every slow connection closed by the server within
 nginx's bounds (docker/nginx.conf) plus a margin. The latencies are printed, not asserted.
 """

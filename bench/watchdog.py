@@ -5,7 +5,7 @@ Cloud Run profile), four at once, against the documented bound (the limit + SLAC
 
 The watchdog samples a run's memory every 10 ms, so its peak is a sample: on a loaded machine a
 late sample lets a run hold more than the bound for a moment (issue 16 saw 341 MB against 320).
-tests/test_docker.py asserts what is guaranteed (every such run is killed, the service lives);
+tests/image/test_docker.py asserts what is guaranteed (every such run is killed, the service lives);
 this prints how close the samples keep to the bound.
 """
 import statistics
@@ -20,8 +20,8 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jail.watchdog import SLACK_MB  # noqa: E402
-from tests.hostile import MEMORY_SUM  # noqa: E402
-from tests.servers import free_port  # noqa: E402
+from tests.support.hostile import MEMORY_SUM  # noqa: E402
+from tests.support.servers import free_port  # noqa: E402
 
 LIMIT_MB = 256
 FLAGS = ["--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",

@@ -53,16 +53,16 @@ import os
 import pwd
 import re
 import secrets
-import shutil
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 SOCKET_DIR = "/run/pysandbox"
 SOCKET = f"{SOCKET_DIR}/redis.sock"
@@ -78,7 +78,7 @@ GUNICORN_APP = "api:create_app()"
 WORKER = [VENV_PYTHON, "-m", "worker"]
 REDIS_MEMORY_MB = 512
 """Redis's maxmemory unless $PYSANDBOX_REDIS_MEMORY_MB says otherwise: the same variable and
-default as the API's storage budget (api/config.py), which fits inside it."""
+default as the API's storage budget (shared/settings.py), which fits inside it."""
 NGINX = "/usr/sbin/nginx"
 NGINX_TEMPLATE = "/usr/local/share/pysandbox/nginx.conf"
 NGINX_USER = "www-data"

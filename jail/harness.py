@@ -43,7 +43,7 @@ MAX_OUT_ENTRIES = 4096
 MAX_OUT_DEPTH = 8
 MAX_OUT_NAME_CHARS = 1024
 """The longest name (path under out/) the service returns: jail/runinput.py's MAX_NAME_CHARS
-(the jail cannot import it; tests/test_io.py checks they agree). A longer one is skipped."""
+(the jail cannot import it; tests/jail/test_io.py checks they agree). A longer one is skipped."""
 SCRIPT_NAME = "<script>"
 TRACEBACK_FRAMES = 100
 """The outermost frames shown: walking a million-deep recursion would outlast the run."""

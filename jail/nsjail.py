@@ -19,10 +19,10 @@ from pathlib import Path
 from jail import cgroups
 from jail.limits import MIB, Limits
 from jail.outcome import Outcome, SandboxError
+from jail.paths import paths
 from jail.pipes import KILL_GRACE_S, RunPipes, pump
 from jail.protocol import interpret
 from jail.runinput import RunInput, envelope
-from jail.settings import settings
 from jail.watchdog import MemoryWatch
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ WARM_EDITS = (
 @functools.cache
 def harness_source() -> str:
     """The harness's code, passed as `python -c`: no host file of the service is mounted."""
-    return settings().harness.read_text()
+    return paths().harness.read_text()
 
 
 @functools.cache
@@ -61,7 +61,7 @@ def policy_file(tmp_mb: int, warm: bool = False) -> Path:
 
     The command line's --mount cannot set noexec/nosuid/nodev, so /tmp goes in the config.
     """
-    text = settings().config.read_text()
+    text = paths().config.read_text()
     if warm:
         for old, new in WARM_EDITS:
             assert text.count(old) == 1, f"nsjail.cfg no longer has {old!r}"
@@ -74,7 +74,7 @@ def policy_file(tmp_mb: int, warm: bool = False) -> Path:
 @functools.cache
 def host_cgroups() -> cgroups.Cgroups:
     """The cgroup controllers of this host, detected once; a warning when any is missing."""
-    found = cgroups.detect(settings().cgroup_root)
+    found = cgroups.detect(paths().cgroup_root)
     swept = cgroups.sweep_stale(found)
     if swept:
         log.info("removed %d run cgroups that killed processes had left", swept)
@@ -91,7 +91,7 @@ def jail_argv(policy: Path, log_fd: int, pass_fd: int, limit_args: list[str],
     nsjail starts through choom with oom_score_adj 1000, which every process of the jail
     inherits and none can lower: when memory runs out beyond a run's own limit (a
     container's, a host's), the kernel's OOM killer takes a jailed process, never the service."""
-    conf = settings()
+    conf = paths()
     return [*OOM_FIRST, conf.nsjail, "--config", str(policy), "--log_fd", str(log_fd),
             "--pass_fd", str(pass_fd),
             "--bindmount_ro", f"{conf.site_dir}:{SITE_IN_JAIL}", *limit_args,

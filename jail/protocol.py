@@ -7,7 +7,7 @@ import mimetypes
 from typing import Any
 
 from jail.limits import MIB, Limits
-from jail.outcome import OutFile, Outcome, SandboxError, Status
+from jail.outcome import Outcome, OutFile, SandboxError, Status
 from jail.pipes import RawRun
 from jail.runinput import out_name_problem
 

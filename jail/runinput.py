@@ -23,7 +23,7 @@ _FIRST = (r"(?:[A-Za-np-z0-9_-][A-Za-z0-9._-]{0,254}|o|o[A-Za-tv-z0-9._-][A-Za-z
           r"|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,253}|\.\.[A-Za-z0-9._-]{1,253})")
 IN_NAME_PATTERN = f"^{_FIRST}(?:/{_PART}){{0,{MAX_NAME_DEPTH - 1}}}$"
 """in_name_problem()'s rule as one regular expression without lookarounds, for the OpenAPI
-document (a part is not `.` or `..`, the first is not `out`); tests/test_api.py checks they agree."""
+document (a part is not `.` or `..`, the first is not `out`); tests/service/test_api.py checks they agree."""
 OUT_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]")
 """Control characters (newlines included), separators: no name returned holds any."""
 

@@ -12,8 +12,8 @@ from jail.cgroups import Cgroups, Enforcement
 from jail.limits import Limits
 from jail.nsjail import host_cgroups, run_once
 from jail.outcome import Outcome, SandboxError, Status
-from jail.runner import warm_pool
-from jail.settings import settings
+from jail.paths import paths
+from jail.sandbox import Sandbox
 from jail.warm import START_TIMEOUT_S
 from jail.watchdog import SLACK_MB, WATCH_INTERVAL_S
 
@@ -110,7 +110,7 @@ def _memory_bound(outcome: Outcome) -> list[str]:
 
 def policy_env() -> set[str]:
     """The variables nsjail.cfg gives a script: all that may be in its environment."""
-    return set(re.findall(r'^envar: "([^=]+)=', settings().config.read_text(), re.M))
+    return set(re.findall(r'^envar: "([^=]+)=', paths().config.read_text(), re.M))
 
 
 def _escapes(found: dict) -> list[str]:
@@ -128,24 +128,24 @@ def _escapes(found: dict) -> list[str]:
     return failures
 
 
-def _probe_runs() -> list[tuple[str, Outcome | None]]:
-    """The probe run in a one-off jail, and in a warm jail when this process has a pool."""
+def _probe_runs(sandbox: Sandbox | None) -> list[tuple[str, Outcome | None]]:
+    """The probe run in a one-off jail, and in a warm jail when the sandbox keeps them."""
     runs: list[tuple[str, Outcome | None]] = [
         ("one-off", run_once(PROBE_SCRIPT, Limits(timeout_s=PROBE_TIMEOUT_S)))]
-    pool = warm_pool()
+    pool = sandbox.pool if sandbox is not None else None
     if pool is not None:
         limits = Limits(timeout_s=PROBE_TIMEOUT_S, tmp_mb=pool.tmp_mb)
         runs.append(("warm", pool.run(PROBE_SCRIPT, limits, wait_s=START_TIMEOUT_S)))
     return runs
 
 
-def self_test() -> SelfTest:
-    """Run the escape probes in real jails of each kind in use, and check that a run's memory
-    is bounded as a whole; log and return the verdict."""
+def self_test(sandbox: Sandbox | None = None) -> SelfTest:
+    """Run the escape probes in real jails of each kind the sandbox uses (one-off only without
+    one), and check that a run's memory is bounded as a whole; log and return the verdict."""
     cgroups = host_cgroups()
     degraded, enforcement = _degraded(cgroups), cgroups.enforcement
     try:
-        runs = _probe_runs()
+        runs = _probe_runs(sandbox)
         memory = run_once(MEMORY_PROBE, MEMORY_PROBE_LIMITS)
     except SandboxError as exc:
         log.error("self-test: the jail does not start: %s", exc)

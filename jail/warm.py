@@ -38,11 +38,11 @@ from jail import cgroups
 from jail.limits import MIB, Limits
 from jail.nsjail import host_cgroups, jail_argv, jail_stdin, policy_file, reap, run_once
 from jail.outcome import Outcome
+from jail.paths import paths
 from jail.pipes import KILL_GRACE_S, RunPipes, pump
 from jail.procfs import anon_bytes, process_cpu_ns
 from jail.protocol import interpret, ran_out_of_memory
 from jail.runinput import RunInput
-from jail.settings import settings
 from jail.watchdog import MemoryWatch
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class WarmJailBroken(Exception):
 @functools.cache
 def zygote_source() -> str:
     """The zygote's code, appended to the harness's."""
-    return (settings().harness.parent / "zygote.py").read_text()
+    return (paths().harness.parent / "zygote.py").read_text()
 
 
 @dataclass

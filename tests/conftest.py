@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from jail import Limits, Outcome, RunInput
+from jail import Limits, Outcome, RunInput, Sandbox, run
 from jail.cgroups import Cgroups
-from jail.nsjail import run_once
-from jail.warm import START_TIMEOUT_S, WarmPool
-from tests.servers import gunicorn
+from jail.warm import START_TIMEOUT_S
+from tests.support.servers import gunicorn
 
+pytest_plugins = ["tests.support.images"]
+"""The `image` and `plot_image` fixtures (the images `make image` builds)."""
 NO_CGROUPS = Cgroups(Path("/sys/fs/cgroup"), frozenset(), "off for this test")
 
 
@@ -38,39 +39,43 @@ def service_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module", params=["one-off", "warm", "one-off-rlimits", "warm-rlimits"])
-def each_jail_kind(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Runs the module's tests with one-off and warm jails, with this host's cgroups and with
-    none (as on Cloud Run or without CAP_SYS_ADMIN: rlimits and the watchdog bound them).
+def each_jail_kind(request: pytest.FixtureRequest) -> str:
+    """The kinds of jail a module's `sandbox` is made with: one-off and warm jails, with this
+    host's cgroups and with none (as on Cloud Run or without CAP_SYS_ADMIN: rlimits and the
+    watchdog bound them)."""
+    return request.param
 
-    The module's own `run` is swapped for run_once, or for one that uses a warm jail;
-    runs whose tmp_mb differs from the pool's take the one-off path, as in the service.
-    """
-    if request.param.startswith("one-off"):  # pinned: an app made by another test may have left a pool
-        host = NO_CGROUPS if request.param == "one-off-rlimits" else None
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(request.module, "run", lambda script, limits, **kw: run_once(
-                script, limits, host, **kw))
-            yield request.param
-        return
-    host = NO_CGROUPS if request.param == "warm-rlimits" else None
-    pool, lock, in_flight = WarmPool(2, Limits().tmp_mb, host), threading.Lock(), [0]
 
-    def run_warm(script: str, limits: Limits, inputs: RunInput | None = None) -> Outcome:
-        """Wait for a warm jail when nothing else runs (a refill after a kill); never queue
-        behind other runs, which would count the wait as run time."""
-        with lock:
-            in_flight[0] += 1
-            alone = in_flight[0] == 1
+class WaitingSandbox(Sandbox):
+    """A Sandbox with warm jails that waits for one when nothing else runs (a refill after a
+    kill), so that its runs are warm; it never queues behind other runs, which would count the
+    wait as run time. Runs whose tmp_mb differs from the pool's are one-off, as in the service."""
+
+    def __init__(self, host: Cgroups | None) -> None:
+        super().__init__(2, Limits().tmp_mb, host)
+        self._lock, self._in_flight = threading.Lock(), 0
+
+    def run(self, script: str, limits: Limits, cancel: threading.Event | None = None, *,
+            inputs: RunInput | None = None) -> Outcome:
+        assert self.pool is not None
+        with self._lock:
+            self._in_flight += 1
+            alone = self._in_flight == 1
         try:
-            outcome = pool.run(script, limits, wait_s=START_TIMEOUT_S if alone else 0, inputs=inputs)
+            outcome = self.pool.run(script, limits, wait_s=START_TIMEOUT_S if alone else 0, cancel=cancel,
+                                    inputs=inputs)
         finally:
-            with lock:
-                in_flight[0] -= 1
-        return outcome if outcome is not None else run_once(script, limits, inputs=inputs)
+            with self._lock:
+                self._in_flight -= 1
+        return outcome if outcome is not None else run(script, limits, cancel, inputs=inputs, host=self.host)
 
+
+@pytest.fixture(scope="module")
+def sandbox(each_jail_kind: str) -> Iterator[Sandbox]:
+    """The Sandbox a module's tests run scripts in, once per kind of jail (each_jail_kind)."""
+    host = NO_CGROUPS if each_jail_kind.endswith("rlimits") else None
+    made = WaitingSandbox(host) if each_jail_kind.startswith("warm") else Sandbox(host=host)
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(request.module, "run", run_warm)
-            yield request.param
+        yield made
     finally:
-        pool.close()
+        made.close()

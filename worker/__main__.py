@@ -6,7 +6,6 @@ works on with a new RQ worker, without a restart. With PYSANDBOX_WORKER_METRICS_
 serves its own /metrics on that port (compose: on the internal network only).
 """
 import logging
-import os
 import sys
 import time
 
@@ -16,18 +15,21 @@ from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
-from api import logs
-from api.config import load_config
-from api.metrics import observe_warm_jails
-from jail import start_warm_pool
+from jail import Sandbox
 from jail.selftest import self_test
-from worker.queue import QUEUE_NAME
+from shared import logs
+from shared.metrics import observe_warm_jails
+from shared.queue import QUEUE_NAME
+from shared.settings import load, warn_unknown
+from worker import jobs
 
 RECONNECT_S = 1.0
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+"""A worker's Redis when REDIS_URL is unset (an API without it has no queue at all)."""
 log = logging.getLogger("worker")
 
 
-class Worker(SimpleWorker):
+class StoppableWorker(SimpleWorker):
     """RQ's in-process worker, which remembers that it was told to stop (SIGTERM, SIGINT)."""
 
     stopping = False
@@ -50,19 +52,21 @@ def wait_for(redis: Redis) -> None:
 
 def main() -> int:
     """Self-test the jail, then work the queue until told to stop."""
-    logs.setup()
-    config = load_config(None)
-    start_warm_pool(min(1, config["WARM_JAILS"]), config["TMP_MB"], observe_warm_jails)
-    verdict = self_test()
+    settings = load()
+    logs.setup(settings.log_format)
+    warn_unknown()
+    sandbox = Sandbox(min(1, settings.warm_jails), settings.tmp_mb, on_change=observe_warm_jails)
+    verdict = self_test(sandbox)
     if not verdict.passed:
         log.error("worker: the jail failed its self-test (%s); not starting", verdict.failures)
         return 1
-    if config["WORKER_METRICS_PORT"]:
-        start_http_server(config["WORKER_METRICS_PORT"])
-    redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    jobs.run_in(sandbox)
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port)
+    redis = Redis.from_url(settings.redis_url or LOCAL_REDIS_URL)
     while True:
         # Jobs run in this process (not a forked work-horse), where the warm jail lives.
-        worker = Worker([Queue(QUEUE_NAME, connection=redis)], connection=redis,
+        worker = StoppableWorker([Queue(QUEUE_NAME, connection=redis)], connection=redis,
                         job_monitoring_interval=5, log_job_description=False)
         try:
             worker.work(with_scheduler=False)

@@ -1,8 +1,8 @@
 """The job functions the API enqueues by name: run one script in the jail.
 
-run_stored (worker.queue.JOB_FUNCTION) reads the job's input from its own key and deletes it,
+run_stored (shared.queue.JOB_FUNCTION) reads the job's input from its own key and deletes it,
 so that a taken job's input no longer fills Redis, and settles the job's storage budget
-(worker/storage.py). execute takes the input as arguments: the form of jobs queued before
+(shared/storage.py). execute takes the input as arguments: the form of jobs queued before
 run_stored existed, which a persistent Redis may still hold.
 """
 import logging
@@ -14,15 +14,23 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
-from api.logs import run_fields
-from api.metrics import QUEUE_WAIT_SECONDS, observe_run, observe_sandbox_error
-from jail import Limits, Outcome, RunInput, SandboxError, Status, run
-from worker.queue import keep_alive
-from worker.storage import JOB_OVERHEAD_BYTES, Ledger, payload_key, stored_result_bytes, \
-    worst_result_bytes
+from jail import Limits, Outcome, RunInput, Sandbox, SandboxError, Status
+from shared.logs import run_fields
+from shared.metrics import QUEUE_WAIT_SECONDS, observe_run, observe_sandbox_error
+from shared.queue import keep_alive
+from shared.storage import JOB_OVERHEAD_BYTES, Ledger, payload_key, stored_result_bytes, worst_result_bytes
 
 log = logging.getLogger(__name__)
 NOT_RUN = "the job was canceled before it ran"
+_sandbox = Sandbox()
+"""The worker's sandbox (run_in): RQ calls the job functions by name, with the job's arguments
+only, so the process's sandbox is handed to this module once, at the worker's start."""
+
+
+def run_in(sandbox: Sandbox) -> None:
+    """Run this process's jobs in `sandbox` (the worker's, with its warm jail)."""
+    global _sandbox
+    _sandbox = sandbox
 
 
 def execute(script: str, limits: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -82,7 +90,7 @@ def _run(job: Job, script: str, limits: Limits, inputs: RunInput | None) -> dict
             outcome = Outcome(Status.CANCELED, message=NOT_RUN)
         else:
             try:
-                outcome = run(script, limits, cancel=canceled, inputs=inputs)
+                outcome = _sandbox.run(script, limits, cancel=canceled, inputs=inputs)
             except SandboxError:
                 observe_sandbox_error()
                 log.exception("job failed: the sandbox failed", extra=ids)

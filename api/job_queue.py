@@ -1,0 +1,360 @@
+"""Queued runs on RQ/Redis: enqueue a script, report a job's state by id.
+
+The API's client of the queue: it answers in domain values (a JobState, an Outcome, a Fault)
+and raises QueueError subclasses; the HTTP edge (api/responses.py) renders both."""
+import functools
+import logging
+import pickle
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, ParamSpec, TypeVar
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Worker
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+
+from jail import Limits, Outcome, RunInput, Status
+from shared.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
+from shared.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, worst_result_bytes
+
+JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+"""A job id as RQ makes it (a uuid4); checked with fullmatch, so no trailing newline passes."""
+RQ_BACKSTOP_S = 30
+"""RQ's own job timeout is the jail's wall limit plus this: a backstop, never the limit."""
+WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED}
+WAITING_NAMES = {status.value for status in WAITING}
+CANCEL_WAIT_S = 3.0
+"""How long DELETE waits for a running job's worker to confirm it killed the jail."""
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def client_jobs_key(client: str) -> str:
+    """The Redis set of a client's jobs that may still be waiting for a worker."""
+    return f"pysandbox:client-jobs:{client}"
+
+
+class Fault(str, Enum):
+    """How a job failed through no fault of its script."""
+
+    CANCELED = "canceled"
+    """Its client canceled it before a worker started it."""
+    WORKER_LOST = "worker_lost"
+    """Its worker died mid-run, or lost Redis before it could store the result: it is reported
+    failed, never silently re-run."""
+    SANDBOX_FAILED = "sandbox_failed"
+    """The sandbox failed to run it (logged)."""
+
+
+Ended = Outcome | Fault
+"""How a job ended: the run's Outcome (ok or the script's fault, or canceled while it ran), or a Fault."""
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A job as its client sees it."""
+
+    id: str
+    status: str
+    """queued, running, finished, failed or canceled."""
+    request_id: str | None
+    ended: Ended | None = None
+    """None while it has not ended."""
+
+
+class QueueError(Exception):
+    """The queue refused a request, or failed."""
+
+
+class QueueUnavailable(QueueError):
+    """Redis cannot be reached (or none is configured); the message says why."""
+
+
+def unreachable(exc: Exception) -> QueueUnavailable:
+    """The queue could not be reached: exc says how."""
+    return QueueUnavailable(f"the queue cannot be reached ({type(exc).__name__})")
+
+
+class QueueFull(QueueError):
+    """The queue, or this client's share of it, is full; the message says which."""
+
+
+class NoWorkerFree(QueueError):
+    """No worker took a sync run within the wait for one: it was canceled, never to run."""
+
+
+@dataclass
+class OverBudget(QueueError):
+    """The job would take the client's (client_full) or everyone's storage over budget."""
+
+    refusal: Refusal
+    need: int
+    budget: "Budget"
+
+
+class JobNotFound(QueueError):
+    """No such job of this client's: unknown, malformed, expired or another client's id."""
+
+
+class JobFinished(QueueError):
+    """A job that already ended cannot be canceled."""
+
+
+class JobFailed(QueueError):
+    """A sync run through the queue ended in a failure (its `ended`)."""
+
+    def __init__(self, ended: Ended) -> None:
+        super().__init__(ended)
+        self.ended = ended
+
+
+class JobOverran(QueueError):
+    """A sync run through the queue did not end within its limits and the backstop (logged)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The storage budget: bytes the jobs of one client, and of all clients, may hold in Redis."""
+
+    total_bytes: int
+    client_bytes: int
+
+
+def _reaching_redis(method: Callable[P, R]) -> Callable[P, R]:
+    """A JobQueue method whose RedisError becomes QueueUnavailable."""
+    @functools.wraps(method)
+    def reaching(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except RedisError as exc:
+            raise unreachable(exc) from None
+    return reaching
+
+
+class JobQueue:
+    """The API's side of the queue."""
+
+    def __init__(self, redis_url: str, max_queued: int, max_queued_per_client: int, result_ttl_s: int,
+                 budget: Budget) -> None:
+        self.redis = Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self.queue = Queue(QUEUE_NAME, connection=self.redis)
+        self.ledger, self.budget = Ledger(self.redis), budget
+        self.max_queued, self.max_queued_per_client = max_queued, max_queued_per_client
+        self.result_ttl_s = result_ttl_s
+
+    @_reaching_redis
+    def submit(self, script: str, limits: Limits, inputs: RunInput | None, request_id: str,
+               client: str) -> Job:
+        """Enqueue one run of client's, which keeps its request's id; QueueFull when the queue is
+        full, or when this client already has its share of it waiting; OverBudget when it would
+        take the client's or everyone's storage over budget. Its input goes to a key of its own,
+        which the worker deletes; the job carries only its id."""
+        payload = pickle.dumps((script, limits, inputs), protocol=pickle.HIGHEST_PROTOCOL)
+        need = allocated(len(payload)) + worst_result_bytes(limits) + JOB_OVERHEAD_BYTES
+        job_id = str(uuid.uuid4())
+        if self.queue.count >= self.max_queued:
+            raise QueueFull(f"the queue holds {self.max_queued} jobs")
+        waiting = self._waiting_of(client)
+        if waiting >= self.max_queued_per_client:
+            raise QueueFull(f"this client has {waiting} jobs waiting in the queue, its share of it")
+        refusal = self.ledger.reserve(job_id, client, need, self.budget.client_bytes,
+                                      self.budget.total_bytes)
+        if refusal is not None:
+            raise OverBudget(refusal, need, self.budget)
+        return self._enqueue(job_id, payload, limits, request_id, client)
+
+    def _enqueue(self, job_id: str, payload: bytes, limits: Limits, request_id: str,
+                 client: str) -> Job:
+        """Store the payload and enqueue the job in one transaction; on failure, release the
+        job's reservation (or, if Redis is gone, the ledger does once it sees no such job)."""
+        try:
+            with self.redis.pipeline() as pipe:
+                job = self.queue.enqueue(
+                    JOB_FUNCTION, job_id=job_id, job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S,
+                    result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None,
+                    meta={"request_id": request_id, "client": client}, pipeline=pipe)
+                pipe.set(payload_key(job_id), payload)
+                pipe.sadd(client_jobs_key(client), job_id)
+                pipe.expire(client_jobs_key(client), self.result_ttl_s)
+                pipe.execute()
+            return job
+        except RedisError:
+            try:
+                self.ledger.release(job_id)
+            except RedisError:
+                pass
+            raise
+
+    def _waiting_of(self, client: str) -> int:
+        """How many of client's jobs wait for a worker. The count lives in Redis, so it holds
+        across API restarts and replicas: a set of the client's job ids, from which the jobs a
+        worker took (or that ended, were canceled or expired) are dropped here, by their status
+        in RQ. Two submits of one client at once may both pass at its last place: the cap is
+        exceeded by at most the client's concurrent requests, which the rate limits bound."""
+        key = client_jobs_key(client)
+        ids = [member.decode() for member in self.redis.smembers(key)]  # type: ignore[union-attr]
+        if not ids:
+            return 0
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hget(Job.key_for(job_id), "status")
+        statuses = pipe.execute()
+        gone = [job_id for job_id, status in zip(ids, statuses, strict=True)
+                if status is None or status.decode() not in WAITING_NAMES]
+        if gone:
+            self.redis.srem(key, *gone)
+        return len(ids) - len(gone)
+
+    @_reaching_redis
+    def wait(self, job: Job, queue_wait_s: float, run_s: float) -> Outcome:
+        """Block until the job ends; its Outcome if main() returned, else JobFailed.
+
+        A job no worker has taken within queue_wait_s is cancelled (NoWorkerFree), as a local run
+        that finds no free slot is refused: its client will not expect it to run."""
+        taken_by = time.monotonic() + queue_wait_s
+        while job.get_status() in WAITING:
+            if time.monotonic() >= taken_by:
+                job.cancel()
+                self._drop_input(job)
+                raise NoWorkerFree("every worker is busy")
+            time.sleep(0.005)
+        ends_by = time.monotonic() + run_s
+        while time.monotonic() < ends_by:
+            job.latest_result(timeout=1)
+            status, ended = self._resolve(job)
+            if status == "finished" and isinstance(ended, Outcome):
+                return ended
+            if ended is not None:
+                raise JobFailed(ended)
+        log.error("job %s outlived its limits by %d s", job.id, RQ_BACKSTOP_S)
+        raise JobOverran(job.id)
+
+    @_reaching_redis
+    def state(self, job_id: str, client: str) -> JobState:
+        """client's job: its status, and how it ended once it has."""
+        return self._describe(self._fetch(job_id, client))
+
+    @_reaching_redis
+    def cancel(self, job_id: str, client: str) -> JobState:
+        """Cancel client's queued or running job and answer its state (canceled, once its worker
+        has killed the jail); a canceled job's state again; JobFinished for one that ended."""
+        job = self._fetch(job_id, client)
+        status, _ = self._resolve(job)
+        if status == "canceled":
+            return self._describe(job)
+        if status not in ("queued", "running"):
+            raise JobFinished(job.id)
+        try:
+            request_cancel(self.redis, job.id, self.result_ttl_s)
+            if job.get_status() in WAITING:
+                job.cancel()  # never runs; a worker that took it meanwhile sees the cancel key
+                self._drop_input(job)
+        except InvalidJobOperation:
+            pass  # taken or ended meanwhile: the worker honours the key, or it had finished
+        ends_by = time.monotonic() + CANCEL_WAIT_S
+        while (status := self._resolve(job)[0]) == "running" and time.monotonic() < ends_by:
+            time.sleep(0.05)
+        if status in ("finished", "failed"):
+            raise JobFinished(job.id)  # it ended before its worker saw the cancel
+        return self._describe(job)
+
+    def _drop_input(self, job: Job) -> None:
+        """A job canceled before it ran: its input leaves Redis now, its record with the
+        result TTL (RQ keeps canceled jobs forever), and its storage comes down to the record,
+        unless a worker took the input meanwhile (it settles the job itself)."""
+        with self.redis.pipeline() as pipe:
+            pipe.delete(payload_key(job.id))
+            pipe.expire(job.key, self.result_ttl_s)
+            dropped, _ = pipe.execute()
+        if dropped:
+            self.ledger.settle(job.id, JOB_OVERHEAD_BYTES, done=True)
+
+    def _fetch(self, job_id: str, client: str) -> Job:
+        """client's job; JobNotFound for an id that is malformed, unknown, expired or
+        another client's, all alike. The owner is in the job's meta, which the one read of the
+        job's hash brings: a foreign job costs the same round trip as an unknown one. A job
+        queued before owners were recorded has none and is nobody's (see the README)."""
+        if not JOB_ID.fullmatch(job_id):
+            raise JobNotFound(job_id)
+        try:
+            job = Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            raise JobNotFound(job_id) from None
+        if job.meta.get("client") != client:
+            raise JobNotFound(job_id)
+        return job
+
+    def _describe(self, job: Job) -> JobState:
+        status, ended = self._resolve(job)
+        return JobState(job.id, status, job.meta.get("request_id"), ended)
+
+    def _resolve(self, job: Job) -> tuple[str, Ended | None]:
+        """The job's public status, and how it ended (None while it has not)."""
+        status = job.get_status()
+        if status is JobStatus.CANCELED:
+            return "canceled", Fault.CANCELED
+        if status in WAITING:
+            return "queued", None
+        if status is JobStatus.STARTED:
+            return ("running", None) if self._running(job) else ("failed", Fault.WORKER_LOST)
+        value = job.return_value() if status is JobStatus.FINISHED else None
+        if isinstance(value, dict):
+            outcome = Outcome.from_dict(value)
+            if outcome.status is Status.CANCELED:
+                return "canceled", outcome
+            return ("finished" if outcome.ok else "failed"), outcome
+        # Abandoned: its worker died. A Redis error: the worker lost Redis (a restart, a
+        # failover) while storing the outcome, and RQ recorded that once Redis was back.
+        if any(mark in (job.exc_info or "") for mark in ("AbandonedJobError", "redis.exceptions.")):
+            return "failed", Fault.WORKER_LOST
+        log.error("job %s failed in the worker: %s", job.id, job.exc_info)
+        return "failed", Fault.SANDBOX_FAILED
+
+    def _running(self, job: Job) -> bool:
+        """A started job is running while its worker keeps its liveness key (or just began)."""
+        started = job.started_at
+        if started is None:
+            return True
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=UTC)
+        age_s = (datetime.now(UTC) - started).total_seconds()
+        return age_s < ALIVE_TTL_S or is_alive(self.redis, job.id)
+
+    def persistent(self) -> bool:
+        """True when Redis writes an append-only file (jobs outlive a Redis restart)."""
+        return bool(self.redis.info("persistence").get("aof_enabled"))
+
+    def health(self) -> dict[str, Any]:
+        """Whether Redis answers, keeps its data across restarts, and how many workers serve."""
+        try:
+            return {"redis": "ok", "persistent": self.persistent(),
+                    "workers": Worker.count(queue=self.queue), "queued": self.queue.count,
+                    "storage": {"held_bytes": self.ledger.held()[0],
+                                "budget_bytes": self.budget.total_bytes}}
+        except RedisError as exc:
+            return {"redis": f"unreachable ({type(exc).__name__})", "workers": 0}
+
+    def metrics_state(self) -> dict[str, Any]:
+        """For /metrics: whether Redis answers, persists, its workers and jobs by RQ state."""
+        queue = self.queue
+        try:
+            registries = {"started": queue.started_job_registry, "finished": queue.finished_job_registry,
+                          "failed": queue.failed_job_registry, "canceled": queue.canceled_job_registry,
+                          "deferred": queue.deferred_job_registry,
+                          "scheduled": queue.scheduled_job_registry}
+            jobs = {"queued": queue.count, **{name: registry.get_job_count(cleanup=False)
+                                              for name, registry in registries.items()}}
+            held, by_client = self.ledger.held()
+            return {"up": 1, "persistent": self.persistent(), "workers": Worker.count(queue=queue),
+                    "jobs": jobs, "storage_held": held, "storage_by_client": by_client,
+                    "storage_budget": self.budget.total_bytes}
+        except RedisError:
+            return {"up": 0}

@@ -1,0 +1,36 @@
+"""What an app holds once made (create_app): its settings and the objects its requests use."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app
+
+if TYPE_CHECKING:  # these modules read the Service of their app
+    from api.clients import Key
+    from api.job_queue import JobQueue
+    from api.modes import RunMode
+    from shared.settings import Settings
+
+EXTENSION = "pysandbox"
+
+
+@dataclass
+class Service:
+    """An app's state, in app.extensions[EXTENSION]."""
+
+    settings: Settings
+    keys: list[Key]
+    mode: RunMode
+    """Where sync runs run (api/modes.py)."""
+    jobs: JobQueue | None
+    """The queue, when REDIS_URL is set."""
+    openapi: dict[str, Any] | None = None
+    """The OpenAPI document, built at its first request."""
+
+
+def service(app: Flask | None = None) -> Service:
+    """The Service of this app (default: the current one)."""
+    found = (app or current_app).extensions[EXTENSION]
+    assert isinstance(found, Service)
+    return found

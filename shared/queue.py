@@ -1,0 +1,88 @@
+"""The queue's contract, shared by the API (which enqueues) and the workers (which run).
+
+The API imports only this module and shared/storage.py, never the job code: it enqueues
+JOB_FUNCTION by name, with no arguments: the job's input is in its own key (storage.payload_key).
+A per-job key exists only while a live worker is running that job: RQ notices a dead
+worker only after its heartbeat TTL (a minute or more); this key, refreshed every second
+and expiring after ALIVE_TTL_S, lets the API say `worker_lost` within seconds.
+
+Canceling: the API sets a job's cancel key (DELETE /jobs/<id>); the worker running it polls
+that key every CANCEL_KEY_POLL_S and sets the run's cancel event, which kills its jail. RQ's own
+stop-job command would kill the work-horse, but these workers run jobs in-process
+(SimpleWorker, next to their warm jail), so the jail has to be told instead.
+"""
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+QUEUE_NAME = "pysandbox"
+JOB_FUNCTION = "worker.jobs.run_stored"
+ALIVE_TTL_S = 10
+REFRESH_S = 1.0
+CANCEL_KEY_POLL_S = 0.2
+"""How often a worker running a job looks for its cancel key (jail/pipes.py's CANCEL_POLL_S is how
+often a run looks at its cancel event)."""
+
+
+def alive_key(job_id: str) -> str:
+    """The Redis key that says job_id is being run right now."""
+    return f"pysandbox:alive:{job_id}"
+
+
+def cancel_key(job_id: str) -> str:
+    """The Redis key that says job_id was canceled by its client."""
+    return f"pysandbox:cancel:{job_id}"
+
+
+def is_alive(redis: Redis, job_id: str) -> bool:
+    """True while a worker is running job_id."""
+    return bool(redis.exists(alive_key(job_id)))
+
+
+def request_cancel(redis: Redis, job_id: str, ttl_s: int) -> None:
+    """Ask whichever worker runs (or will take) job_id to stop it."""
+    redis.set(cancel_key(job_id), 1, ex=ttl_s)
+
+
+def is_canceled(redis: Redis, job_id: str) -> bool:
+    """True once job_id's client canceled it."""
+    return bool(redis.exists(cancel_key(job_id)))
+
+
+@contextmanager
+def keep_alive(redis: Redis, job_id: str) -> Iterator[threading.Event]:
+    """Refresh job_id's key while the body runs, and yield an event set once the job is
+    canceled; delete the key afterwards. A Redis outage meanwhile does not stop the run:
+    the beat retries, and a key left behind expires by itself."""
+    key, done, canceled = alive_key(job_id), threading.Event(), threading.Event()
+
+    def beat() -> None:
+        refresh_at = 0.0
+        while not done.wait(CANCEL_KEY_POLL_S):
+            refresh_at += CANCEL_KEY_POLL_S
+            try:
+                if refresh_at >= REFRESH_S:
+                    redis.set(key, 1, ex=ALIVE_TTL_S)
+                    refresh_at = 0.0
+                if not canceled.is_set() and is_canceled(redis, job_id):
+                    canceled.set()
+            except RedisError:
+                pass  # Redis is away: try again at the next beat
+
+    redis.set(key, 1, ex=ALIVE_TTL_S)
+    if is_canceled(redis, job_id):
+        canceled.set()
+    thread = threading.Thread(target=beat, name=f"alive-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield canceled
+    finally:
+        done.set()
+        thread.join()
+        try:
+            redis.delete(key)
+        except RedisError:
+            pass

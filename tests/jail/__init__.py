@@ -1,0 +1,1 @@
+"""The jail against the real nsjail (root): one-off and warm, with this host's cgroups and without."""

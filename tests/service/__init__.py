@@ -1,0 +1,1 @@
+"""The service through Flask's client and real gunicorn, redis-server and RQ workers (root)."""
