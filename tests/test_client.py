@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -501,28 +502,58 @@ def test_cli_async_no_wait_and_jobs(service, workdir):
     assert missing.returncode == 3 and json.loads(missing.stdout)["error"]["code"] == "job_not_found"
 
 
+class OnATerminal:
+    """`pysandbox run SCRIPT --async` with its stderr on a pseudo-terminal, read as it writes."""
+
+    def __init__(self, service: str, cwd: Path, script: str) -> None:
+        (cwd / "script.py").write_text(script)
+        self.controller, terminal = pty.openpty()
+        env = {**os.environ, "PYSANDBOX_URL": service, "PYSANDBOX_API_KEY": KEYS["alice"]}
+        self.proc = subprocess.Popen([PYSANDBOX, "run", "script.py", "--async"], cwd=cwd, env=env,
+                                     stdout=subprocess.PIPE, stderr=terminal, text=True)
+        os.close(terminal)
+        self.shown = ""
+
+    def read_until(self, pattern: str) -> re.Match[str] | None:
+        """Read the terminal until pattern shows (its match), or until it closes (None)."""
+        while not (found := re.search(pattern, self.shown)):
+            if not select.select([self.controller], [], [], 60)[0]:
+                return None
+            try:
+                chunk = os.read(self.controller, 4096)
+            except OSError:  # the command ended: the terminal is closed
+                chunk = b""
+            if not chunk:
+                return None
+            self.shown += chunk.decode()
+        return found
+
+    def end(self) -> str:
+        """The command's stdout, once it ended."""
+        self.read_until("(?!)")  # matches nothing: read until it closes
+        os.close(self.controller)
+        return self.proc.communicate(timeout=60)[0]
+
+
+SPINNER = r"job ([0-9a-f-]{36}) (queued|running) \d+\.\ds"
+
+
 def test_cli_async_shows_a_spinner_on_a_terminal(service, tmp_path):
-    (tmp_path / "slow.py").write_text(SLEEPER.format(s=1.5))
-    controller, terminal = pty.openpty()
-    env = {**os.environ, "PYSANDBOX_URL": service, "PYSANDBOX_API_KEY": KEYS["alice"]}
-    proc = subprocess.Popen([PYSANDBOX, "run", "slow.py", "--async"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=terminal, text=True)
-    os.close(terminal)
-    shown = b""
-    while select.select([controller], [], [], 60)[0]:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:  # the command ended: the terminal is closed
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(controller)
-    stdout, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and stdout.splitlines()[-1] == '"slept"'
-    text = shown.decode()
-    assert re.search(r"job [0-9a-f-]{36} (queued|running) \d+\.\ds", text), text
-    assert text.endswith("\r\x1b[K"), text  # the line cleared at the end
+    terminal = OnATerminal(service, tmp_path, SLEEPER.format(s=1.5))
+    stdout = terminal.end()
+    assert terminal.proc.returncode == 0 and stdout.splitlines()[-1] == '"slept"'
+    assert re.search(SPINNER, terminal.shown), terminal.shown
+    assert terminal.shown.endswith("\r\x1b[K"), terminal.shown  # the line cleared at the end
+
+
+def test_cli_ctrl_c_cancels_the_job_it_waits_for(service, client, tmp_path):
+    terminal = OnATerminal(service, tmp_path, SLEEPER.format(s=20))
+    shown = terminal.read_until(SPINNER.replace("(queued|running)", "running"))
+    assert shown, terminal.shown
+    terminal.proc.send_signal(signal.SIGINT)
+    terminal.end()
+    assert terminal.proc.returncode == 130
+    assert client.get(shown.group(1)).status == "canceled"
 
 
 # The documentation's examples, from a fresh venv.
