@@ -445,6 +445,11 @@ def test_cli_run_prints_output_then_the_result_and_saves_files(service, workdir)
     assert (workdir / "results" / "first.txt").read_text() == "a"
 
 
+def test_cli_the_json_starts_a_line_of_its_own(service, tmp_path):
+    done = cli(service, "run", "-", cwd=tmp_path, stdin="print('no newline', end='')\ndef main(): return 1")
+    assert done.returncode == 0 and done.stdout == "no newline\n1\n"
+
+
 def test_cli_script_error_exits_1_with_the_code(service, tmp_path):
     (tmp_path / "bad.py").write_text("print('so far')\ndef main():\n    return 1 / 0\n")
     done = cli(service, "run", "bad.py", cwd=tmp_path)

@@ -92,8 +92,10 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _show_output(output: RunOutput | None) -> None:
+    """The run's stdout and stderr on ours; the JSON that follows starts a line of its own."""
     if output:
-        sys.stdout.write(output.stdout)
+        sys.stdout.write(output.stdout if output.stdout.endswith("\n") or not output.stdout
+                         else output.stdout + "\n")
         sys.stderr.write(output.stderr)
 
 
