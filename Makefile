@@ -57,8 +57,8 @@ jail-site: $(JAIL_SITE)/.installed
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(VENV)/bin/pip install --disable-pip-version-check -e '.[test]'
+$(VENV)/.installed: pyproject.toml client/pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install --disable-pip-version-check -e '.[test]' -e ./client
 	touch $@
 
 # Built aside and swapped in, so that an interrupted install never looks complete. The
