@@ -40,6 +40,8 @@ DEFAULTS: dict[str, object] = {
     "TRUSTED_PROXIES": 0,
     "RATE_LIMIT": "",
     "FAIR_SHARING": True,
+    "MEMORY_MB": 0,
+    "MEMORY_LEDGER": "/dev/shm/pysandbox-memory",
 }
 """Each is documented in the README's configuration table."""
 

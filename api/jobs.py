@@ -17,6 +17,7 @@ from rq.job import Job, JobStatus
 from api.errors import ApiError, busy
 from api.responses import outcome_body, outcome_error
 from jail import Limits, Outcome, RunInput, Status
+from jail.admission import ADMIT_WAIT_S
 from worker.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
 from worker.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, \
     worst_result_bytes
@@ -134,7 +135,8 @@ class JobQueue:
         try:
             with self.redis.pipeline() as pipe:
                 job = self.queue.enqueue(
-                    JOB_FUNCTION, job_id=job_id, job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S,
+                    JOB_FUNCTION, job_id=job_id,
+                    job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S + ADMIT_WAIT_S,
                     result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None,
                     meta={"request_id": request_id, "client": client}, pipeline=pipe)
                 pipe.set(payload_key(job_id), payload)

@@ -56,7 +56,11 @@ ERROR_CODES: dict[int, dict[str, str]] = {
     501: {"not_implemented": "a `Transfer-Encoding` other than chunked (nginx)"},
     502: {"upstream_unavailable": "the image's nginx could not reach gunicorn (starting, stopping or "
                                   "restarting); `Retry-After` says when to retry"},
-    503: {"busy": "at capacity; `Retry-After` says when to retry",
+    503: {"busy": "at capacity (every run slot taken, or no memory free for the run's limit); "
+                   "`Retry-After` says when to retry",
+          "memory_unavailable": "the run's memory limit cannot fit beside what this service holds, "
+                                "now or later (GET /health's `memory`): ask for less memory; a job's "
+                                "worker also ends a job so when no memory came free within 60 s",
           "sandbox_unavailable": "the jail failed its self-test",
           "queue_unavailable": "no Redis configured, or Redis unreachable",
           "storage_budget_exceeded": "queued runs: this client's jobs would hold more of the queue's "
@@ -84,7 +88,8 @@ MESSAGES_422 = {
     "no_result": "the script exited (status 0) before main() returned",
 }
 RUN_FIELDS = {"stdout": "", "stderr": "", "output_truncated": False, "duration_ms": 4, "cpu_ms": 2,
-              "peak_memory_mb": 0.3, "files": [], "files_truncated": False}
+              "peak_memory_mb": 0.3, "files": [], "files_truncated": False,
+              "enforcement": "cgroup v2"}
 MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
     (ExecuteRequest, "validation"), (RunResult, "serialization"), (RunError, "serialization"),
     (Error, "serialization"), (JobQueued, "serialization"), (JobState, "serialization"),

@@ -1,10 +1,9 @@
 """Turning an Outcome into the API's JSON: 200 with the result, or 422 with the script's error."""
+from dataclasses import asdict
 from typing import Any
 
 from api.errors import ApiError
-from dataclasses import asdict
-
-from jail import Outcome
+from jail import Outcome, Status
 
 
 def output_fields(outcome: Outcome) -> dict[str, Any]:
@@ -12,13 +11,16 @@ def output_fields(outcome: Outcome) -> dict[str, Any]:
     return {"stdout": outcome.stdout, "stderr": outcome.stderr,
             "output_truncated": outcome.output_truncated, "duration_ms": outcome.duration_ms,
             "cpu_ms": outcome.cpu_ms, "peak_memory_mb": outcome.peak_memory_mb,
-            "files": [asdict(f) for f in outcome.files], "files_truncated": outcome.files_truncated}
+            "files": [asdict(f) for f in outcome.files], "files_truncated": outcome.files_truncated,
+            "enforcement": outcome.enforcement or None}
 
 
 def outcome_error(outcome: Outcome) -> ApiError:
-    """The 422 error of a run whose main() did not return a JSON value."""
+    """The error of a run whose main() did not return a JSON value: 422, the script's fault;
+    503 for a job its worker had no memory for (the service's)."""
     detail = {"traceback": outcome.traceback} if outcome.traceback else {}
-    return ApiError(422, outcome.status.value, outcome.message, detail=detail,
+    status = 503 if outcome.status is Status.MEMORY_UNAVAILABLE else 422
+    return ApiError(status, outcome.status.value, outcome.message, detail=detail,
                     extra=output_fields(outcome))
 
 

@@ -45,7 +45,7 @@ def _run_here(script: str, limits: Limits, inputs: RunInput | None) -> Response:
                        "the sandbox failed its self-test; no script is run until it passes",
                        headers={"Retry-After": "30"})
     capacity: Capacity = _state()["capacity"]
-    with capacity.slot(client_id()) as waited_s:
+    with capacity.slot(client_id(), limits.memory_mb) as waited_s:
         try:
             outcome = run(script, limits, inputs=inputs)
         except SandboxError:
@@ -106,6 +106,9 @@ def health():
         body["enforcement"] = verdict.enforcement.value
         body["selftest"] = verdict.to_dict()
         body["warm_jails"] = {"size": pool.size if pool else 0, "idle": pool.idle if pool else 0}
+        memory = _state()["capacity"].memory
+        if memory is not None:
+            body["memory"] = memory.health(current_app.config["MAX_MEMORY_MB"])
         healthy = verdict.passed
         if _state()["jobs"] is not None:
             body["queue"] = _state()["jobs"].health()

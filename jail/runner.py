@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from jail.limits import Limits
-from jail.nsjail import run_once
+from jail.nsjail import host_cgroups, run_once
 from jail.outcome import Outcome
 from jail.runinput import RunInput
 from jail.warm import WarmPool
@@ -49,8 +49,9 @@ def run(script: str, limits: Limits, cancel: threading.Event | None = None, *,
     `inputs` (main()'s input, stdin, files) must be validated by the caller. Once `cancel` is
     set the jail is killed as at a timeout, within pipes.CANCEL_POLL_S, and the outcome is
     Status.CANCELED."""
-    pool = _pool
+    pool, enforcement = _pool, host_cgroups().enforcement.value
     outcome = pool.run(script, limits, cancel=cancel, inputs=inputs) if pool is not None else None
     if outcome is not None:
-        return outcome if outcome.jail else replace(outcome, jail="warm")
-    return replace(run_once(script, limits, cancel=cancel, inputs=inputs), jail="one-off")
+        return replace(outcome, jail=outcome.jail or "warm", enforcement=enforcement)
+    return replace(run_once(script, limits, cancel=cancel, inputs=inputs), jail="one-off",
+                   enforcement=enforcement)

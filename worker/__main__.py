@@ -17,10 +17,12 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
 from api import logs
+from api import memory_ledger
 from api.config import load_config
 from api.metrics import observe_warm_jails
 from jail import start_warm_pool
 from jail.selftest import self_test
+from worker.jobs import admit_with
 from worker.queue import QUEUE_NAME
 
 RECONNECT_S = 1.0
@@ -52,11 +54,13 @@ def main() -> int:
     """Self-test the jail, then work the queue until told to stop."""
     logs.setup()
     config = load_config(None)
-    start_warm_pool(min(1, config["WARM_JAILS"]), config["TMP_MB"], observe_warm_jails)
+    warm_jails = min(1, config["WARM_JAILS"])
+    start_warm_pool(warm_jails, config["TMP_MB"], observe_warm_jails)
     verdict = self_test()
     if not verdict.passed:
         log.error("worker: the jail failed its self-test (%s); not starting", verdict.failures)
         return 1
+    admit_with(memory_ledger(config, warm_jails))
     if config["WORKER_METRICS_PORT"]:
         start_http_server(config["WORKER_METRICS_PORT"])
     redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))

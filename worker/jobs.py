@@ -7,6 +7,9 @@ run_stored existed, which a persistent Redis may still hold.
 """
 import logging
 import pickle
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,12 +20,21 @@ from rq.job import Job
 from api.logs import run_fields
 from api.metrics import QUEUE_WAIT_SECONDS, observe_run, observe_sandbox_error
 from jail import Limits, Outcome, RunInput, SandboxError, Status, run
+from jail.admission import ADMIT_WAIT_S, MemoryLedger
+from jail.limits import MIB
 from worker.queue import keep_alive
 from worker.storage import JOB_OVERHEAD_BYTES, Ledger, payload_key, stored_result_bytes, \
     worst_result_bytes
 
 log = logging.getLogger(__name__)
 NOT_RUN = "the job was canceled before it ran"
+_memory: MemoryLedger | None = None
+
+
+def admit_with(ledger: MemoryLedger | None) -> None:
+    """Admit this worker's runs by memory against ledger (worker/__main__.py sets it once)."""
+    global _memory
+    _memory = ledger
 
 
 def execute(script: str, limits: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -56,6 +68,30 @@ def run_stored() -> dict[str, Any]:
     return value
 
 
+@contextmanager
+def admitted(limits: Limits, canceled: threading.Event) -> Iterator[Outcome | None]:
+    """Hold the run's memory while it runs: None once admitted (or without admission by
+    memory), else the memory_unavailable outcome that ends the job unrun."""
+    memory = _memory
+    if memory is None:
+        yield None
+        return
+    nbytes = memory.cost(limits.memory_mb)
+    if memory.never_fits(nbytes):
+        yield Outcome(Status.MEMORY_UNAVAILABLE, message=f"a run reserving {nbytes // MIB} MB cannot "
+                      "fit in the memory this worker has for runs; ask for less memory")
+        return
+    token = memory.reserve(nbytes, ADMIT_WAIT_S, canceled)
+    if token is None:
+        yield Outcome(Status.MEMORY_UNAVAILABLE, message=f"no {nbytes // MIB} MB were free for the "
+                      f"run within {ADMIT_WAIT_S} s; retry later")
+        return
+    try:
+        yield None
+    finally:
+        memory.release(token)
+
+
 def _current() -> Job:
     job = get_current_job()
     assert job is not None, "the job functions run inside an RQ job"
@@ -77,9 +113,11 @@ def _run(job: Job, script: str, limits: Limits, inputs: RunInput | None) -> dict
         enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
         QUEUE_WAIT_SECONDS.observe(max(0.0, (datetime.now(UTC) - enqueued).total_seconds()))
     log.info("job started", extra=ids)
-    with keep_alive(job.connection, job.id) as canceled:
+    with keep_alive(job.connection, job.id) as canceled, admitted(limits, canceled) as refusal:
         if canceled.is_set():
             outcome = Outcome(Status.CANCELED, message=NOT_RUN)
+        elif refusal is not None:
+            outcome = refusal
         else:
             try:
                 outcome = run(script, limits, cancel=canceled, inputs=inputs)
