@@ -1,5 +1,4 @@
 """PySandbox's HTTP API: create_app() builds the Flask app (gunicorn: "api:create_app()")."""
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,14 +11,11 @@ from api.capacity import Capacity
 from api.config import load_config
 from api.jobs import Budget, JobQueue
 from api.requests import files_in_cap
-from jail import Limits, host_cgroups, start_warm_pool
-from jail.admission import MemoryLedger, open_ledger
+from jail import Limits, start_warm_pool
+from jail.admission import open_ledger
 from jail.limits import MIB
 from jail.selftest import self_test
-from jail.watchdog import SLACK_MB
 from worker.storage import JOB_OVERHEAD_BYTES, worst_result_bytes
-
-log = logging.getLogger(__name__)
 
 
 def max_body_bytes(config: dict[str, Any]) -> int:
@@ -52,18 +48,6 @@ def storage_budget(config: dict[str, Any]) -> Budget:
     return budget
 
 
-def memory_ledger(config: dict[str, Any], warm_jails: int) -> MemoryLedger:
-    """The ledger runs of this process are admitted against (jail/admission.py), with this
-    process and its warm jails registered; logs the sum it budgets."""
-    slack = 0 if "memory" in host_cgroups().available else SLACK_MB * MIB
-    ledger = open_ledger(Path(config["MEMORY_LEDGER"]), config["MEMORY_MB"], warm_jails, slack)
-    log.info(ledger.describe(config["DEFAULT_MEMORY_MB"]))
-    warning = ledger.health(config["MAX_MEMORY_MB"]).get("warning")
-    if warning:
-        log.warning(warning)
-    return ledger
-
-
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """The app, configured from PYSANDBOX_* variables (and REDIS_URL), after a self-test of the jail."""
     app = Flask(__name__)
@@ -91,7 +75,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     memory = None
     if runs_here:
         start_warm_pool(app.config["WARM_JAILS"], app.config["TMP_MB"], metrics.observe_warm_jails)
-        memory = memory_ledger(app.config, app.config["WARM_JAILS"])
+        memory = open_ledger(Path(app.config["MEMORY_LEDGER"]), app.config["MEMORY_MB"],
+                             app.config["WARM_JAILS"], app.config["DEFAULT_MEMORY_MB"],
+                             app.config["MAX_MEMORY_MB"])
     app.extensions["pysandbox"] = {
         "capacity": Capacity(app.config["MAX_CONCURRENT_RUNS"], app.config["QUEUE_WAIT_S"],
                              app.config["RETRY_AFTER_S"], app.config["FAIR_SHARING"],

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from jail.limits import MIB
+from jail.nsjail import host_cgroups
+from jail.watchdog import SLACK_MB
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +264,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def open_ledger(path: Path, memory_mb: int, warm_jails: int, slack_bytes: int) -> MemoryLedger:
+def open_ledger(path: Path, memory_mb: int, warm_jails: int, default_mb: int,
+                largest_mb: int) -> MemoryLedger:
     """This process's ledger (the budget from memory_mb, 0 to detect it), with what this
-    process holds standing (itself and warm_jails warm jails) registered."""
+    process holds standing (itself and warm_jails warm jails) registered; logs the sum it
+    budgets, and a warning when a run at largest_mb cannot fit."""
     total, source = (memory_mb * MIB, "PYSANDBOX_MEMORY_MB") if memory_mb else memory_total()
-    ledger = MemoryLedger(path, Budget(total, source), slack_bytes)
+    slack = 0 if "memory" in host_cgroups().available else SLACK_MB * MIB
+    ledger = MemoryLedger(path, Budget(total, source), slack)
     ledger.stand(standing_bytes(warm_jails))
+    log.info(ledger.describe(default_mb))
+    warning = ledger.health(largest_mb).get("warning")
+    if warning:
+        log.warning(warning)
     return ledger

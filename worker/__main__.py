@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from prometheus_client import start_http_server
 from redis import Redis
@@ -17,10 +18,10 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
 from api import logs
-from api import memory_ledger
 from api.config import load_config
 from api.metrics import observe_warm_jails
 from jail import start_warm_pool
+from jail.admission import open_ledger
 from jail.selftest import self_test
 from worker.jobs import admit_with
 from worker.queue import QUEUE_NAME
@@ -60,7 +61,8 @@ def main() -> int:
     if not verdict.passed:
         log.error("worker: the jail failed its self-test (%s); not starting", verdict.failures)
         return 1
-    admit_with(memory_ledger(config, warm_jails))
+    admit_with(open_ledger(Path(config["MEMORY_LEDGER"]), config["MEMORY_MB"], warm_jails,
+                           config["DEFAULT_MEMORY_MB"], config["MAX_MEMORY_MB"]))
     if config["WORKER_METRICS_PORT"]:
         start_http_server(config["WORKER_METRICS_PORT"])
     redis = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
