@@ -35,6 +35,10 @@ pytestmark = pytest.mark.vm
 HEALTH_TIMEOUT_S = 300
 """The service's start and self-test under TCG emulation take tens of seconds."""
 ROUNDS = int(os.environ.get("PYSANDBOX_VM_ROUNDS", "3"))
+MEMORY_SUM_TIMEOUT_S = 30
+"""The longest a run may ask for: four MEMORY_SUM runs at once (profile C admits all four)
+share the guest's two emulated CPUs, and a run took up to 21 s of wall time (7-8 s of CPU)
+before its cgroup's OOM kill ended it."""
 
 
 @dataclass(frozen=True)
@@ -157,10 +161,10 @@ def run(service: Service, script: str, timeout_s: float = 20) -> tuple[int, dict
     return answer.status_code, answer.json()
 
 
-def run_all(service: Service, scripts: list[str]) -> list[tuple[int, dict[str, Any]]]:
+def run_all(service: Service, scripts: list[str], timeout_s: float = 20) -> list[tuple[int, dict[str, Any]]]:
     """The scripts' runs, all at once."""
     with ThreadPoolExecutor(len(scripts)) as pool:
-        return list(pool.map(lambda script: run(service, script), scripts))
+        return list(pool.map(lambda script: run(service, script, timeout_s), scripts))
 
 
 def assert_still_serving(service: Service) -> None:
@@ -228,7 +232,7 @@ def test_concurrent_memory_sums_kill_no_service_process(service: Service) -> Non
     assert any("gunicorn" in args for args in before.values()), service.explain(before)
     answers = []
     for round_no in range(ROUNDS):
-        answers += run_all(service, [MEMORY_SUM] * 4)
+        answers += run_all(service, [MEMORY_SUM] * 4, timeout_s=MEMORY_SUM_TIMEOUT_S)
         assert service.state() == "running 0", service.explain(f"round {round_no}:", answers)
     after = service.service_pids()
     seen = Counter(outcome(status, body) for status, body in answers)
