@@ -1,6 +1,4 @@
 """The HTTP endpoints: POST /execute (sync or ?async=1), GET and DELETE /jobs/<id>, GET /health."""
-import logging
-
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.clients import client_id
@@ -12,7 +10,6 @@ from api.responses import job_body, outcome_body, queue_error
 from api.run_request import parse_run_request
 from api.service import service
 
-log = logging.getLogger(__name__)
 bp = Blueprint("sandbox", __name__)
 
 
