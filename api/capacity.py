@@ -20,6 +20,13 @@ A fixed number of slots (PYSANDBOX_MAX_CONCURRENT_RUNS) run at once. Four rules 
   that holds no slot and finds none free takes one more than `slots` (at most `reserved` such in
   all; the default is one where slots outnumber cores, api/__init__.py): it is served at once,
   and a client alone still uses every slot. At most slots + reserved runs are in flight.
+- Memory. Where a memory ledger is given (jail/admission.py), a slot also needs the run's
+  memory limit to fit beside the runs in flight in this container (the RQ workers' too) and
+  what the service holds: a request whose memory does not fit waits like one past the slots,
+  in the same turns; the next client in turn whose oldest request fits goes first. Other
+  processes free memory without telling this one, so waiting requests look again every
+  admission.POLL_S. A limit that cannot fit even with no run in flight is refused at once
+  (503 memory_unavailable).
 - Short, bounded waits. A request waits at most PYSANDBOX_QUEUE_WAIT_S, and at most `slots`
   requests of one client (2 x slots in all) wait at once: past that, 503 busy at once, with
   Retry-After. So waiting requests never hold more than 2 x slots of gunicorn's threads
@@ -36,8 +43,11 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
-from api.errors import ApiError, busy
+from api.errors import MEMORY_UNAVAILABLE, ApiError, busy
+from jail.admission import POLL_S, MemoryLedger
+from jail.limits import MIB
 from shared.metrics import SLOTS_IN_USE
 
 PRESENT_S = 5.0
@@ -46,41 +56,56 @@ requests, not gone): a light client sending every few hundred ms keeps its free 
 EVERYONE = "*"
 
 
+@dataclass
+class Turn:
+    """A request waiting for a slot: the memory it needs, and once granted, its reservation."""
+
+    nbytes: int
+    event: threading.Event = field(default_factory=threading.Event)
+    token: str = ""
+
+
 class Capacity:
     """Slots for concurrent runs in this process, shared fairly between clients."""
 
     def __init__(self, slots: int, wait_s: float, retry_after_s: int, fair: bool = True,
-                 reserved: int = 0) -> None:
-        """A client that holds none may run past `slots`, `reserved` at most (fair sharing on)."""
+                 reserved: int = 0, memory: MemoryLedger | None = None) -> None:
+        """A client that holds none may run past `slots`, `reserved` at most (fair sharing on);
+        with memory, a run also needs its memory limit free in that ledger."""
         self.slots, self._wait_s, self._retry_after_s, self._fair = slots, wait_s, retry_after_s, fair
+        self.memory = memory
         self._reserved = reserved if fair else 0
         self._lock = threading.Lock()
         self._held: Counter[str] = Counter()
         self._seen: dict[str, float] = {}
         self._peak: dict[str, tuple[int, float]] = {}
         """Each client's most slots held and asked for at once lately, and since when."""
-        self._waiting: OrderedDict[str, deque[threading.Event]] = OrderedDict()
+        self._waiting: OrderedDict[str, deque[Turn]] = OrderedDict()
         """Clients in turn order, each with its waiting requests, oldest first."""
 
     @contextmanager
-    def slot(self, client: str) -> Iterator[float]:
-        """Hold a slot for one run, waiting for it at most wait_s (else 503 busy); yields the
-        seconds waited."""
+    def slot(self, client: str, memory_mb: int = 0) -> Iterator[float]:
+        """Hold a slot (and memory_mb of memory) for one run, waiting for it at most wait_s
+        (else 503 busy); yields the seconds waited."""
         client = client if self._fair else EVERYONE
         started = time.monotonic()
-        self._acquire(client, started)
+        nbytes = self.memory.cost(memory_mb) if self.memory is not None else 0
+        token = self._acquire(client, started, nbytes)
         SLOTS_IN_USE.inc()
         try:
             yield time.monotonic() - started
         finally:
             SLOTS_IN_USE.dec()
+            if self.memory is not None:
+                self.memory.release(token)
             with self._lock:
                 self._held[client] -= 1
                 if not self._held[client]:
                     del self._held[client]
                 self._grant()
 
-    def _acquire(self, client: str, now: float) -> None:
+    def _acquire(self, client: str, now: float, nbytes: int) -> str:
+        """A slot for client: its memory reservation's token ("" without a ledger)."""
         with self._lock:
             self._seen[client] = now
             self._forget(now)
@@ -88,27 +113,55 @@ class Capacity:
             if demand >= self._peak.get(client, (0, 0.0))[0]:
                 self._peak[client] = (demand, now)
             self._grant()  # caps change as clients come and go
-            if client not in self._waiting and self._may_take(client):
-                self._held[client] += 1
-                return
+            if client not in self._waiting and (token := self._take(client, nbytes)) is not None:
+                return token
+            if self.memory is not None and self.memory.never_fits(nbytes):
+                raise self._never_fits(nbytes)
             queue = self._waiting.get(client, deque())
             if len(queue) >= self.slots or sum(map(len, self._waiting.values())) >= 2 * self.slots:
                 raise self._busy()
-            turn = threading.Event()
+            turn = Turn(nbytes)
             queue.append(turn)
             self._waiting.setdefault(client, queue)
-        if turn.wait(self._wait_s):
-            return
+        if self._wait(turn, now + self._wait_s):
+            return turn.token
         with self._lock:
-            if turn.is_set():  # granted just as the wait ended
-                return
+            if turn.event.is_set():  # granted just as the wait ended
+                return turn.token
             queue.remove(turn)
             if not queue:
                 del self._waiting[client]
         raise self._busy()
 
+    def _wait(self, turn: Turn, deadline: float) -> bool:
+        """Wait for turn to be granted until deadline; True if it was. With a ledger, look
+        again every POLL_S: memory freed by other processes wakes nobody here."""
+        while (left := deadline - time.monotonic()) > 0:
+            if turn.event.wait(left if self.memory is None else min(left, POLL_S)):
+                return True
+            with self._lock:
+                self._grant()
+        return turn.event.is_set()
+
     def _busy(self) -> ApiError:
         return busy("the service is at capacity", self._retry_after_s)
+
+    def _never_fits(self, nbytes: int) -> ApiError:
+        assert self.memory is not None
+        room = self.memory.budget.bytes - self.memory.held().standing_bytes
+        return MEMORY_UNAVAILABLE(f"a run reserving {nbytes // MIB} MB cannot fit in the "
+                                  f"{max(0, room) // MIB} MB this service has for runs beside what it "
+                                  "holds (GET /health, memory); ask for less memory")
+
+    def _take(self, client: str, nbytes: int) -> str | None:
+        """Take a slot, and nbytes from the ledger, for client if both are free to it now: the
+        reservation's token ("" without a ledger), else None (lock held)."""
+        if not self._may_take(client):
+            return None
+        token = "" if self.memory is None else self.memory.try_reserve(nbytes)
+        if token is not None:
+            self._held[client] += 1
+        return token
 
     def _may_take(self, client: str) -> bool:
         """Whether client may take a slot now: a free one under its cap, or, holding none, one
@@ -127,14 +180,18 @@ class Capacity:
         return max(1, self.slots // (len(others) + 1), self.slots - kept)
 
     def _grant(self) -> None:
-        """Give free slots to waiting requests, one client after another (lock held)."""
+        """Give free slots to waiting requests, one client after another: the first client in
+        turn whose oldest request may take a slot and fits in memory (lock held)."""
         while True:
-            client = next((c for c in self._waiting if self._may_take(c)), None)
-            if client is None:
+            for client, queue in self._waiting.items():
+                token = self._take(client, queue[0].nbytes)
+                if token is not None:
+                    break
+            else:
                 return
-            queue = self._waiting[client]
-            queue.popleft().set()
-            self._held[client] += 1
+            turn = queue.popleft()
+            turn.token = token
+            turn.event.set()
             if queue:
                 self._waiting.move_to_end(client)  # its next request waits for the others' turns
             else:

@@ -93,7 +93,8 @@ SCRIPT_FAULTS = {
     Status.NO_RESULT: "the script ended before `main()` returned",
 }
 """The 422 codes: every way a run ends that is the script's own fault."""
-assert set(SCRIPT_FAULTS) == set(Status) - {Status.OK, Status.CANCELED}, "a jail status has no 422 code"
+assert set(SCRIPT_FAULTS) == set(Status) - {Status.OK, Status.CANCELED, Status.MEMORY_UNAVAILABLE}, \
+    "a jail status has no 422 code"
 for _status, _meaning in SCRIPT_FAULTS.items():
     _declare(_status.value, 422, _meaning)
 INTERNAL_ERROR = _declare("internal_error", 500, "the service's own fault (details in its log)")
@@ -101,7 +102,12 @@ WORKER_LOST = _declare("worker_lost", 500, "sync request through the queue whose
 _declare("not_implemented", 501, "a `Transfer-Encoding` other than chunked (nginx)", answered_by="nginx")
 _declare("upstream_unavailable", 502, "the image's nginx could not reach gunicorn (starting, stopping "
          "or restarting); `Retry-After` says when to retry", answered_by="nginx")
-BUSY = _declare("busy", 503, "at capacity; `Retry-After` says when to retry")
+BUSY = _declare("busy", 503, "at capacity (every run slot taken, or no memory free for the run's limit); "
+                "`Retry-After` says when to retry")
+MEMORY_UNAVAILABLE = _declare(
+    "memory_unavailable", 503, "the run's memory limit cannot fit beside what this service holds, now "
+    "or later (GET /health's `memory`): ask for less memory; a job's worker also ends a job so when no "
+    "memory came free within 60 s")
 SANDBOX_UNAVAILABLE = _declare("sandbox_unavailable", 503, "the jail failed its self-test", retry_after_s=30)
 QUEUE_UNAVAILABLE = _declare("queue_unavailable", 503, "no Redis configured, or Redis unreachable",
                              retry_after_s=5)

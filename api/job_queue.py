@@ -21,6 +21,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
 from jail import Limits, Outcome, RunInput, Status
+from jail.admission import ADMIT_WAIT_S
 from shared.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
 from shared.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, worst_result_bytes
 
@@ -178,7 +179,8 @@ class JobQueue:
         try:
             with self.redis.pipeline() as pipe:
                 job = self.queue.enqueue(
-                    JOB_FUNCTION, job_id=job_id, job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S,
+                    JOB_FUNCTION, job_id=job_id,
+                    job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S + ADMIT_WAIT_S,
                     result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None,
                     meta={"request_id": request_id, "client": client}, pipeline=pipe)
                 pipe.set(payload_key(job_id), payload)

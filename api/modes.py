@@ -42,7 +42,7 @@ class RunHere:
         Server-Timing `slot`. The request's log line is the run's (no second line per run)."""
         if not self.checked().passed:
             raise SANDBOX_UNAVAILABLE("the sandbox failed its self-test; no script is run until it passes")
-        with self.capacity.slot(client) as waited_s:
+        with self.capacity.slot(client, limits.memory_mb) as waited_s:
             try:
                 outcome = self.sandbox.run(script, limits, inputs=inputs)
             except SandboxError:
@@ -58,6 +58,8 @@ class RunHere:
         verdict = self.checked()
         body: dict[str, Any] = {"enforcement": verdict.enforcement.value, "selftest": verdict.to_dict(),
                                 "warm_jails": self.sandbox.warm_jails}
+        if self.capacity.memory is not None:
+            body["memory"] = self.capacity.memory.health()
         if self.jobs is not None:
             body["queue"] = self.jobs.health()
         return verdict.passed, body

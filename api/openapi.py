@@ -32,7 +32,8 @@ MESSAGES_422 = {
     "no_result": "the script exited (status 0) before main() returned",
 }
 RUN_FIELDS = {"stdout": "", "stderr": "", "output_truncated": False, "duration_ms": 4, "cpu_ms": 2,
-              "peak_memory_mb": 0.3, "files": [], "files_truncated": False}
+              "peak_memory_mb": 0.3, "files": [], "files_truncated": False,
+              "enforcement": "cgroup v2"}
 MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
     (ExecuteRequest, "validation"), (RunResult, "serialization"), (RunError, "serialization"),
     (Error, "serialization"), (JobQueued, "serialization"), (JobState, "serialization"),

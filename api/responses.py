@@ -45,7 +45,8 @@ def output_fields(outcome: Outcome) -> dict[str, Any]:
     return {"stdout": outcome.stdout, "stderr": outcome.stderr,
             "output_truncated": outcome.output_truncated, "duration_ms": outcome.duration_ms,
             "cpu_ms": outcome.cpu_ms, "peak_memory_mb": outcome.peak_memory_mb,
-            "files": [asdict(f) for f in outcome.files], "files_truncated": outcome.files_truncated}
+            "files": [asdict(f) for f in outcome.files], "files_truncated": outcome.files_truncated,
+            "enforcement": outcome.enforcement or None}
 
 
 def outcome_error(outcome: Outcome) -> ApiError:

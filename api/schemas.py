@@ -132,6 +132,10 @@ class RunOutput(BaseModel):
     files_truncated: bool = Field(
         description="Some files under `out/` were left out: over PYSANDBOX_MAX_FILES_OUT files or "
                     "PYSANDBOX_MAX_FILES_OUT_BYTES in all.")
+    enforcement: str | None = Field(
+        description="What bounded this run's memory, processes and CPU (as `enforcement` in GET "
+                    "/health); null for a run that never started.",
+        examples=["cgroup v2"])
 
 
 class RunResult(RunOutput):
@@ -190,6 +194,7 @@ class JobState(BaseModel):
     peak_memory_mb: float | None = None
     files: list[OutFile] | None = None
     files_truncated: bool | None = None
+    enforcement: str | None = None
 
 
 class WarmJails(BaseModel):
@@ -199,16 +204,38 @@ class WarmJails(BaseModel):
     idle: int
 
 
+class MemoryHealth(BaseModel):
+    """The memory runs are admitted against (jail/admission.py), in bytes."""
+
+    total_bytes: int = Field(description="What this service may use: its cgroup's limit, else the "
+                                         "host's memory, else PYSANDBOX_MEMORY_MB.")
+    source: str = Field(description="Where total_bytes comes from.")
+    base_bytes: int = Field(description="Held back for the parts that run no jail (nginx, "
+                                        "supervisor, gunicorn's master, redis).")
+    standing_bytes: int = Field(description="What the processes that run jails and their warm jails "
+                                            "hold, as they registered it.")
+    runs_bytes: int = Field(description="The memory limits of the runs in flight (with the "
+                                        "watchdog's slack where no cgroup bounds them).")
+    runs: int = Field(description="Runs in flight.")
+    free_bytes: int = Field(description="What a new run's limit may take now.")
+    largest_run_bytes: int = Field(description="The largest memory limit a run may ask for "
+                                               "(PYSANDBOX_MAX_MEMORY_MB, with slack where it applies).")
+    warning: str | None = Field(None, description="Set when not even one run at the largest limit "
+                                                  "can fit beside what the service holds.")
+
+
 class Health(BaseModel):
     """GET /health: 200 when scripts can run, else 503 with the reason."""
 
     status: Literal["ok", "unavailable"]
     enforcement: str | None = Field(
-        None, description="What bounds each run here: `cgroup v2`, `cgroup v1` or `rlimits + watchdog` "
-                          "(absent on an API that only enqueues).")
+        None, description="What bounds each run here: `cgroup v2`, `cgroup v2 (user namespace)`, "
+                          "`cgroup v1` or `rlimits + watchdog` (absent on an API that only enqueues).")
     selftest: dict[str, Any] | None = Field(
         None, description="The startup self-test: `passed`, `failures`, `degraded`.")
     warm_jails: WarmJails | None = None
+    memory: MemoryHealth | None = Field(
+        None, description="Admission by memory: runs start only while their limits fit.")
     queue: dict[str, Any] | None = Field(
         None, description="Redis, workers, queued jobs and `storage` (`held_bytes` of `budget_bytes`), "
                     "when a queue is set; `persistent`: whether Redis "

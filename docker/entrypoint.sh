@@ -8,9 +8,11 @@
 # back to read-only, so the container's own limits (docker run --memory ...) cannot be
 # changed through it.
 #
-# Where neither applies (no CAP_SYS_ADMIN, as on Cloud Run; a host cgroup namespace),
-# nothing changes: the jail falls back to rlimits and its memory watchdog, which it logs
-# and reports in /health.
+# Without CAP_SYS_ADMIN (Cloud Run, Docker's default capabilities): a keeper in a user
+# namespace mounts writable cgroups of the container's own (start_keeper).
+# Where nothing applies (no user namespaces; a host cgroup namespace on v2), nothing
+# changes: the jail falls back to rlimits and its memory watchdog, which it logs and
+# reports in /health.
 CG=/sys/fs/cgroup
 
 say() { echo "entrypoint: $*" >&2; }
@@ -19,6 +21,19 @@ say() { echo "entrypoint: $*" >&2; }
 # the container's own cgroup). The kernel lets a cgroup hand controllers to children only
 # while it holds no process itself, so this container's processes move into a leaf,
 # service/, first; then memory, pids and cpu go to NSJAIL/ and on to each run's cgroup.
+delegate() {
+    mkdir -p "$CG/service" || return 1
+    for pid in $(cat "$CG/cgroup.procs"); do
+        echo "$pid" > "$CG/service/cgroup.procs" 2>/dev/null || true
+    done
+    mkdir -p "$CG/NSJAIL" || return 1
+    for controller in memory pids cpu; do
+        echo "+$controller" > "$CG/cgroup.subtree_control" 2>/dev/null &&
+            echo "+$controller" > "$CG/NSJAIL/cgroup.subtree_control" 2>/dev/null ||
+            say "could not delegate the $controller controller; rlimits enforce that limit"
+    done
+}
+
 setup_v2() {
     if [ "$(cat /proc/self/cgroup)" != "0::/" ]; then
         say "cgroup v2 without a private cgroup namespace; the jail uses rlimits instead"
@@ -30,21 +45,12 @@ setup_v2() {
     remounted=
     if [ ! -w "$CG/cgroup.procs" ]; then
         if ! mount -o remount,rw "$CG" 2>/dev/null; then
-            say "$CG is read-only and cannot be remounted (no CAP_SYS_ADMIN?); the jail uses rlimits instead"
+            start_keeper v2
             return
         fi
         remounted=1
     fi
-    mkdir -p "$CG/service"
-    for pid in $(cat "$CG/cgroup.procs"); do
-        echo "$pid" > "$CG/service/cgroup.procs" 2>/dev/null || true
-    done
-    mkdir -p "$CG/NSJAIL"
-    for controller in memory pids cpu; do
-        echo "+$controller" > "$CG/cgroup.subtree_control" 2>/dev/null &&
-            echo "+$controller" > "$CG/NSJAIL/cgroup.subtree_control" 2>/dev/null ||
-            say "could not delegate the $controller controller; rlimits enforce that limit"
-    done
+    delegate
     if [ -n "$remounted" ]; then
         mount --bind "$CG/NSJAIL" "$CG/NSJAIL" && mount -o remount,bind,ro "$CG" ||
             say "could not make $CG read-only again outside NSJAIL/"
@@ -54,6 +60,7 @@ setup_v2() {
 # cgroup v1: Docker bind-mounts the container's OWN cgroup (/docker/<id>) of each
 # controller at /sys/fs/cgroup/<controller>, read-only.
 setup_v1() {
+    remount_failed=
     for controller in memory pids cpu; do
         dir=$CG/$controller
         [ -e "$dir/cgroup.procs" ] || continue          # no cgroup v1 hierarchy here
@@ -72,12 +79,76 @@ setup_v1() {
                 say "could not set up $dir/NSJAIL; the jail uses rlimits instead"
             fi
         else
-            say "$dir is read-only and cannot be remounted (no CAP_SYS_ADMIN?);" \
-                "the jail uses rlimits instead"
+            remount_failed=1
         fi
     done
+    if [ -n "$remount_failed" ]; then
+        start_keeper v1
+    fi
 }
 
+# Without CAP_SYS_ADMIN (Docker's default capabilities, Cloud Run) the container's cgroup
+# mounts stay read-only. A user namespace that owns a cgroup namespace may mount cgroup2,
+# and the container's existing cgroup v1 hierarchies, and manage the cgroups below its root
+# (rootless Podman gets its cgroups so). A keeper process does that in namespaces of its own
+# and then only sleeps: the service reaches its mounts through /proc/<keeper>/root/sys/fs/cgroup
+# (jail/settings.py). Its user namespace maps root to root and nothing else. As above, only
+# NSJAIL/ stays writable there: the container's own limits are files of the namespace's root
+# cgroup, which the keeper leaves read-only (and which cgroup v2 keeps read-only from inside
+# the namespace anyway). The mounts go over a tmpfs: on the container's own cgroup2 mount
+# point the kernel answers EBUSY.
+keeper() {
+    mount -t tmpfs -o size=4k,mode=755 pysandbox-cgroup "$CG" || exit 1
+    if [ "$1" = v2 ]; then
+        mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$CG" && delegate &&
+            mount --bind "$CG/NSJAIL" "$CG/NSJAIL" && mount -o remount,bind,ro "$CG" || exit 1
+    else
+        keeper_v1 || exit 1
+    fi
+    echo "$$"
+    exec sleep infinity >/dev/null 2>&1 </dev/null
+}
+
+# Each v1 controller's hierarchy, mounted with the controllers it shares (cpu,cpuacct on
+# some hosts): the kernel mounts an existing hierarchy only with its exact set.
+keeper_v1() {
+    found=
+    for controller in memory pids cpu; do
+        options=$(sed -n "s/^[0-9]*:\(\([^:]*,\)\{0,1\}$controller\(,[^:]*\)\{0,1\}\):.*/\1/p" \
+                  /proc/self/cgroup)
+        [ -n "$options" ] || continue
+        dir=$CG/$controller
+        if mkdir "$dir" && mount -t cgroup -o "nosuid,nodev,noexec,$options" cgroup "$dir" &&
+                mkdir -p "$dir/NSJAIL" && mount --bind "$dir/NSJAIL" "$dir/NSJAIL" &&
+                mount -o remount,bind,ro "$dir"; then
+            found=1
+        else
+            say "could not mount the $controller cgroup in a user namespace; rlimits enforce that limit"
+        fi
+    done
+    [ -n "$found" ]
+}
+
+start_keeper() {
+    if [ "${PYSANDBOX_USERNS_CGROUPS:-true}" = false ]; then
+        say "$CG is read-only and PYSANDBOX_USERNS_CGROUPS=false; the jail uses rlimits instead"
+        return
+    fi
+    # The keeper says its pid once its mounts are ready, then closes the pipe read here.
+    pid=$(unshare --user --map-root-user --mount --cgroup "$0" --cgroup-keeper "$1" &)
+    case "$pid" in
+        ''|*[!0-9]*)
+            say "$CG is read-only and no user namespace could mount a writable cgroup $1;" \
+                "the jail uses rlimits instead" ;;
+        *)
+            export PYSANDBOX_CGROUP_KEEPER="$pid"
+            say "cgroup $1 through a user namespace (keeper pid $pid)" ;;
+    esac
+}
+
+if [ "${1:-}" = --cgroup-keeper ]; then
+    keeper "$2"
+fi
 if [ -f "$CG/cgroup.controllers" ]; then
     setup_v2
 else

@@ -88,6 +88,10 @@ HTTP_DIR = "pysandbox-http"
 NGINX_DIR = "pysandbox-nginx"
 """nginx's config, pid and temporary files (the same; its workers write request bodies and
 answers too large for their buffers there)."""
+PROXY_CONFIG_TIMEOUT_S = 180
+"""How long `python -m api.proxy` may take: a Python start with the service's imports, which
+took over 60 s in the cgroup v2 VM tier (qemu without KVM) while gunicorn and two workers
+started beside it."""
 REDIS_SHARE_S = 1.5
 """Of the stop budget, what is kept for redis after the others."""
 GUNICORN_SHARE_S = 2.5
@@ -402,7 +406,7 @@ def nginx_settings(env: dict[str, str]) -> dict[str, int]:
     metrics directory: the service's metrics, imported there, would leave a dead process's files."""
     env = {name: value for name, value in env.items() if name != "PROMETHEUS_MULTIPROC_DIR"}
     done = subprocess.run([VENV_PYTHON, "-m", "api.proxy"], cwd=APP_DIR, env=env, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=PROXY_CONFIG_TIMEOUT_S)
     if done.returncode != 0:
         raise ValueError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
                          f"python -m api.proxy exited with status {done.returncode}")

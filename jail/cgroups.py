@@ -10,8 +10,19 @@ cgroup of its own there before it can take a run (jail/warm.py). The kernel's ow
 
 cgroup v1: one NSJAIL/<run> parent per controller; nsjail sets the limits on its child.
 
-Neither (Docker's default capabilities, Cloud Run): rlimits, plus jail/watchdog.py over
-each run's processes. The caller logs that and reports it in /health.
+Without CAP_SYS_ADMIN on a cgroup v2 host (Docker's default capabilities, Cloud Run), the
+container's cgroup2 mount is read-only; docker/entrypoint.sh then starts a keeper in a user
+namespace with a cgroup namespace of its own, which mounts a writable cgroup2 of the
+container's cgroup (the kernel lets a user namespace that owns a cgroup namespace manage the
+cgroups below its root; rootless Podman gets its cgroups the same way). The service reaches
+that mount through /proc/<keeper>/root (jail/settings.py), and every run is bounded exactly as
+above.
+
+On cgroup v1 hosts the keeper mounts the container's memory, pids and cpu hierarchies the
+same way (kernels that allow it: 6.x does), and runs are bounded as on v1 above.
+
+Neither (no user namespaces, or a kernel that refuses those mounts): rlimits, plus
+jail/watchdog.py over each run's processes. The caller logs that and reports it in /health.
 """
 import logging
 import os
@@ -19,7 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
@@ -40,7 +51,9 @@ class Enforcement(str, Enum):
     """What bounds a run's memory, processes and CPU on this host."""
 
     CGROUP_V2 = "cgroup v2"
+    CGROUP_V2_USERNS = "cgroup v2 (user namespace)"
     CGROUP_V1 = "cgroup v1"
+    CGROUP_V1_USERNS = "cgroup v1 (user namespace)"
     RLIMITS = "rlimits + watchdog"
 
 
@@ -62,6 +75,8 @@ class Cgroups:
     available: frozenset[str]
     missing_reason: str = ""
     version: int = 1
+    userns: bool = False
+    """Reached through the keeper's user namespace (docker/entrypoint.sh), not a remount."""
 
     @property
     def complete(self) -> bool:
@@ -73,14 +88,16 @@ class Cgroups:
         """What bounds a run's memory here."""
         if "memory" not in self.available:
             return Enforcement.RLIMITS
-        return Enforcement.CGROUP_V2 if self.version == 2 else Enforcement.CGROUP_V1
+        if self.version == 1:
+            return Enforcement.CGROUP_V1_USERNS if self.userns else Enforcement.CGROUP_V1
+        return Enforcement.CGROUP_V2_USERNS if self.userns else Enforcement.CGROUP_V2
 
 
-def detect(root: Path = Path("/sys/fs/cgroup")) -> Cgroups:
-    """The controllers of the hierarchy mounted at root (v2 if unified, else v1)."""
-    if (root / "cgroup.controllers").exists():
-        return _detect_v2(root)
-    return _detect_v1(root)
+def detect(root: Path = Path("/sys/fs/cgroup"), userns: bool = False) -> Cgroups:
+    """The controllers of the hierarchy mounted at root (v2 if unified, else v1); userns says
+    that root is the keeper's mount."""
+    found = _detect_v2(root) if (root / "cgroup.controllers").exists() else _detect_v1(root)
+    return replace(found, userns=userns)
 
 
 def _detect_v1(root: Path) -> Cgroups:

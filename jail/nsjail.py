@@ -74,7 +74,8 @@ def policy_file(tmp_mb: int, warm: bool = False) -> Path:
 @functools.cache
 def host_cgroups() -> cgroups.Cgroups:
     """The cgroup controllers of this host, detected once; a warning when any is missing."""
-    found = cgroups.detect(paths().cgroup_root)
+    where = paths()
+    found = cgroups.detect(where.cgroup_root, userns=where.cgroup_keeper is not None)
     swept = cgroups.sweep_stale(found)
     if swept:
         log.info("removed %d run cgroups that killed processes had left", swept)

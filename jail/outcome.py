@@ -21,6 +21,9 @@ class Status(str, Enum):
     NO_RESULT = "no_result"
     CANCELED = "canceled"
     """The caller's cancel event was set (a job canceled by its client): not the script's fault."""
+    MEMORY_UNAVAILABLE = "memory_unavailable"
+    """Not run: the memory its limit asks for was not free in time, or never can be here
+    (jail/admission.py); not the script's fault."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class Outcome:
     """The most memory the run held at once (MiB, one decimal); None where not measured."""
     jail: str = ""
     """The kind of jail it ran in: "warm" or "one-off" (jail.run sets it)."""
+    enforcement: str = ""
+    """What bounded its memory, processes and CPU (a cgroups.Enforcement value; jail.run sets it)."""
     files: tuple[OutFile, ...] = ()
     """The regular files the script left under out/ (sorted by name), within the caps."""
     files_truncated: bool = False

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from jail.cgroups import Cgroups
 from jail.limits import Limits
-from jail.nsjail import run_once
+from jail.nsjail import host_cgroups, run_once
 from jail.outcome import Outcome
 from jail.runinput import RunInput
 from jail.warm import WarmPool
@@ -24,7 +24,9 @@ def run(script: str, limits: Limits, cancel: threading.Event | None = None, *,
     `inputs` (main()'s input, stdin, files) must be validated by the caller. Once `cancel` is
     set the jail is killed as at a timeout, within pipes.CANCEL_POLL_S, and the outcome is
     Status.CANCELED."""
-    return replace(run_once(script, limits, host, cancel, inputs=inputs), jail="one-off")
+    host = host or host_cgroups()
+    return replace(run_once(script, limits, host, cancel, inputs=inputs), jail="one-off",
+                   enforcement=host.enforcement.value)
 
 
 class Sandbox:
@@ -41,7 +43,8 @@ class Sandbox:
         """As `run`, in a warm jail when one is free."""
         outcome = self.pool.run(script, limits, cancel=cancel, inputs=inputs) if self.pool else None
         if outcome is not None:
-            return outcome if outcome.jail else replace(outcome, jail="warm")
+            return replace(outcome, jail=outcome.jail or "warm",
+                           enforcement=(self.host or host_cgroups()).enforcement.value)
         return run(script, limits, cancel, inputs=inputs, host=self.host)
 
     @property

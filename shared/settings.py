@@ -23,7 +23,8 @@ PREFIX = "PYSANDBOX_"
 UNPREFIXED = frozenset({"REDIS_URL"})
 """Fields read without the prefix."""
 OTHER_NAMES = frozenset({
-    "PYSANDBOX_NSJAIL", "PYSANDBOX_JAIL_SITE",  # the jail's host paths (jail/paths.py)
+    "PYSANDBOX_NSJAIL", "PYSANDBOX_JAIL_SITE", "PYSANDBOX_CGROUP_KEEPER",  # jail/paths.py
+    "PYSANDBOX_USERNS_CGROUPS",  # the container's entrypoint (docker/entrypoint.sh)
     "PYSANDBOX_WORKERS", "PYSANDBOX_STOP_TIMEOUT_S",  # the container's supervisor (docker/supervise.py)
     # docker-compose.yml's and the Makefile's, and the tests':
     "PYSANDBOX_IMAGE", "PYSANDBOX_WORKER_IMAGE", "PYSANDBOX_EXTRA_CA_CERTS", "PYSANDBOX_REDIS_PASSWORD",
@@ -81,6 +82,9 @@ class Settings(BaseModel):
     trusted_proxies: int = 0
     rate_limit: str = ""
     fair_sharing: bool = True
+    memory_mb: int = 0
+    """The memory runs are admitted against (jail/admission.py); 0: detect it."""
+    memory_ledger: str = "/dev/shm/pysandbox-memory"
     log_format: LogFormat = "json"
     """json lines for a log system, or text for a terminal."""
 

@@ -8,6 +8,7 @@ serves its own /metrics on that port (compose: on the internal network only).
 import logging
 import sys
 import time
+from pathlib import Path
 
 from prometheus_client import start_http_server
 from redis import Redis
@@ -16,6 +17,7 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
 from jail import Sandbox
+from jail.admission import open_ledger
 from jail.selftest import self_test
 from shared import logs
 from shared.metrics import observe_warm_jails
@@ -55,12 +57,14 @@ def main() -> int:
     settings = load()
     logs.setup(settings.log_format)
     warn_unknown()
-    sandbox = Sandbox(min(1, settings.warm_jails), settings.tmp_mb, on_change=observe_warm_jails)
+    warm_jails = min(1, settings.warm_jails)
+    sandbox = Sandbox(warm_jails, settings.tmp_mb, on_change=observe_warm_jails)
     verdict = self_test(sandbox)
     if not verdict.passed:
         log.error("worker: the jail failed its self-test (%s); not starting", verdict.failures)
         return 1
-    jobs.run_in(sandbox)
+    jobs.run_in(sandbox, open_ledger(Path(settings.memory_ledger), settings.memory_mb, warm_jails,
+                                     settings.default_memory_mb, settings.max_memory_mb))
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)
     redis = Redis.from_url(settings.redis_url or LOCAL_REDIS_URL)

@@ -7,6 +7,9 @@ run_stored existed, which a persistent Redis may still hold.
 """
 import logging
 import pickle
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +18,8 @@ from rq import get_current_job
 from rq.job import Job
 
 from jail import Limits, Outcome, RunInput, Sandbox, SandboxError, Status
+from jail.admission import ADMIT_WAIT_S, MemoryLedger
+from jail.limits import MIB
 from shared.logs import run_fields
 from shared.metrics import QUEUE_WAIT_SECONDS, observe_run, observe_sandbox_error
 from shared.queue import keep_alive
@@ -25,12 +30,15 @@ NOT_RUN = "the job was canceled before it ran"
 _sandbox = Sandbox()
 """The worker's sandbox (run_in): RQ calls the job functions by name, with the job's arguments
 only, so the process's sandbox is handed to this module once, at the worker's start."""
+_memory: MemoryLedger | None = None
+"""The ledger its runs are admitted against (jail/admission.py), likewise."""
 
 
-def run_in(sandbox: Sandbox) -> None:
-    """Run this process's jobs in `sandbox` (the worker's, with its warm jail)."""
-    global _sandbox
-    _sandbox = sandbox
+def run_in(sandbox: Sandbox, memory: MemoryLedger | None = None) -> None:
+    """Run this process's jobs in `sandbox` (the worker's, with its warm jail), admitted by
+    memory against `memory` when given."""
+    global _sandbox, _memory
+    _sandbox, _memory = sandbox, memory
 
 
 def execute(script: str, limits: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -64,6 +72,30 @@ def run_stored() -> dict[str, Any]:
     return value
 
 
+@contextmanager
+def admitted(limits: Limits, canceled: threading.Event) -> Iterator[Outcome | None]:
+    """Hold the run's memory while it runs: None once admitted (or without admission by
+    memory), else the memory_unavailable outcome that ends the job unrun."""
+    memory = _memory
+    if memory is None:
+        yield None
+        return
+    nbytes = memory.cost(limits.memory_mb)
+    if memory.never_fits(nbytes):
+        yield Outcome(Status.MEMORY_UNAVAILABLE, message=f"a run reserving {nbytes // MIB} MB cannot "
+                      "fit in the memory this worker has for runs; ask for less memory")
+        return
+    token = memory.reserve(nbytes, ADMIT_WAIT_S, canceled)
+    if token is None:
+        yield Outcome(Status.MEMORY_UNAVAILABLE, message=f"no {nbytes // MIB} MB were free for the "
+                      f"run within {ADMIT_WAIT_S} s; retry later")
+        return
+    try:
+        yield None
+    finally:
+        memory.release(token)
+
+
 def _current() -> Job:
     job = get_current_job()
     assert job is not None, "the job functions run inside an RQ job"
@@ -85,9 +117,11 @@ def _run(job: Job, script: str, limits: Limits, inputs: RunInput | None) -> dict
         enqueued = job.enqueued_at if job.enqueued_at.tzinfo else job.enqueued_at.replace(tzinfo=UTC)
         QUEUE_WAIT_SECONDS.observe(max(0.0, (datetime.now(UTC) - enqueued).total_seconds()))
     log.info("job started", extra=ids)
-    with keep_alive(job.connection, job.id) as canceled:
+    with keep_alive(job.connection, job.id) as canceled, admitted(limits, canceled) as refusal:
         if canceled.is_set():
             outcome = Outcome(Status.CANCELED, message=NOT_RUN)
+        elif refusal is not None:
+            outcome = refusal
         else:
             try:
                 outcome = _sandbox.run(script, limits, cancel=canceled, inputs=inputs)

@@ -1,6 +1,9 @@
-"""Hostile scripts that press on a run's limits, shared by the Docker and VM tiers, and the
-check that one of them stayed within its memory limit."""
+"""Hostile scripts that press on a run's limits, shared by the Docker and VM tiers, the check
+that one of them stayed within its memory limit, and a client that waits its turn."""
+import time
 from typing import Any
+
+import requests
 
 from jail import Limits
 
@@ -97,3 +100,15 @@ def memory_bound_problem(status: int, body: dict[str, Any], peak_limit_mb: float
     if not (peak is None or (isinstance(peak, (int, float)) and peak <= peak_limit_mb)):
         return f"peak_memory_mb {peak} over {peak_limit_mb}"
     return None
+
+
+def post_in_turn(url: str, body: dict[str, Any], within_s: float = 300) -> requests.Response:
+    """POST as a patient client does: a 503 busy (every slot taken, or no memory free for the
+    run's limit: admission by memory) is retried after its Retry-After, until within_s."""
+    deadline = time.monotonic() + within_s
+    while True:
+        answer = requests.post(url, json=body, timeout=body.get("timeout", 5) + 120)
+        busy = answer.status_code == 503 and answer.json().get("error", {}).get("code") == "busy"
+        if not busy or time.monotonic() > deadline:
+            return answer
+        time.sleep(float(answer.headers.get("Retry-After", "1")))

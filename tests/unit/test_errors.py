@@ -11,7 +11,9 @@ def test_the_documented_codes_are_the_catalog_but_job_state_ones():
 
 
 def test_the_422_codes_are_the_jails_faults():
-    assert set(by_status()[422]) == {status.value for status in Status} - {"ok", "canceled"}
+    assert set(by_status()[422]) == {status.value for status in Status} - {
+        "ok", "canceled", "memory_unavailable"}
+    assert CATALOG["memory_unavailable"].status == 503, "the service's want of memory, not the script's"
 
 
 def test_flasks_http_errors_have_their_own_codes():
