@@ -202,6 +202,13 @@ class StorageFullError(UnavailableError):
     CODE = "storage_full"
 
 
+class MemoryUnavailableError(UnavailableError):
+    """The run's memory limit cannot fit beside what the service holds: ask for less memory
+    (retrying the same request does not help)."""
+
+    CODE = "memory_unavailable"
+
+
 def _with_codes(base: type[PySandboxError]) -> dict[str, type[PySandboxError]]:
     found = {base.CODE: base} if base.CODE else {}
     for sub in base.__subclasses__():

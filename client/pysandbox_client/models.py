@@ -87,6 +87,8 @@ class RunOutput(BaseModel):
     peak_memory_mb: float | None
     files: list[OutFile]
     files_truncated: bool
+    enforcement: str | None
+    """What bounded the run's memory, processes and CPU (as /health names it)."""
 
 
 class RunResult(RunOutput):
@@ -141,6 +143,7 @@ class JobState(BaseModel):
     peak_memory_mb: float | None = None
     files: list[OutFile] | None = None
     files_truncated: bool | None = None
+    enforcement: str | None = None
 
     @property
     def ended(self) -> bool:
