@@ -27,7 +27,7 @@ PLOT_PACKAGES ?= matplotlib==3.10.7 contourpy==1.3.3 cycler==0.12.1 fonttools==4
 	kiwisolver==1.5.1 packaging==26.4 pillow==13.0.0 pyparsing==3.3.3
 WORKER_IMAGE ?= pysandbox-worker:latest
 COMPOSE_ARGS ?=
-# What nsjail needs inside a container (see the README): namespaces need seccomp off;
+# What nsjail needs inside a container (see docs/security.md): namespaces need seccomp off;
 # CAP_SYS_ADMIN lets the entrypoint hand the container's own cgroups to the jail (and
 # lets nsjail create user namespaces where unprivileged ones are restricted);
 # AppArmor's docker-default profile forbids the jail's mounts (ignored where AppArmor is off).

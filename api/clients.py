@@ -31,7 +31,7 @@ from shared.settings import Settings
 
 PUBLIC_PATHS = frozenset({"/health", "/", "/openapi.json", "/docs"})
 """Answered without a key: health checks, the playground page (it asks its user for a key),
-and the API's documentation, which holds no user data and says nothing the README does not.
+and the API's documentation, which holds no user data and says nothing docs/ does not.
 /metrics is not here: with keys on it needs an operator's key (OPERATOR_PATHS)."""
 OPERATOR_PATHS = frozenset({"/metrics"})
 """Answered only to keys with the `operator` role when keys are on: what they show is every

@@ -283,7 +283,7 @@ class JobQueue:
         """client's job; JobNotFound for an id that is malformed, unknown, expired or
         another client's, all alike. The owner is in the job's meta, which the one read of the
         job's hash brings: a foreign job costs the same round trip as an unknown one. A job
-        queued before owners were recorded has none and is nobody's (see the README)."""
+        queued before owners were recorded has none and is nobody's (see docs/api.md)."""
         if not JOB_ID.fullmatch(job_id):
             raise JobNotFound(job_id)
         try:

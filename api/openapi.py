@@ -2,8 +2,8 @@
 
 Bodies come from the models' JSON Schemas (one declaration); this module adds the paths, the
 statuses each can answer with the error codes each status carries (ERROR_CODES, also the
-README's table: tests/service/test_openapi.py compares them), headers, examples and the async flow as
-links. See the note at the top of api/schemas.py for why it is assembled here.
+tables of the README and docs/api.md: tests/service/test_openapi.py compares them), headers,
+examples and the async flow as links. See the note at the top of api/schemas.py for why it is assembled here.
 """
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -196,7 +196,7 @@ def _simple_paths(access: Access) -> dict[str, Any]:
         "/metrics": {"get": {
             "operationId": "metrics", "summary": "Prometheus metrics (text format 0.0.4)",
             "description": "Counters, histograms and gauges of runs, requests, refusals, warm jails and "
-                           "the queue: the README's \"Operating it\" section lists them. Not served "
+                           "the queue: docs/operating.md lists them. Not served "
                            "(404) with PYSANDBOX_METRICS=false. With API keys on it needs a key with "
                            "the `operator` role (give Prometheus one: `authorization` in its scrape "
                            "config); a tenant's key is 403 `forbidden`.",
@@ -263,7 +263,7 @@ def _components(access: Access) -> dict[str, Any]:
 
 
 def _proxy_errors() -> dict[str, Any]:
-    """What the image's nginx answers itself, on any path (README, "Slow clients")."""
+    """What the image's nginx answers itself, on any path (docs/security.md, "Slow clients")."""
     return {"BadRequest": _error(400, "bad_request"), "UriTooLong": _error(414),
             "HeadersTooLarge": _error(431), "NotImplemented": _error(501),
             "UpstreamUnavailable": _error(502, headers=("Retry-After",)), "UpstreamTimeout": _error(504),

@@ -10,7 +10,7 @@ in every process, so when it is over the limit the proportional share (Pss_Anon,
 walks page tables) decides.
 
 Hand-rolled: no library samples a process tree against a shared budget. The slack is
-what a run can fault in between two samples: SLACK_MB, which the README documents.
+what a run can fault in between two samples: SLACK_MB, which docs/security.md documents.
 """
 import os
 from dataclasses import dataclass, field

@@ -8,7 +8,7 @@ PYSANDBOX_WORKER_METRICS_PORT: worker/__main__.py).
 
 Labels take few values: outcome and error codes, jail kind, route templates, API key names
 (chosen by the operator); never ids or client addresses.
-The README's "Operating it" section lists every metric.
+docs/operating.md lists every metric.
 """
 from prometheus_client import Counter, Gauge, Histogram
 

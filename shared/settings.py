@@ -5,7 +5,7 @@ Redis client and host expects it); values are JSON where it matters (`PYSANDBOX_
 `PYSANDBOX_FAIR_SHARING=false`), else the string itself. A value of the wrong type stops the
 start naming the variable; an unknown PYSANDBOX_* name is warned about with the nearest known
 one (`unknown_names`). A run's defaults are the jail's (jail.Limits), written once there.
-The README's configuration table is checked against these fields (tests/unit/test_settings.py).
+docs/configuration.md's table is checked against these fields (tests/unit/test_settings.py).
 """
 import difflib
 import json
