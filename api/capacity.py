@@ -83,6 +83,12 @@ class Capacity:
         self._waiting: OrderedDict[str, deque[Turn]] = OrderedDict()
         """Clients in turn order, each with its waiting requests, oldest first."""
 
+    @property
+    def in_use(self) -> int:
+        """Slots held now."""
+        with self._lock:
+            return self._held.total()
+
     @contextmanager
     def slot(self, client: str, memory_mb: int = 0) -> Iterator[float]:
         """Hold a slot (and memory_mb of memory) for one run, waiting for it at most wait_s
