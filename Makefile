@@ -28,8 +28,9 @@ PLOT_PACKAGES ?= matplotlib==3.10.7 contourpy==1.3.3 cycler==0.12.1 fonttools==4
 WORKER_IMAGE ?= pysandbox-worker:latest
 COMPOSE_ARGS ?=
 # What nsjail needs inside a container (see docs/security.md): namespaces need seccomp off;
-# CAP_SYS_ADMIN lets the entrypoint hand the container's own cgroups to the jail (and
-# lets nsjail create user namespaces where unprivileged ones are restricted);
+# CAP_SYS_ADMIN lets the entrypoint hand the container's own cgroups to the jail by a remount
+# (without it, the entrypoint gets them through a user namespace where the kernel allows it)
+# and lets nsjail create user namespaces where unprivileged ones are restricted;
 # AppArmor's docker-default profile forbids the jail's mounts (ignored where AppArmor is off).
 DOCKER_RUN_FLAGS = --cap-add SYS_ADMIN --security-opt seccomp=unconfined --security-opt apparmor=unconfined
 
