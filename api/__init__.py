@@ -10,6 +10,7 @@ from flask.json.provider import DefaultJSONProvider
 from api import clients, docs, errors, logs, metrics, playground, ratelimits, request_ids, routes
 from api.capacity import Capacity
 from api.job_queue import Budget, JobQueue
+from api.mcp_endpoint import McpEndpoint
 from api.modes import EnqueueOnly, RunHere, RunMode
 from api.run_request import files_in_cap
 from api.service import EXTENSION, Service
@@ -88,6 +89,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
                     settings.result_ttl_s, storage_budget(settings)) \
         if settings.redis_url else None
     mode = run_mode(settings, jobs)
-    app.extensions[EXTENSION] = Service(settings=settings, keys=keys, mode=mode, jobs=jobs)
+    app.extensions[EXTENSION] = found = Service(settings=settings, keys=keys, mode=mode, jobs=jobs)
+    found.mcp = McpEndpoint(found, max_body_bytes(settings))
     metrics.register(app, mode.capacity.slots if isinstance(mode, RunHere) else 0, settings.metrics)
     return app

@@ -48,11 +48,16 @@ def parse_run_request(request: Request, settings: Settings) -> RunRequest:
     if not request.is_json:
         raise UNSUPPORTED_MEDIA_TYPE("send the body as Content-Type: application/json")
     body = parse_json(ExecuteRequest, request.get_data(cache=False))
+    query = parse_query(ExecuteQuery, request.args.to_dict())
+    return from_body(body, settings, query.is_async)
+
+
+def from_body(body: ExecuteRequest, settings: Settings, queued: bool) -> RunRequest:
+    """The RunRequest of a validated body (POST /execute's, or MCP's run_python arguments)."""
     if len(body.script.encode("utf-8", "surrogatepass")) > settings.max_script_bytes:
         raise too_large(f"the script is larger than {settings.max_script_bytes} bytes")
-    query = parse_query(ExecuteQuery, request.args.to_dict())
     return RunRequest(body.script, settings.run_limits(body.timeout, body.memory_mb),
-                      run_input(body, settings), query.is_async)
+                      run_input(body, settings), queued)
 
 
 def run_input(body: ExecuteRequest, settings: Settings) -> RunInput | None:
