@@ -17,6 +17,7 @@ from api.service import EXTENSION, Service
 from jail import Sandbox
 from jail.admission import open_ledger
 from jail.limits import MIB
+from shared.callbacks import Destinations
 from shared.metrics import observe_warm_jails
 from shared.settings import Settings, load, warn_unknown
 from shared.storage import JOB_OVERHEAD_BYTES, worst_result_bytes
@@ -79,6 +80,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.register(app)
     request_ids.register(app)
     logs.register(app)
+    Destinations.of(settings)  # a bad PYSANDBOX_CALLBACK_HOSTS, or hosts without a secret, stops the start
     keys = clients.load_keys(settings)
     clients.register(app, settings.trusted_proxies)
     ratelimits.register(app, settings.redis_url, settings.rate_limit, keys)

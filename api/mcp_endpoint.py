@@ -50,6 +50,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+def tool_schema() -> dict[str, Any]:
+    """ExecuteRequest's JSON Schema without `callback_url`, which only queued runs take."""
+    schema = ExecuteRequest.model_json_schema()
+    del schema["properties"]["callback_url"]
+    return schema
+
+
 CALLER = "pysandbox.mcp.caller"
 """The WSGI environ entry where the view leaves who asks (a Caller) for the tool."""
 RUN_PYTHON = types.Tool(
@@ -64,7 +71,7 @@ RUN_PYTHON = types.Tool(
         "`stderr`, usage (`duration_ms`, `cpu_ms`, `peak_memory_mb`) and `files`; on failure "
         "`error` with `code` (e.g. `main_error` with the `traceback`, `timeout`, `memory_limit`, "
         "`busy`) and `message`."),
-    input_schema=ExecuteRequest.model_json_schema(),
+    input_schema=tool_schema(),
     annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=False,
                                       idempotent_hint=False, open_world_hint=False),
 )

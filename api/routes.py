@@ -31,7 +31,8 @@ def execute():
     """Run the script and answer what its main() returned, or enqueue it (?async=1)."""
     asked = parse_run_request(request, service().settings)
     if asked.queued:
-        job = _queue().submit(asked.script, asked.limits, asked.inputs, request_id(), client_id())
+        job = _queue().submit(asked.script, asked.limits, asked.inputs, request_id(), client_id(),
+                              asked.callback_url)
         annotate(job_id=job.id)
         response = jsonify({"id": job.id, "status": "queued"})
         response.status_code = 202
@@ -55,7 +56,11 @@ def job(job_id: str):
 def cancel_job(job_id: str):
     """Cancel a queued or running run; answers its state, canceled."""
     annotate(job_id=job_id if JOB_ID.fullmatch(job_id) else None)
-    return jsonify(job_body(_queue().cancel(job_id, client_id())))
+    jobs = _queue()
+    state = jobs.cancel(job_id, client_id())
+    answer = job_body(state)
+    jobs.ended(state, {name: value for name, value in answer.items() if name != "callback"})
+    return jsonify(answer)
 
 
 @bp.post("/mcp")

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from flask import Request
 
-from api.errors import INVALID_FILE, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, ApiError
+from api.errors import CALLBACK_NOT_ALLOWED, INVALID_FILE, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, ApiError
 from api.schemas import ExecuteQuery, ExecuteRequest, FileContent, TextFile, parse_json, parse_query
 from jail import Limits, RunInput
 from jail.limits import MIB
 from jail.runinput import in_name_problem
+from shared.callbacks import CallbackRefused, Destinations
 from shared.settings import Settings
 
 
@@ -39,6 +40,8 @@ class RunRequest:
     """None when the request has no input, stdin or files."""
     queued: bool
     """?async=1: enqueue it and answer 202."""
+    callback_url: str | None = None
+    """Where to POST the job's state when it ends (checked against PYSANDBOX_CALLBACK_HOSTS)."""
 
 
 def parse_run_request(request: Request, settings: Settings) -> RunRequest:
@@ -56,8 +59,23 @@ def from_body(body: ExecuteRequest, settings: Settings, queued: bool) -> RunRequ
     """The RunRequest of a validated body (POST /execute's, or MCP's run_python arguments)."""
     if len(body.script.encode("utf-8", "surrogatepass")) > settings.max_script_bytes:
         raise too_large(f"the script is larger than {settings.max_script_bytes} bytes")
+    if body.callback_url is not None:
+        allowed_callback(body.callback_url, settings, queued)
     return RunRequest(body.script, settings.run_limits(body.timeout, body.memory_mb),
-                      run_input(body, settings), queued)
+                      run_input(body, settings), queued, body.callback_url)
+
+
+def allowed_callback(url: str, settings: Settings, queued: bool) -> None:
+    """400 callback_not_allowed unless the run is queued and the operator allows the URL."""
+    destinations = Destinations.of(settings)
+    if destinations is None:
+        raise CALLBACK_NOT_ALLOWED("callbacks are off on this service (PYSANDBOX_CALLBACK_HOSTS)")
+    if not queued:
+        raise CALLBACK_NOT_ALLOWED("callback_url is for queued runs: POST /execute?async=1")
+    try:
+        destinations.check(url)
+    except CallbackRefused as exc:
+        raise CALLBACK_NOT_ALLOWED(str(exc)) from None
 
 
 def run_input(body: ExecuteRequest, settings: Settings) -> RunInput | None:
