@@ -28,12 +28,14 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from a2wsgi import ASGIMiddleware
 from mcp import types
+from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from api.service import Service
 
 log = logging.getLogger(__name__)
+
 
 def tool_schema() -> dict[str, Any]:
     """ExecuteRequest's JSON Schema without `callback_url`, which only queued runs take."""
@@ -98,6 +101,8 @@ class McpEndpoint:
             server, json_response=True, stateless=True, max_request_body_size=max_body_bytes,
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False))
         self._wsgi: ASGIMiddleware | None = None
+        self._serving: Future[None] | None = None
+        """The session manager's task (kept: the loop holds its tasks only weakly)."""
         self._lock = threading.Lock()
 
     def wsgi(self) -> Callable[..., Any]:
@@ -119,13 +124,15 @@ class McpEndpoint:
             ready.set()
             await asyncio.Event().wait()
 
-    async def _list_tools(self, ctx: Any,
+    async def _list_tools(self, ctx: ServerRequestContext[Any],
                           params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=[RUN_PYTHON])
 
-    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _call_tool(self, ctx: ServerRequestContext[Any],
+                         params: types.CallToolRequestParams) -> types.CallToolResult:
         if params.name != RUN_PYTHON.name:
             return tool_error(invalid(f"unknown tool {params.name!r}: this server has {RUN_PYTHON.name!r}"))
+        assert ctx.request is not None, "a request over HTTP"
         caller = ctx.request.scope["wsgi_environ"][CALLER]
         return await anyio.to_thread.run_sync(self.run_python, params.arguments or {}, caller)
 
