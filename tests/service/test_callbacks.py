@@ -11,12 +11,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import ip_network
 from typing import Any
 
 import pytest
 import requests
 from pysandbox_client import verify_signature
+from redis import Redis
 
+from shared.callbacks import Deliverer, Destinations
+from shared.settings import load
 from tests.support.servers import free_port, gunicorn, redis_server, workers
 
 SECRET = "callback-test-secret"
@@ -177,3 +181,21 @@ def test_a_sync_run_or_a_service_without_callbacks_refuses_them(service: str, se
     off = requests.post(f"{service_url}/execute?async=1", json=body, timeout=10)
     assert off.status_code == 400 and "off" in off.json()["error"]["message"]
     assert receiver.posts("/ok/sync") == []
+
+
+def test_a_delivery_checks_the_address_again_and_connects_to_it(receiver: Receiver) -> None:
+    """At delivery the name is resolved and checked again (it may point elsewhere since the
+    submit): refused now, nothing is sent; allowed, the connection goes to the checked address
+    with the URL's host as Host."""
+    port = receiver.url.rsplit(":", 1)[1]
+    url = f"http://localhost:{port}/ok/pinned"
+    never = Redis.from_url("redis://127.0.0.1:1/0")  # post() keeps no state
+    strict = Deliverer(never, load({}, SETTINGS), Destinations(frozenset({"localhost"}), ()))
+    error, final = strict.post(url, "delivery-1", b"{}")
+    assert final and error is not None and "resolves to 127.0.0.1" in error
+    assert receiver.posts("/ok/pinned") == []
+    allowed = Destinations(frozenset({"localhost"}), (ip_network("127.0.0.0/8"), ip_network("::1/128")))
+    error, _ = Deliverer(never, load({}, SETTINGS), allowed).post(url, "delivery-2", b"{}")
+    assert error is None
+    [(headers, body)] = receiver.posts("/ok/pinned")
+    assert headers["Host"] == f"localhost:{port}" and headers["PySandbox-Delivery"] == "delivery-2"
