@@ -6,12 +6,15 @@ import asyncio
 import base64
 import hashlib
 import json
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx2
 import pytest
+import requests
 from mcp import ClientSession, MCPError, types
 from mcp.client.streamable_http import streamable_http_client
 
@@ -178,3 +181,21 @@ def test_the_rate_limit_applies(service: str) -> None:
     assert [r.status_code for r in statuses] == [200, 202, 200, 200, 429]
     limited = statuses[-1]
     assert int(limited.headers["Retry-After"]) >= 1 and limited.headers["X-RateLimit-Limit"] == "4"
+
+
+def test_the_run_slots_are_those_of_execute() -> None:
+    """One run slot: while a POST /execute holds it, run_python waits for it like any request of
+    that client, and past PYSANDBOX_QUEUE_WAIT_S is a `busy` tool error."""
+    env = {"PYSANDBOX_MAX_CONCURRENT_RUNS": "1", "PYSANDBOX_QUEUE_WAIT_S": "0.3", "PYSANDBOX_WARM_JAILS": "0"}
+    with gunicorn(env) as url:
+        slow = threading.Thread(target=requests.post, args=(f"{url}/execute",), kwargs={
+            "json": {"script": "import time\ndef main():\n    time.sleep(4)", "timeout": 10}, "timeout": 30})
+        slow.start()
+        deadline = time.monotonic() + 10
+        while "pysandbox_run_slots_in_use 1.0" not in requests.get(f"{url}/metrics", timeout=5).text:
+            assert time.monotonic() < deadline, "the slow run never took the slot"
+            time.sleep(0.05)
+        result = in_session(url, None, lambda session: session.call_tool(
+            "run_python", {"script": "def main():\n    return 1"}))
+        slow.join()
+    assert result.is_error is True and answer(result)["error"]["code"] == "busy"
