@@ -10,12 +10,14 @@ from flask.json.provider import DefaultJSONProvider
 from api import clients, docs, errors, logs, metrics, playground, ratelimits, request_ids, routes
 from api.capacity import Capacity
 from api.job_queue import Budget, JobQueue
+from api.mcp_endpoint import McpEndpoint
 from api.modes import EnqueueOnly, RunHere, RunMode
 from api.run_request import files_in_cap
 from api.service import EXTENSION, Service
 from jail import Sandbox
 from jail.admission import open_ledger
 from jail.limits import MIB
+from shared.callbacks import Destinations
 from shared.metrics import observe_warm_jails
 from shared.settings import Settings, load, warn_unknown
 from shared.storage import JOB_OVERHEAD_BYTES, worst_result_bytes
@@ -78,6 +80,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.register(app)
     request_ids.register(app)
     logs.register(app)
+    Destinations.of(settings)  # a bad PYSANDBOX_CALLBACK_HOSTS, or hosts without a secret, stops the start
     keys = clients.load_keys(settings)
     clients.register(app, settings.trusted_proxies)
     ratelimits.register(app, settings.redis_url, settings.rate_limit, keys)
@@ -88,6 +91,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
                     settings.result_ttl_s, storage_budget(settings)) \
         if settings.redis_url else None
     mode = run_mode(settings, jobs)
-    app.extensions[EXTENSION] = Service(settings=settings, keys=keys, mode=mode, jobs=jobs)
+    app.extensions[EXTENSION] = found = Service(settings=settings, keys=keys, mode=mode, jobs=jobs)
+    found.mcp = McpEndpoint(found, max_body_bytes(settings))
     metrics.register(app, mode.capacity.slots if isinstance(mode, RunHere) else 0, settings.metrics)
     return app

@@ -54,6 +54,10 @@ INVALID_REQUEST = _declare(
 INVALID_FILE = _declare(
     "invalid_file", 400, "a file's name is not allowed (`..`, absolute, bad characters, too deep or "
     "long, under `out/`, or under another file) or its base64 is not valid")
+CALLBACK_NOT_ALLOWED = _declare(
+    "callback_not_allowed", 400, "`callback_url` refused: callbacks are off (PYSANDBOX_CALLBACK_HOSTS), "
+    "its host is not listed, it resolves to a private, loopback, link-local or reserved address no "
+    "listed CIDR allows, it is not http(s), or the run is not queued (`?async=1`)")
 _declare("bad_request", 400, "a malformed HTTP request (request line, `Host`, a header), refused by "
          "the image's nginx", answered_by="nginx")
 UNAUTHORIZED = _declare(

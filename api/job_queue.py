@@ -22,6 +22,7 @@ from rq.job import Job, JobStatus
 
 from jail import Limits, Outcome, RunInput, Status
 from jail.admission import ADMIT_WAIT_S
+from shared import callbacks
 from shared.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
 from shared.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, worst_result_bytes
 
@@ -69,6 +70,8 @@ class JobState:
     request_id: str | None
     ended: Ended | None = None
     """None while it has not ended."""
+    callback: dict[str, Any] | None = None
+    """Its callback's state (shared/callbacks.py), when it has one."""
 
 
 class QueueError(Exception):
@@ -153,7 +156,7 @@ class JobQueue:
 
     @_reaching_redis
     def submit(self, script: str, limits: Limits, inputs: RunInput | None, request_id: str,
-               client: str) -> Job:
+               client: str, callback_url: str | None = None) -> Job:
         """Enqueue one run of client's, which keeps its request's id; QueueFull when the queue is
         full, or when this client already has its share of it waiting; OverBudget when it would
         take the client's or everyone's storage over budget. Its input goes to a key of its own,
@@ -170,7 +173,18 @@ class JobQueue:
                                       self.budget.total_bytes)
         if refusal is not None:
             raise OverBudget(refusal, need, self.budget)
+        if callback_url is not None:  # before the job exists: its worker may end it at once
+            callbacks.register(self.redis, job_id, callback_url, self.result_ttl_s)
         return self._enqueue(job_id, payload, limits, request_id, client)
+
+    def ended(self, state: JobState, body: dict[str, Any]) -> None:
+        """A job this API saw end (a cancel of a job no worker had taken): its callback is due.
+        A worker that ended it first has made it due already; this then changes nothing."""
+        if state.callback is not None and state.ended is not None:
+            try:
+                callbacks.ended(self.redis, state.id, body)
+            except RedisError as exc:
+                raise unreachable(exc) from None
 
     def _enqueue(self, job_id: str, payload: bytes, limits: Limits, request_id: str,
                  client: str) -> Job:
@@ -296,7 +310,8 @@ class JobQueue:
 
     def _describe(self, job: Job) -> JobState:
         status, ended = self._resolve(job)
-        return JobState(job.id, status, job.meta.get("request_id"), ended)
+        return JobState(job.id, status, job.meta.get("request_id"), ended,
+                        callbacks.state(self.redis, job.id))
 
     def _resolve(self, job: Job) -> tuple[str, Ended | None]:
         """The job's public status, and how it ended (None while it has not)."""

@@ -287,7 +287,10 @@ def document(access: Access = Access()) -> dict[str, Any]:
                                 "Every response carries `X-Request-ID`. When the "
                                 "service has API keys, every operation but /health, /openapi.json and /docs "
                                 "needs one (401 `unauthorized` first, also for unknown paths), and "
-                                "rate limits answer 429 `rate_limited`."},
+                                "rate limits answer 429 `rate_limited`. `POST /mcp` (not described here) is "
+                                "the Model Context Protocol's endpoint for agents, its messages JSON-RPC as "
+                                "that protocol defines them, behind the same keys and rate limits "
+                                "(docs/mcp.md)."},
         "paths": {"/execute": _execute_path(access), "/jobs/{job_id}": _job_path(access),
                   **_simple_paths(access)},
         "components": _components(access),

@@ -1,6 +1,5 @@
 """The HTTP edge's rendering of domain values: a run's Outcome (200 with the result, or 422 with
 the script's error), a job's state, and the queue's refusals."""
-from dataclasses import asdict
 from typing import Any
 
 from api.errors import CANCELED as CANCELED_CODE
@@ -31,22 +30,14 @@ from api.job_queue import (
     QueueUnavailable,
 )
 from jail import Outcome
+from shared.answers import SANDBOX_FAILED, output_fields
 
 FAULTS = {
     Fault.CANCELED: (CANCELED_CODE, "the job was canceled by its client"),
     Fault.WORKER_LOST: (WORKER_LOST, "the worker running this job died, or lost the queue, before it "
                                      "finished; it was not re-run (submit it again)"),
-    Fault.SANDBOX_FAILED: (INTERNAL_ERROR, "the sandbox failed to run this job; the error was logged"),
+    Fault.SANDBOX_FAILED: (INTERNAL_ERROR, SANDBOX_FAILED),
 }
-
-
-def output_fields(outcome: Outcome) -> dict[str, Any]:
-    """What the script printed, how long it ran and what it used: part of every answer about a run."""
-    return {"stdout": outcome.stdout, "stderr": outcome.stderr,
-            "output_truncated": outcome.output_truncated, "duration_ms": outcome.duration_ms,
-            "cpu_ms": outcome.cpu_ms, "peak_memory_mb": outcome.peak_memory_mb,
-            "files": [asdict(f) for f in outcome.files], "files_truncated": outcome.files_truncated,
-            "enforcement": outcome.enforcement or None}
 
 
 def outcome_error(outcome: Outcome) -> ApiError:
@@ -74,11 +65,12 @@ def ended_error(ended: Ended) -> ApiError:
 def job_body(state: JobState) -> dict[str, Any]:
     """{"id", "status", "request_id", ...}: with its result, or its error, once it has ended."""
     head = {"id": state.id, "status": state.status, "request_id": state.request_id}
+    callback = {"callback": state.callback} if state.callback is not None else {}
     if state.ended is None:
-        return head
+        return {**head, **callback}
     if isinstance(state.ended, Outcome) and state.ended.ok:
-        return {**head, **outcome_body(state.ended)}
-    return {**head, **ended_error(state.ended).to_dict()}
+        return {**head, **outcome_body(state.ended), **callback}
+    return {**head, **ended_error(state.ended).to_dict(), **callback}
 
 
 def queue_error(exc: QueueError, retry_after_s: int) -> ApiError:

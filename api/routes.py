@@ -1,10 +1,11 @@
-"""The HTTP endpoints: POST /execute (sync or ?async=1), GET and DELETE /jobs/<id>, GET /health."""
+"""The HTTP endpoints: POST /execute (sync or ?async=1), GET and DELETE /jobs/<id>, GET /health, /mcp."""
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.clients import client_id
 from api.errors import respond
 from api.job_queue import JOB_ID, JobQueue, QueueError, QueueUnavailable
 from api.logs import annotate
+from api.mcp_endpoint import CALLER, Caller
 from api.request_ids import request_id
 from api.responses import job_body, outcome_body, queue_error
 from api.run_request import parse_run_request
@@ -30,7 +31,8 @@ def execute():
     """Run the script and answer what its main() returned, or enqueue it (?async=1)."""
     asked = parse_run_request(request, service().settings)
     if asked.queued:
-        job = _queue().submit(asked.script, asked.limits, asked.inputs, request_id(), client_id())
+        job = _queue().submit(asked.script, asked.limits, asked.inputs, request_id(), client_id(),
+                              asked.callback_url)
         annotate(job_id=job.id)
         response = jsonify({"id": job.id, "status": "queued"})
         response.status_code = 202
@@ -54,7 +56,21 @@ def job(job_id: str):
 def cancel_job(job_id: str):
     """Cancel a queued or running run; answers its state, canceled."""
     annotate(job_id=job_id if JOB_ID.fullmatch(job_id) else None)
-    return jsonify(job_body(_queue().cancel(job_id, client_id())))
+    jobs = _queue()
+    state = jobs.cancel(job_id, client_id())
+    answer = job_body(state)
+    jobs.ended(state, {name: value for name, value in answer.items() if name != "callback"})
+    return jsonify(answer)
+
+
+@bp.post("/mcp")
+def mcp():
+    """The MCP endpoint (api/mcp_endpoint.py): past the same key and rate limits as /execute, the
+    request goes to the SDK's app, which Flask calls as a WSGI app with this request's environ."""
+    endpoint = service().mcp
+    assert endpoint is not None
+    request.environ[CALLER] = Caller(client_id(), request_id())
+    return endpoint.wsgi()
 
 
 @bp.get("/health")

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from flask import Request
 
-from api.errors import INVALID_FILE, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, ApiError
+from api.errors import CALLBACK_NOT_ALLOWED, INVALID_FILE, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, ApiError
 from api.schemas import ExecuteQuery, ExecuteRequest, FileContent, TextFile, parse_json, parse_query
 from jail import Limits, RunInput
 from jail.limits import MIB
 from jail.runinput import in_name_problem
+from shared.callbacks import CallbackRefused, Destinations
 from shared.settings import Settings
 
 
@@ -39,6 +40,8 @@ class RunRequest:
     """None when the request has no input, stdin or files."""
     queued: bool
     """?async=1: enqueue it and answer 202."""
+    callback_url: str | None = None
+    """Where to POST the job's state when it ends (checked against PYSANDBOX_CALLBACK_HOSTS)."""
 
 
 def parse_run_request(request: Request, settings: Settings) -> RunRequest:
@@ -48,11 +51,31 @@ def parse_run_request(request: Request, settings: Settings) -> RunRequest:
     if not request.is_json:
         raise UNSUPPORTED_MEDIA_TYPE("send the body as Content-Type: application/json")
     body = parse_json(ExecuteRequest, request.get_data(cache=False))
+    query = parse_query(ExecuteQuery, request.args.to_dict())
+    return from_body(body, settings, query.is_async)
+
+
+def from_body(body: ExecuteRequest, settings: Settings, queued: bool) -> RunRequest:
+    """The RunRequest of a validated body (POST /execute's, or MCP's run_python arguments)."""
     if len(body.script.encode("utf-8", "surrogatepass")) > settings.max_script_bytes:
         raise too_large(f"the script is larger than {settings.max_script_bytes} bytes")
-    query = parse_query(ExecuteQuery, request.args.to_dict())
+    if body.callback_url is not None:
+        allowed_callback(body.callback_url, settings, queued)
     return RunRequest(body.script, settings.run_limits(body.timeout, body.memory_mb),
-                      run_input(body, settings), query.is_async)
+                      run_input(body, settings), queued, body.callback_url)
+
+
+def allowed_callback(url: str, settings: Settings, queued: bool) -> None:
+    """400 callback_not_allowed unless the run is queued and the operator allows the URL."""
+    destinations = Destinations.of(settings)
+    if destinations is None:
+        raise CALLBACK_NOT_ALLOWED("callbacks are off on this service (PYSANDBOX_CALLBACK_HOSTS)")
+    if not queued:
+        raise CALLBACK_NOT_ALLOWED("callback_url is for queued runs: POST /execute?async=1")
+    try:
+        destinations.check(url)
+    except CallbackRefused as exc:
+        raise CALLBACK_NOT_ALLOWED(str(exc)) from None
 
 
 def run_input(body: ExecuteRequest, settings: Settings) -> RunInput | None:

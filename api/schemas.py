@@ -87,6 +87,12 @@ class ExecuteRequest(BaseModel):
     memory_mb: PositiveInteger | None = Field(
         None, description=f"Memory limit in MiB; default {DEFAULTS.default_memory_mb}, clamped to "
                           f"{DEFAULTS.min_memory_mb}…PYSANDBOX_MAX_MEMORY_MB ({DEFAULTS.max_memory_mb}).")
+    callback_url: str | None = Field(
+        None, max_length=2048,
+        description="Queued runs (`?async=1`) only: when the job ends, its state (as GET /jobs/{job_id} "
+                    "answers it) is POSTed here, signed (docs/callbacks.md). Refused with 400 "
+                    "`callback_not_allowed` unless the operator allows its host (PYSANDBOX_CALLBACK_HOSTS).",
+        examples=["https://hooks.example.com/pysandbox"])
 
 
 class ExecuteQuery(BaseModel):
@@ -172,6 +178,16 @@ class JobQueued(BaseModel):
     status: Literal["queued"]
 
 
+class CallbackState(BaseModel):
+    """A job's callback: where it goes and how its delivery went."""
+
+    url: str
+    delivery_id: str = Field(description="The PySandbox-Delivery header: the same on every attempt.")
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int = Field(description="Delivery attempts so far.")
+    last_error: str | None = Field(description="Why the last attempt failed (null once delivered).")
+
+
 class JobState(BaseModel):
     """A queued run, as GET and DELETE /jobs/{job_id} see it.
 
@@ -195,6 +211,7 @@ class JobState(BaseModel):
     files: list[OutFile] | None = None
     files_truncated: bool | None = None
     enforcement: str | None = None
+    callback: CallbackState | None = Field(None, description="When the job was queued with a `callback_url`.")
 
 
 class WarmJails(BaseModel):

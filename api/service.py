@@ -9,6 +9,7 @@ from flask import Flask, current_app
 if TYPE_CHECKING:  # these modules read the Service of their app
     from api.clients import Key
     from api.job_queue import JobQueue
+    from api.mcp_endpoint import McpEndpoint
     from api.modes import RunMode
     from shared.settings import Settings
 
@@ -27,6 +28,8 @@ class Service:
     """The queue, when REDIS_URL is set."""
     openapi: dict[str, Any] | None = None
     """The OpenAPI document, built at its first request."""
+    mcp: McpEndpoint | None = None
+    """/mcp's server (api/mcp_endpoint.py); its event loop starts at its first request."""
 
 
 def service(app: Flask | None = None) -> Service:

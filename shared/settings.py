@@ -85,6 +85,15 @@ class Settings(BaseModel):
     memory_mb: int = 0
     """The memory runs are admitted against (jail/admission.py); 0: detect it."""
     memory_ledger: str = "/dev/shm/pysandbox-memory"
+    callback_hosts: str = ""
+    """Where callbacks may go: host names and CIDRs, comma-separated; empty: callbacks are off."""
+    callback_secret: str = ""
+    """The key callbacks are signed with (HMAC-SHA256)."""
+    callback_timeout_s: float = 5.0
+    callback_backoff_s: float = 1.0
+    """The wait before a callback's first retry; doubled at each retry, up to a minute."""
+    callback_retry_s: float = 600.0
+    """How long after the job ended a failing callback is still retried."""
     log_format: LogFormat = "json"
     """json lines for a log system, or text for a terminal."""
 

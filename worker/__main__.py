@@ -19,7 +19,7 @@ from rq.exceptions import StopRequested
 from jail import Sandbox
 from jail.admission import open_ledger
 from jail.selftest import self_test
-from shared import logs
+from shared import callbacks, logs
 from shared.metrics import observe_warm_jails
 from shared.queue import QUEUE_NAME
 from shared.settings import load, warn_unknown
@@ -68,6 +68,7 @@ def main() -> int:
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)
     redis = Redis.from_url(settings.redis_url or LOCAL_REDIS_URL)
+    callbacks.start(redis, settings)  # the delivery loop, when callbacks are on
     while True:
         # Jobs run in this process (not a forked work-horse), where the warm jail lives.
         worker = StoppableWorker([Queue(QUEUE_NAME, connection=redis)], connection=redis,

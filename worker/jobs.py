@@ -20,6 +20,8 @@ from rq.job import Job
 from jail import Limits, Outcome, RunInput, Sandbox, SandboxError, Status
 from jail.admission import ADMIT_WAIT_S, MemoryLedger
 from jail.limits import MIB
+from shared import callbacks
+from shared.answers import ended_job
 from shared.logs import run_fields
 from shared.metrics import QUEUE_WAIT_SECONDS, observe_run, observe_sandbox_error
 from shared.queue import keep_alive
@@ -60,6 +62,7 @@ def run_stored() -> dict[str, Any]:
     if raw is None:  # only a cancel deletes it before a worker does: the cancel key is set
         outcome = Outcome(Status.CANCELED, message=NOT_RUN)
         _settle(ledger, job, JOB_OVERHEAD_BYTES)
+        _call_back(job, outcome)
         return outcome.to_dict()
     script, limits, inputs = pickle.loads(raw)  # type: ignore[arg-type]
     _settle(ledger, job, worst_result_bytes(limits) + JOB_OVERHEAD_BYTES, done=False)
@@ -67,9 +70,20 @@ def run_stored() -> dict[str, Any]:
         value = _run(job, script, limits, inputs)
     except SandboxError:
         _settle(ledger, job, JOB_OVERHEAD_BYTES)
+        _call_back(job, None)
         raise
     _settle(ledger, job, stored_result_bytes(value) + JOB_OVERHEAD_BYTES)
+    _call_back(job, Outcome.from_dict(value))
     return value
+
+
+def _call_back(job: Job, outcome: Outcome | None) -> None:
+    """The job has ended (None: its sandbox failed): its callback, if any, is due
+    (shared/callbacks.py; this process's delivery loop, or another worker's, sends it)."""
+    try:
+        callbacks.ended(job.connection, job.id, ended_job(job.id, job.meta.get("request_id"), outcome))
+    except RedisError:
+        log.warning("job's callback not made due: Redis is away", extra={"job_id": job.id})
 
 
 @contextmanager

@@ -65,12 +65,14 @@ class Retries:
 
 
 def _execute_body(script: str, input: Any, stdin: str | None, files: Mapping[str, bytes | str] | None,
-                  timeout: float | None, memory_mb: int | None) -> dict[str, Any]:
+                  timeout: float | None, memory_mb: int | None,
+                  callback_url: str | None = None) -> dict[str, Any]:
     """The JSON of POST /execute: bytes files as base64, str files as text; unset fields left out."""
     given: dict[str, Any] = {"script": script}
     if input is not NO_INPUT:
         given["input"] = input
-    for name, value in (("stdin", stdin), ("timeout", timeout), ("memory_mb", memory_mb)):
+    for name, value in (("stdin", stdin), ("timeout", timeout), ("memory_mb", memory_mb),
+                        ("callback_url", callback_url)):
         if value is not None:
             given[name] = value
     if files is not None:
@@ -185,9 +187,12 @@ class Client:
 
     def submit(self, script: str, *, input: Any = NO_INPUT, stdin: str | None = None,
                files: Mapping[str, bytes | str] | None = None, timeout: float | None = None,
-               memory_mb: int | None = None, request_id: str | None = None) -> JobQueued:
-        """Queue the script as a job (POST /execute?async=1); its id is in the answer."""
-        body = _execute_body(script, input, stdin, files, timeout, memory_mb)
+               memory_mb: int | None = None, callback_url: str | None = None,
+               request_id: str | None = None) -> JobQueued:
+        """Queue the script as a job (POST /execute?async=1); its id is in the answer. With
+        `callback_url`, the service POSTs the job's state there when it ends (check it with
+        verify_signature)."""
+        body = _execute_body(script, input, stdin, files, timeout, memory_mb, callback_url)
         return _answer(self._send("POST", "/execute", request_id, params={"async": "1"}, json=body),
                        JobQueued)
 
@@ -249,9 +254,12 @@ class AsyncClient:
 
     async def submit(self, script: str, *, input: Any = NO_INPUT, stdin: str | None = None,
                      files: Mapping[str, bytes | str] | None = None, timeout: float | None = None,
-                     memory_mb: int | None = None, request_id: str | None = None) -> JobQueued:
-        """Queue the script as a job (POST /execute?async=1); its id is in the answer."""
-        body = _execute_body(script, input, stdin, files, timeout, memory_mb)
+                     memory_mb: int | None = None, callback_url: str | None = None,
+                     request_id: str | None = None) -> JobQueued:
+        """Queue the script as a job (POST /execute?async=1); its id is in the answer. With
+        `callback_url`, the service POSTs the job's state there when it ends (check it with
+        verify_signature)."""
+        body = _execute_body(script, input, stdin, files, timeout, memory_mb, callback_url)
         return _answer(await self._send("POST", "/execute", request_id, params={"async": "1"},
                                         json=body), JobQueued)
 

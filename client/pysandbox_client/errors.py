@@ -68,6 +68,12 @@ class InvalidFileError(ClientError):
     CODE = "invalid_file"
 
 
+class CallbackNotAllowedError(ClientError):
+    """The service does not allow this callback_url (or callbacks are off, or the run is not queued)."""
+
+    CODE = "callback_not_allowed"
+
+
 class BadRequestError(ClientError):
     CODE = "bad_request"
 

@@ -45,6 +45,7 @@ class ExecuteRequest(BaseModel):
     files: dict[str, str | TextFile | Base64File] | None = None
     timeout: float | None = None
     memory_mb: int | None = None
+    callback_url: str | None = None
 
 
 class OutFile(BaseModel):
@@ -127,6 +128,16 @@ class JobQueued(BaseModel):
     status: Literal["queued"]
 
 
+class CallbackState(BaseModel):
+    """A job's callback: where it goes and how its delivery went."""
+
+    url: str
+    delivery_id: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None
+
+
 class JobState(BaseModel):
     """A job as GET and DELETE /jobs/{job_id} see it; the run's fields once it ran."""
 
@@ -144,6 +155,7 @@ class JobState(BaseModel):
     files: list[OutFile] | None = None
     files_truncated: bool | None = None
     enforcement: str | None = None
+    callback: CallbackState | None = None
 
     @property
     def ended(self) -> bool:

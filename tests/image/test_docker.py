@@ -34,8 +34,10 @@ from tests.support.images import SERVICE_PARTS, docker, free_port, make_var
 pytestmark = pytest.mark.docker
 
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
-MAX_IMAGE_BYTES = 250 * 1000 * 1000
-"""Issue 12: the default image stays within 250 MB (`docker image ls`: SI MB)."""
+MAX_IMAGE_BYTES = 285 * 1000 * 1000
+"""Issue 12: the default image stays within 250 MB (`docker image ls`: SI MB), plus the 30 MB of the
+MCP SDK's dependencies that /mcp brought (issue 21; 16 MB of them cryptography, which the SDK's
+server imports)."""
 HEALTH_TIMEOUT_S = 60
 DEFAULT_WORKERS = 2
 DEFAULT_MEMORY_MB = Settings().default_memory_mb

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.image.test_docker import MAX_IMAGE_BYTES
 from tests.support.images import docker, free_port, make_var
 
 pytestmark = pytest.mark.docker
@@ -74,4 +75,4 @@ def test_the_default_image_has_no_matplotlib_and_stays_small(image: str, plot_im
     sizes = {tag: int(docker("image", "inspect", "-f", "{{.Size}}", tag).stdout)
              for tag in (image, plot_image)}
     print(f"image sizes: {', '.join(f'{tag} {size / 1e6:.0f} MB' for tag, size in sizes.items())}")
-    assert sizes[image] <= 250e6 < sizes[plot_image]
+    assert sizes[image] <= MAX_IMAGE_BYTES < sizes[plot_image]

@@ -1,0 +1,201 @@
+"""Signed callbacks of queued runs (shared/callbacks.py, docs/callbacks.md) with real redis-server,
+an RQ worker (whose delivery loop sends them) and gunicorn, to a receiver on loopback that the
+test's settings allow: each ended job is called back once with GET /jobs/<id>'s JSON, signed as the
+documentation says; a receiver that fails twice gets it on the third try with the same delivery id;
+a redirect is never followed; a URL the settings do not allow is refused at submit."""
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from ipaddress import ip_network
+from typing import Any
+
+import pytest
+import requests
+from pysandbox_client import verify_signature
+from redis import Redis
+
+from shared.callbacks import Deliverer, Destinations
+from shared.settings import load
+from tests.support.servers import free_port, gunicorn, redis_server, workers
+
+SECRET = "callback-test-secret"
+SETTINGS = {"PYSANDBOX_CALLBACK_HOSTS": "127.0.0.1/32", "PYSANDBOX_CALLBACK_SECRET": SECRET,
+            "PYSANDBOX_CALLBACK_BACKOFF_S": "0.3", "PYSANDBOX_CALLBACK_RETRY_S": "30",
+            "PYSANDBOX_CALLBACK_TIMEOUT_S": "2", "PYSANDBOX_WARM_JAILS": "1"}
+SLEEPER = "import time\ndef main():\n    time.sleep(3)\n    return 'slept'"
+
+
+@dataclass
+class Receiver:
+    """A loopback HTTP server that records every POST; /fail<n>/... answers 500 n times first,
+    /redirect/... answers 302 to /target."""
+
+    url: str
+    received: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def posts(self, path: str) -> list[tuple[dict[str, str], bytes]]:
+        return [(headers, body) for got, headers, body in self.received if got == path]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    port = free_port()
+    made = Receiver(f"http://127.0.0.1:{port}")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            made.received.append((self.path, dict(self.headers.items()), body))
+            if self.path.startswith("/redirect"):
+                self.send_response(302)
+                self.send_header("Location", f"{made.url}/target")
+            elif self.path.startswith("/fail") and made.failures.get(self.path, 0) < int(self.path[5]):
+                made.failures[self.path] = made.failures.get(self.path, 0) + 1
+                self.send_response(500)
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield made
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """gunicorn, Redis and one worker, with callbacks allowed to 127.0.0.1 only."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as redis_url, \
+            workers(redis_url, 1, env=SETTINGS), gunicorn({**SETTINGS, "REDIS_URL": redis_url}) as url:
+        yield url
+
+
+def submit(service: str, script: str, callback_url: str) -> str:
+    answer = requests.post(f"{service}/execute?async=1",
+                           json={"script": script, "callback_url": callback_url}, timeout=10)
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["id"])
+
+
+def settled(service: str, job_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    """GET /jobs/<id> once the job has ended and its callback is no longer pending."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = requests.get(f"{service}/jobs/{job_id}", timeout=10).json()
+        if state["status"] not in ("queued", "running") and state["callback"]["status"] != "pending":
+            return dict(state)
+        assert time.monotonic() < deadline, state
+        time.sleep(0.1)
+
+
+def documented_check(secret: str, body: bytes, header: str) -> bool:
+    """docs/callbacks.md's recipe, as a receiver without our client writes it."""
+    fields = dict(part.split("=", 1) for part in header.split(","))
+    expected = hmac.new(secret.encode(), fields["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, fields["v1"]) and abs(time.time() - int(fields["t"])) < 300
+
+
+@pytest.mark.parametrize(("script", "status"), [
+    ("def main():\n    print('hi')\n    return {'n': 42}", "finished"),
+    ("def main():\n    return 1 / 0", "failed"),
+])
+def test_each_ended_job_is_called_back_once_signed(service: str, receiver: Receiver, script: str,
+                                                   status: str) -> None:
+    path = f"/ok/{status}"
+    job_id = submit(service, script, receiver.url + path)
+    state = settled(service, job_id)
+    assert state["status"] == status
+    assert state["callback"] == {"url": receiver.url + path, "delivery_id": state["callback"]["delivery_id"],
+                                 "status": "delivered", "attempts": 1, "last_error": None}
+    time.sleep(1)  # nothing comes twice
+    [(headers, body)] = receiver.posts(path)
+    assert json.loads(body) == {name: value for name, value in state.items() if name != "callback"}
+    assert headers["Content-Type"] == "application/json"
+    assert headers["PySandbox-Delivery"] == state["callback"]["delivery_id"]
+    assert documented_check(SECRET, body, headers["PySandbox-Signature"])
+    assert verify_signature(SECRET, body, headers["PySandbox-Signature"])
+    assert not verify_signature("another secret", body, headers["PySandbox-Signature"])
+    assert not verify_signature(SECRET, body + b" ", headers["PySandbox-Signature"])
+
+
+def test_a_job_canceled_before_it_ran_is_called_back(service: str, receiver: Receiver) -> None:
+    """The one worker is busy with a sleeper; the job behind it is canceled by the API, which
+    makes its callback due; the worker's delivery loop sends it."""
+    submit(service, SLEEPER, receiver.url + "/ok/sleeper")
+    job_id = submit(service, "def main():\n    return 1", receiver.url + "/ok/canceled")
+    canceled = requests.delete(f"{service}/jobs/{job_id}", timeout=10).json()
+    assert canceled["status"] == "canceled"
+    state = settled(service, job_id)
+    assert state["callback"]["status"] == "delivered"
+    [(_, body)] = receiver.posts("/ok/canceled")
+    assert json.loads(body)["status"] == "canceled" and json.loads(body)["error"]["code"] == "canceled"
+
+
+def test_a_receiver_that_fails_twice_gets_it_the_third_time(service: str, receiver: Receiver) -> None:
+    job_id = submit(service, "def main():\n    return 'third'", receiver.url + "/fail2/x")
+    state = settled(service, job_id)
+    assert state["callback"]["status"] == "delivered" and state["callback"]["attempts"] == 3
+    posts = receiver.posts("/fail2/x")
+    assert len(posts) == 3
+    assert {headers["PySandbox-Delivery"] for headers, _ in posts} == {state["callback"]["delivery_id"]}
+    assert all(verify_signature(SECRET, body, headers["PySandbox-Signature"]) for headers, body in posts)
+
+
+def test_a_redirect_is_not_followed(service: str, receiver: Receiver) -> None:
+    job_id = submit(service, "def main():\n    return 1", receiver.url + "/redirect/y")
+    state = settled(service, job_id)
+    assert state["callback"]["status"] == "failed" and state["callback"]["attempts"] == 1
+    assert "redirect" in state["callback"]["last_error"]
+    assert len(receiver.posts("/redirect/y")) == 1 and receiver.posts("/target") == []
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("http://10.1.2.3/hook", "not allowed"),
+    ("http://169.254.169.254/latest/meta-data", "not allowed"),
+    ("http://localhost:1/hook", "not allowed"),
+    ("http://example.com/hook", "not allowed"),
+    ("ftp://127.0.0.1/hook", "http or https"),
+])
+def test_a_url_the_settings_do_not_allow_is_refused(service: str, url: str, why: str) -> None:
+    answer = requests.post(f"{service}/execute?async=1", json={"script": "def main():\n    return 1",
+                                                               "callback_url": url}, timeout=10)
+    error = answer.json()["error"]
+    assert answer.status_code == 400 and error["code"] == "callback_not_allowed" and why in error["message"]
+
+
+def test_a_sync_run_or_a_service_without_callbacks_refuses_them(service: str, service_url: str,
+                                                                receiver: Receiver) -> None:
+    body = {"script": "def main():\n    return 1", "callback_url": receiver.url + "/ok/sync"}
+    sync = requests.post(f"{service}/execute", json=body, timeout=10)
+    assert sync.status_code == 400 and sync.json()["error"]["code"] == "callback_not_allowed"
+    off = requests.post(f"{service_url}/execute?async=1", json=body, timeout=10)
+    assert off.status_code == 400 and "off" in off.json()["error"]["message"]
+    assert receiver.posts("/ok/sync") == []
+
+
+def test_a_delivery_checks_the_address_again_and_connects_to_it(receiver: Receiver) -> None:
+    """At delivery the name is resolved and checked again (it may point elsewhere since the
+    submit): refused now, nothing is sent; allowed, the connection goes to the checked address
+    with the URL's host as Host."""
+    port = receiver.url.rsplit(":", 1)[1]
+    url = f"http://localhost:{port}/ok/pinned"
+    never = Redis.from_url("redis://127.0.0.1:1/0")  # post() keeps no state
+    strict = Deliverer(never, load({}, SETTINGS), Destinations(frozenset({"localhost"}), ()))
+    error, final = strict.post(url, "delivery-1", b"{}")
+    assert final and error is not None and "resolves to 127.0.0.1" in error
+    assert receiver.posts("/ok/pinned") == []
+    allowed = Destinations(frozenset({"localhost"}), (ip_network("127.0.0.0/8"), ip_network("::1/128")))
+    error, _ = Deliverer(never, load({}, SETTINGS), allowed).post(url, "delivery-2", b"{}")
+    assert error is None
+    [(headers, body)] = receiver.posts("/ok/pinned")
+    assert headers["Host"] == f"localhost:{port}" and headers["PySandbox-Delivery"] == "delivery-2"
