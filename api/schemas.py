@@ -236,6 +236,9 @@ class Health(BaseModel):
     warm_jails: WarmJails | None = None
     memory: MemoryHealth | None = Field(
         None, description="Admission by memory: runs start only while their limits fit.")
+    sessions: dict[str, int] | None = Field(
+        None, description="Sessions: `open`, and the caps `max` and `max_per_client` (absent on an API "
+                          "that only enqueues).")
     queue: dict[str, Any] | None = Field(
         None, description="Redis, workers, queued jobs and `storage` (`held_bytes` of `budget_bytes`), "
                     "when a queue is set; `persistent`: whether Redis "

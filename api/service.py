@@ -10,6 +10,7 @@ if TYPE_CHECKING:  # these modules read the Service of their app
     from api.clients import Key
     from api.job_queue import JobQueue
     from api.modes import RunMode
+    from api.sessions import Sessions
     from shared.settings import Settings
 
 EXTENSION = "pysandbox"
@@ -27,6 +28,8 @@ class Service:
     """The queue, when REDIS_URL is set."""
     openapi: dict[str, Any] | None = None
     """The OpenAPI document, built at its first request."""
+    sessions: Sessions | None = None
+    """The sessions this process holds (api/sessions.py); None where no jail runs here."""
 
 
 def service(app: Flask | None = None) -> Service:
