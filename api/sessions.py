@@ -22,7 +22,6 @@ from typing import Any
 
 import prometheus_client
 from flask import Blueprint, Response, jsonify, request, url_for
-from pydantic import BaseModel, ConfigDict, Field
 
 from api.clients import client_id
 from api.errors import (
@@ -42,7 +41,7 @@ from api.errors import (
 from api.logs import annotate
 from api.responses import outcome_body, outcome_error
 from api.run_request import parse_run_request
-from api.schemas import PositiveInteger, parse_json
+from api.schemas import SessionRequest, parse_json
 from api.service import service
 from jail import Limits, Outcome, RunInput, SandboxError
 from jail.admission import MemoryLedger
@@ -67,48 +66,6 @@ SESSION_CALL_SECONDS = prometheus_client.Histogram("pysandbox_session_call_durat
                                                    "of a session call in its jail", buckets=RUN_BUCKETS_S)
 
 
-class SessionRequest(BaseModel):
-    """The body of POST /sessions (optional). Limits above the server's maximum are clamped."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, title="SessionRequest")
-
-    memory_mb: PositiveInteger | None = Field(
-        None, description="The session's memory limit in MiB, for its whole life (every call together); "
-                          "clamped as a run's `memory_mb`.")
-    idle_timeout_s: float | None = Field(
-        None, gt=0, allow_inf_nan=False,
-        description="The session ends after this long without a call (PYSANDBOX_SESSION_IDLE_TIMEOUT_S "
-                    "by default, clamped to PYSANDBOX_MAX_SESSION_IDLE_TIMEOUT_S).")
-    max_lifetime_s: float | None = Field(
-        None, gt=0, allow_inf_nan=False,
-        description="The session ends this long after it was created (PYSANDBOX_SESSION_LIFETIME_S by "
-                    "default, clamped to PYSANDBOX_MAX_SESSION_LIFETIME_S).")
-
-
-class SessionUsageBody(BaseModel):
-    """What a session has used so far."""
-
-    calls: int
-    cpu_ms: int | None
-    peak_memory_mb: float | None = Field(description="The session's memory peak so far; null once ended "
-                                                     "or where the host cannot say.")
-
-
-class SessionState(BaseModel):
-    """A session, as POST /sessions, GET /sessions/{session_id} and its calls describe it."""
-
-    id: str
-    state: str = Field(description="`open` or `ended`.", examples=["open"])
-    reason: str | None = Field(description="Why it ended (see 410 `session_ended`); null while open.")
-    memory_mb: int
-    idle_timeout_s: float
-    max_lifetime_s: float
-    created_at: float = Field(description="Unix time.")
-    expires_at: float = Field(description="Unix time when it ends unless a call comes first: idle or "
-                                          "lifetime, whichever is sooner.")
-    usage: SessionUsageBody
-
-
 @dataclass
 class Record:
     """One session and what the API knows of it."""
@@ -125,7 +82,7 @@ class Record:
     ended_at: float | None = None
 
     def body(self) -> dict[str, Any]:
-        """As SessionState."""
+        """As api/schemas.py's SessionState."""
         usage = self.session.usage()
         return {"id": self.id, "state": "open" if self.ended is None else "ended", "reason": self.ended,
                 "memory_mb": self.session.limits.memory_mb, "idle_timeout_s": self.idle_timeout_s,

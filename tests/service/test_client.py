@@ -110,7 +110,8 @@ def shape(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
 CHECKED_MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
     (client_models.ExecuteRequest, "validation"), (client_models.RunResult, "serialization"),
     (client_models.RunError, "serialization"), (client_models.Error, "serialization"),
-    (client_models.JobQueued, "serialization"), (client_models.JobState, "serialization")]
+    (client_models.JobQueued, "serialization"), (client_models.JobState, "serialization"),
+    (client_models.SessionState, "serialization"), (client_models.SessionRunResult, "serialization")]
 
 
 def document(url: str) -> dict[str, Any]:
