@@ -293,10 +293,10 @@ def delete_session(session_id: str) -> Response:
 def execute_in_session(session_id: str) -> Response:
     """Run a call in the session; answered as POST /execute is, with the session's state."""
     sessions = _sessions()
-    record = sessions.open_record(session_id, client_id())
     asked = parse_run_request(request, service().settings)
     if asked.queued:
         raise invalid("?async=1 is not supported on a session's calls: they run at once, in order")
+    record = sessions.open_record(session_id, client_id())
     outcome = sessions.execute(record, asked.script, asked.limits, asked.inputs)
     state = {"session": record.body()}
     if not outcome.ok:
