@@ -225,11 +225,11 @@ def _session_paths(access: Access) -> dict[str, Any]:
         "/sessions/{session_id}": {
             "parameters": [session_id],
             "get": {"operationId": "getSession", "summary": "A session's state, limits, usage and expiry",
-                    "description": "Ended sessions too, while their record is kept "
-                                   "(PYSANDBOX_SESSION_RECORD_TTL_S).",
+                    "description": "An ended session answers 410 `session_ended` with its reason and its "
+                                   "last state (`session`) while its record is kept "
+                                   "(PYSANDBOX_SESSION_RECORD_TTL_S), then 404.",
                     "parameters": request_id, "security": access.security,
-                    "responses": {**access.client_errors(), "200": state, "404": known["404"],
-                                  "500": known["500"], "501": known["501"]}},
+                    "responses": {**access.client_errors(), "200": state, **known}},
             "delete": {"operationId": "deleteSession", "summary": "End a session now: its jail is killed",
                        "description": "Answers its state, `ended` with reason `deleted`.",
                        "parameters": request_id, "security": access.security,

@@ -245,8 +245,9 @@ class Sessions:
 
 
 def ended_error(record: Record) -> ApiError:
-    """410 session_ended with its reason."""
-    return SESSION_ENDED(f"the session ended: {record.ended}", detail={"reason": record.ended})
+    """410 session_ended with its reason, and the session's last state beside the error."""
+    return SESSION_ENDED(f"the session ended: {record.ended}", detail={"reason": record.ended},
+                         extra={"session": record.body()})
 
 
 bp = Blueprint("sessions", __name__)
@@ -276,8 +277,8 @@ def create_session() -> tuple[Response, int]:
 
 @bp.get("/sessions/<session_id>")
 def get_session(session_id: str) -> Response:
-    """A session's state, limits, usage and expiry (ended ones too, while their record is kept)."""
-    return jsonify(_sessions().find(session_id, client_id()).body())
+    """An open session's state, limits, usage and expiry; 410 (with its last state) once ended."""
+    return jsonify(_sessions().open_record(session_id, client_id()).body())
 
 
 @bp.delete("/sessions/<session_id>")

@@ -110,8 +110,9 @@ def test_memory_past_the_limit_ends_it_and_the_service_is_fine(url, session):
     assert hog.status_code == 422 and hog.json()["error"]["code"] == "memory_limit"
     ended = call(url, session, "x")
     assert ended.status_code == 410 and ended.json()["error"]["reason"] == "memory_limit"
-    state = requests.get(f"{url}/sessions/{session}", headers=ALICE, timeout=10).json()
-    assert (state["state"], state["reason"]) == ("ended", "memory_limit")
+    gone = requests.get(f"{url}/sessions/{session}", headers=ALICE, timeout=10)
+    assert gone.status_code == 410 and gone.json()["error"]["reason"] == "memory_limit"
+    assert (gone.json()["session"]["state"], gone.json()["session"]["reason"]) == ("ended", "memory_limit")
     fine = requests.post(f"{url}/execute", json={"script": "def main(): return 1"}, headers=ALICE, timeout=30)
     assert fine.json()["result"] == 1
 
