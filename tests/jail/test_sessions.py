@@ -4,14 +4,16 @@ import subprocess
 import textwrap
 import threading
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 
-from jail import Limits, RunInput, Status
+from jail import Limits, RunInput, Sandbox, Status
 from jail.cgroups import parents
 from jail.nsjail import host_cgroups
 from jail.session import Session, SessionBusy, SessionEnded
 from tests.conftest import NO_CGROUPS
+from tests.jail.test_adversarial import FS_READS, FS_WRITES, NETWORK, PRIVILEGE, assert_all_blocked, probe
 
 SESSION = Limits(memory_mb=192)
 CALL = Limits(timeout_s=2.0)
@@ -162,16 +164,47 @@ def test_close_kills_the_jail_and_removes_the_cgroup():
     opened = Session(SESSION, 60)
     ok(opened, "x = 1")
     jail = opened.proc.pid
-    busy = threading.Thread(target=call, args=(opened, "import time\nwhile True:\n    time.sleep(1)",
-                                               Limits(timeout_s=30)))
+    answers: list[object] = []
+
+    def sleep_forever() -> None:
+        try:
+            answers.append(call(opened, "import time\nwhile True:\n    time.sleep(1)", Limits(timeout_s=30)))
+        except SessionEnded as exc:  # closed before its pipes were handed over
+            answers.append(exc)
+
+    busy = threading.Thread(target=sleep_forever)
     busy.start()
     while not opened.busy:
         threading.Event().wait(0.01)
     opened.close("deleted")  # while a call runs: the call comes back at once
     busy.join(timeout=5)
-    assert not busy.is_alive()
+    assert not busy.is_alive() and len(answers) == 1, "the call came back"
     with pytest.raises(SessionEnded, match="deleted"):
         call(opened, "1")
     assert opened.proc.returncode is not None
     assert subprocess.run(["pgrep", "-P", str(jail)], capture_output=True).stdout == b""
     assert not any((parent / opened.cgroup.name).exists() for parent in parents(host_cgroups()))
+
+
+class InSession:
+    """A Sandbox's run() that runs each script as a call of one session (the probes define main())."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def run(self, script: str, limits: Limits, cancel: object = None, *,
+            inputs: RunInput | None = None):
+        return self.session.execute(script, limits, inputs)
+
+
+@pytest.fixture(scope="module")
+def probed() -> Iterator[Sandbox]:
+    """One session that every escape probe runs in, one call after another."""
+    opened = Session(SESSION, lifetime_s=600)
+    yield cast(Sandbox, InSession(opened))
+    opened.close("deleted")
+
+
+@pytest.mark.parametrize("attacks", FS_READS + FS_WRITES + NETWORK + PRIVILEGE)
+def test_the_escape_probes_fail_inside_a_session_call(probed, attacks):
+    assert_all_blocked(probe(probed, "", attacks))
