@@ -94,6 +94,8 @@ class Settings(BaseModel):
     max_session_idle_timeout_s: float = 3600.0
     session_lifetime_s: float = 3600.0
     max_session_lifetime_s: float = 6 * 3600.0
+    spare_session: bool = True
+    """Keep a session started ahead with the default limits (api/sessions.py)."""
     session_record_ttl_s: float = 3600.0
     """How long an ended session's record is kept (410 session_ended; 404 afterwards)."""
 

@@ -29,7 +29,7 @@ def key_entries() -> str:
 def url() -> Iterator[str]:
     env = {"REDIS_URL": "", "PYSANDBOX_API_KEYS": key_entries(), "PYSANDBOX_MAX_SESSIONS": "5",
            "PYSANDBOX_MAX_SESSIONS_PER_CLIENT": "3", "PYSANDBOX_MAX_TIMEOUT_S": "5",
-           "PYSANDBOX_WARM_JAILS": "1", "PYSANDBOX_MAX_MEMORY_MB": "512"}
+           "PYSANDBOX_WARM_JAILS": "1", "PYSANDBOX_MAX_MEMORY_MB": "512", "PYSANDBOX_SPARE_SESSION": "false"}
     with gunicorn(env) as served:
         yield served
 
@@ -157,7 +157,7 @@ def test_caps_per_client_then_in_all(url):
         full = create(url, BOB)
         assert full.status_code == 503 and full.json()["error"]["code"] == "sessions_full"
         health = requests.get(f"{url}/health", timeout=10).json()["sessions"]
-        assert health == {"open": 5, "max": 5, "max_per_client": 3}
+        assert health == {"open": 5, "max": 5, "max_per_client": 3, "spare": 0}
     finally:
         for session_id, headers in made:
             requests.delete(f"{url}/sessions/{session_id}", headers=headers, timeout=10)
@@ -183,15 +183,29 @@ def test_metrics_count_sessions_calls_and_ends(url, session):
         assert name in text, name
 
 
-def test_a_graceful_stop_ends_every_session_and_leaves_no_jail(tmp_path):
+def test_a_spare_session_is_taken_then_made_again_and_a_graceful_stop_ends_them_all(tmp_path):
+    """With the spare on (the default), the first session with the default limits is the one
+    started ahead; a graceful stop ends every session, the spare too, and leaves no jail."""
     log = tmp_path / "gunicorn.log"
     before = jails()
     with gunicorn({"REDIS_URL": "", "PYSANDBOX_WARM_JAILS": "0"}, log_path=log) as served:
+        spare = wait_for_spare(served)
         made = [create(served, {}).json()["id"] for _ in range(2)]
-        assert [call(served, made_id, "1", {}).status_code for made_id in made] == [200, 200]
+        assert [call(served, made_id, "x = 1\nx", {}).json()["result"] for made_id in made] == [1, 1]
+        assert spare & jails(), "the spare became a session: its jail runs on"
+        wait_for_spare(served)
         mine = jails() - before
     assert log.read_text().count("session ended: shutdown") == 2
     assert not mine & jails()
+
+
+def wait_for_spare(url: str) -> set[int]:
+    """Until /health says a spare session is ready; the session jails running then."""
+    deadline = time.monotonic() + 30
+    while requests.get(f"{url}/health", timeout=10).json()["sessions"]["spare"] != 1:
+        assert time.monotonic() < deadline, "no spare session came up"
+        time.sleep(0.1)
+    return jails()
 
 
 def test_an_api_that_only_enqueues_answers_501_sessions_unavailable():
