@@ -113,7 +113,11 @@ class Session:
         finally:
             jail_end.close()
         self._stack.callback(self._stop_jail)
-        if self._receive(START_TIMEOUT_S) != {"ready": True}:
+        try:
+            ready = self._receive(START_TIMEOUT_S)
+        except TimeoutError:
+            ready = None
+        if ready != {"ready": True}:
             raise SandboxError(f"the session's interpreter did not start: {self.log_tail()}")
         self.pid = self._interpreter_pid()
 
