@@ -1,4 +1,5 @@
 """PySandbox's HTTP API: create_app() builds the Flask app (gunicorn: "api:create_app()")."""
+import atexit
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -7,7 +8,7 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from api import clients, docs, errors, logs, metrics, playground, ratelimits, request_ids, routes
+from api import clients, docs, errors, logs, metrics, playground, ratelimits, request_ids, routes, sessions
 from api.capacity import Capacity
 from api.job_queue import Budget, JobQueue
 from api.mcp_endpoint import McpEndpoint
@@ -67,6 +68,16 @@ def run_mode(settings: Settings, jobs: JobQueue | None) -> RunMode:
     return RunHere(sandbox, capacity, jobs)
 
 
+def open_sessions(settings: Settings, mode: RunMode) -> sessions.Sessions | None:
+    """Sessions where this process runs jails, their memory in its ledger, all ended when it
+    stops (a graceful stop: gunicorn's worker exits); None in a mode that only enqueues."""
+    if not isinstance(mode, RunHere):
+        return None
+    opened = sessions.Sessions(settings, mode.capacity.memory)
+    atexit.register(opened.close)
+    return opened
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """The app, configured from PYSANDBOX_* variables (and REDIS_URL) and then `test_config` (by
     setting name, e.g. {"MAX_TIMEOUT_S": 2}), after a self-test of the jail."""
@@ -87,11 +98,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(routes.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(playground.bp)
+    app.register_blueprint(sessions.bp)
     jobs = JobQueue(settings.redis_url, settings.max_queued_jobs, settings.max_queued_jobs_per_client,
                     settings.result_ttl_s, storage_budget(settings)) \
         if settings.redis_url else None
     mode = run_mode(settings, jobs)
-    app.extensions[EXTENSION] = found = Service(settings=settings, keys=keys, mode=mode, jobs=jobs)
+    app.extensions[EXTENSION] = found = Service(settings=settings, keys=keys, mode=mode, jobs=jobs,
+                                                sessions=open_sessions(settings, mode))
     found.mcp = McpEndpoint(found, max_body_bytes(settings))
     metrics.register(app, mode.capacity.slots if isinstance(mode, RunHere) else 0, settings.metrics)
     return app

@@ -124,6 +124,19 @@ STORAGE_FULL = _declare("storage_full", 503, "queued runs: all clients' jobs wou
 _declare("upstream_timeout", 504, "gunicorn did not answer within the longest run's time + 30 s (nginx)",
          answered_by="nginx")
 _declare("http_version_not_supported", 505, "not HTTP/1.0 or 1.1 (nginx)", answered_by="nginx")
+SESSION_NOT_FOUND = _declare("session_not_found", 404, "unknown session id, another client's, or an "
+                             "ended one whose record has expired (PYSANDBOX_SESSION_RECORD_TTL_S)")
+SESSION_BUSY = _declare("session_busy", 409, "a call to a session that is running another call: a "
+                        "session runs its calls one at a time; send the next when the last has answered")
+SESSION_ENDED = _declare("session_ended", 410, "the session is over; `error.reason` says why: `idle`, "
+                         "`lifetime`, `timeout` (a call ignored its interrupt), `memory_limit`, `exited`, "
+                         "`deleted`, `shutdown` or `lost`")
+TOO_MANY_SESSIONS = _declare("too_many_sessions", 429, "this client has PYSANDBOX_MAX_SESSIONS_PER_CLIENT "
+                             "sessions open: delete one (or let one expire) first")
+SESSIONS_UNAVAILABLE = _declare("sessions_unavailable", 501, "this API only enqueues runs "
+                                "(PYSANDBOX_EXECUTE_VIA_QUEUE): sessions need an API that runs jails")
+SESSIONS_FULL = _declare("sessions_full", 503, "PYSANDBOX_MAX_SESSIONS sessions are open; `Retry-After` "
+                         "says when to retry")
 
 HTTP_CODES = {code.status: code for code in CATALOG.values() if code.werkzeug}
 """The code of each HTTP error Flask raises; any other status is `http_error`."""

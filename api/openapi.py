@@ -13,7 +13,20 @@ from pydantic.json_schema import models_json_schema
 
 from api.errors import by_status
 from api.request_ids import HEADER as REQUEST_ID
-from api.schemas import Error, ExecuteQuery, ExecuteRequest, Health, JobQueued, JobState, RunError, RunResult
+from api.schemas import (
+    Error,
+    ExecuteQuery,
+    ExecuteRequest,
+    Health,
+    JobQueued,
+    JobState,
+    RunError,
+    RunResult,
+    SessionRequest,
+    SessionRunError,
+    SessionRunResult,
+    SessionState,
+)
 from shared.settings import DEFAULTS
 
 ERROR_CODES = by_status()
@@ -37,7 +50,8 @@ RUN_FIELDS = {"stdout": "", "stderr": "", "output_truncated": False, "duration_m
 MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
     (ExecuteRequest, "validation"), (RunResult, "serialization"), (RunError, "serialization"),
     (Error, "serialization"), (JobQueued, "serialization"), (JobState, "serialization"),
-    (Health, "serialization")]
+    (Health, "serialization"), (SessionRequest, "validation"), (SessionState, "serialization"),
+    (SessionRunResult, "serialization"), (SessionRunError, "serialization")]
 
 
 def _ref(name: str, kind: str = "schemas") -> dict[str, str]:
@@ -94,7 +108,7 @@ class Access:
         """The answers of a protected operation to a client without a valid key or over its limit."""
         errors = {"401": _error(401, headers=("WWW-Authenticate",))} if self.keys else {}
         if self.rate_limits:
-            errors["429"] = _error(429, headers=("Retry-After", *RATE_HEADERS))
+            errors["429"] = _error(429, "rate_limited", headers=("Retry-After", *RATE_HEADERS))
         return errors
 
 
@@ -165,6 +179,97 @@ def _execute_path(access: Access) -> dict[str, Any]:
             "400": _error(400), "413": _error(413), "415": _error(415), "422": _error(422),
             "500": _error(500), "503": _error(503, headers=("Retry-After",)),
         }}}
+
+
+SESSION_ID = "0b9c7f3e-5a1d-4c2b-8e6f-1a2b3c4d5e6f"
+SESSION_EXAMPLE = {"id": SESSION_ID, "state": "open", "reason": None, "memory_mb": 256,
+                   "idle_timeout_s": 600.0, "max_lifetime_s": 3600.0, "created_at": 1796290000.0,
+                   "expires_at": 1796290600.0,
+                   "usage": {"calls": 1, "cpu_ms": 2, "peak_memory_mb": 44.3}}
+
+
+def _session_paths(access: Access) -> dict[str, Any]:
+    """POST /sessions, GET and DELETE /sessions/{session_id}, POST /sessions/{session_id}/execute."""
+    session_id = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"},
+                  "description": "The id POST /sessions answered (a UUID)."}
+    state = {"description": "The session's state.", "headers": _headers(),
+             "content": _json(_ref("SessionState"), {"open": SESSION_EXAMPLE})}
+    links = {name: {"operationId": op, "parameters": {"session_id": "$response.body#/id"}}
+             for name, op in (("GetSession", "getSession"), ("DeleteSession", "deleteSession"),
+                              ("ExecuteInSession", "executeInSession"))}
+    many = _error(429, *(("rate_limited",) if access.rate_limits else ()), "too_many_sessions",
+                  headers=("Retry-After", *(RATE_HEADERS if access.rate_limits else ())))
+    known = {"404": _error(404, "session_not_found"), "410": _error(410, "session_ended"),
+             "500": _error(500, "internal_error"),
+             "501": _error(501, "sessions_unavailable")}
+    request_id = [_ref("RequestId", "parameters")]
+    return {
+        "/sessions": {"post": {
+            "operationId": "createSession", "summary": "Start a session: an interpreter whose state lasts "
+                                                      "from call to call, in a jail of its own",
+            "description": "Its memory limit holds for its whole life; it ends after `idle_timeout_s` "
+                           "without a call or `max_lifetime_s` after it started (clamped to the "
+                           "server's maximums), or on DELETE. docs/sessions.md.",
+            "parameters": request_id, "security": access.security,
+            "requestBody": {"required": False, "content": _json(_ref("SessionRequest"), {
+                "limits": {"memory_mb": 256, "idle_timeout_s": 300, "max_lifetime_s": 1800}})},
+            "responses": {**access.client_errors(), "429": many,
+                          "201": {"description": "Started. `Location` is the session's URL.",
+                                  "headers": _headers("Location"),
+                                  "content": _json(_ref("SessionState"), {"open": SESSION_EXAMPLE}),
+                                  "links": links},
+                          "400": _error(400, "invalid_request"), "415": _error(415),
+                          "500": _error(500, "internal_error"), "501": _error(501, "sessions_unavailable"),
+                          "503": _error(503, "busy", "memory_unavailable", "sandbox_unavailable",
+                                        "sessions_full", headers=("Retry-After",))}}},
+        "/sessions/{session_id}": {
+            "parameters": [session_id],
+            "get": {"operationId": "getSession", "summary": "A session's state, limits, usage and expiry",
+                    "description": "An ended session answers 410 `session_ended` with its reason and its "
+                                   "last state (`session`) while its record is kept "
+                                   "(PYSANDBOX_SESSION_RECORD_TTL_S), then 404.",
+                    "parameters": request_id, "security": access.security,
+                    "responses": {**access.client_errors(), "200": state, **known}},
+            "delete": {"operationId": "deleteSession", "summary": "End a session now: its jail is killed",
+                       "description": "Answers its state, `ended` with reason `deleted`.",
+                       "parameters": request_id, "security": access.security,
+                       "responses": {**access.client_errors(), "200": state, **known}}},
+        "/sessions/{session_id}/execute": {
+            "parameters": [session_id],
+            "post": {
+                "operationId": "executeInSession", "summary": "Run a call in the session",
+                "description": "The body is POST /execute's (its `memory_mb` is ignored: the session's "
+                               "holds). What earlier calls defined is there. `result` is `main()`'s value "
+                               "when the call defines `main`, else the value of its last expression (its "
+                               "`repr()` when not JSON), else null. A call past its `timeout` gets "
+                               "`KeyboardInterrupt` (422 `timeout`, the session goes on); one that does "
+                               "not stop within 2 s more ends the session. A call while another runs: "
+                               "409 `session_busy`.",
+                "parameters": request_id, "security": access.security,
+                "requestBody": {"required": True, "content": _json(_ref("ExecuteRequest"), {
+                    "cell": {"script": "import pandas as pd\nframe = pd.DataFrame({'a': [1, 2]})\n"
+                                       "int(frame.a.sum())"}})},
+                "responses": {
+                    **access.client_errors(),
+                    "200": {"description": "The call returned (or ended) with a JSON value.",
+                            "headers": _headers(),
+                            "content": _json(_ref("SessionRunResult"), {"cell": {
+                                "result": 3, **RUN_FIELDS, "session": SESSION_EXAMPLE}})},
+                    "400": _error(400, "invalid_request", "invalid_file"), "409": _error(409, "session_busy"),
+                    "413": _error(413), "415": _error(415),
+                    "422": _session_error_422(),
+                    **known}}},
+    }
+
+
+def _session_error_422() -> dict[str, Any]:
+    """POST /execute's 422, with the session's state beside the run's output."""
+    response = _error(422)
+    media = response["content"]["application/json"]
+    media["schema"]["allOf"][0] = _ref("SessionRunError")
+    for example in media["examples"].values():
+        example["value"]["session"] = SESSION_EXAMPLE
+    return response
 
 
 def _async_schema() -> dict[str, Any]:
@@ -292,6 +397,6 @@ def document(access: Access = Access()) -> dict[str, Any]:
                                 "that protocol defines them, behind the same keys and rate limits "
                                 "(docs/mcp.md)."},
         "paths": {"/execute": _execute_path(access), "/jobs/{job_id}": _job_path(access),
-                  **_simple_paths(access)},
+                  **_simple_paths(access), **_session_paths(access)},
         "components": _components(access),
     }

@@ -78,4 +78,7 @@ def health():
     """200 when scripts can run, as the run mode says: the jail passed its escape probes (or
     workers serve the queue)."""
     healthy, body = service().mode.health()
+    sessions = service().sessions
+    if sessions is not None:
+        body["sessions"] = sessions.counts()
     return jsonify({"status": "ok" if healthy else "unavailable", **body}), 200 if healthy else 503

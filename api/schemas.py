@@ -157,6 +157,7 @@ class ErrorDetail(BaseModel):
     message: str
     traceback: str | None = Field(
         None, description="main_error only: the script's own frames, never the service's.")
+    reason: str | None = Field(None, description="session_ended only: why the session ended.")
 
 
 class Error(BaseModel):
@@ -253,10 +254,67 @@ class Health(BaseModel):
     warm_jails: WarmJails | None = None
     memory: MemoryHealth | None = Field(
         None, description="Admission by memory: runs start only while their limits fit.")
+    sessions: dict[str, int] | None = Field(
+        None, description="Sessions: `open`, and the caps `max` and `max_per_client` (absent on an API "
+                          "that only enqueues).")
     queue: dict[str, Any] | None = Field(
         None, description="Redis, workers, queued jobs and `storage` (`held_bytes` of `budget_bytes`), "
                     "when a queue is set; `persistent`: whether Redis "
                     "keeps its jobs across a restart (an append-only file).")
+
+
+class SessionRequest(BaseModel):
+    """The body of POST /sessions (optional). Limits above the server's maximum are clamped."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="SessionRequest")
+
+    memory_mb: PositiveInteger | None = Field(
+        None, description="The session's memory limit in MiB, for its whole life (every call together); "
+                          "clamped as a run's `memory_mb`.")
+    idle_timeout_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="The session ends after this long without a call (PYSANDBOX_SESSION_IDLE_TIMEOUT_S "
+                    "by default, clamped to PYSANDBOX_MAX_SESSION_IDLE_TIMEOUT_S).")
+    max_lifetime_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="The session ends this long after it was created (PYSANDBOX_SESSION_LIFETIME_S by "
+                    "default, clamped to PYSANDBOX_MAX_SESSION_LIFETIME_S).")
+
+
+class SessionUsage(BaseModel):
+    """What a session has used so far."""
+
+    calls: int
+    cpu_ms: int | None
+    peak_memory_mb: float | None = Field(description="The session's memory peak so far; null once ended "
+                                                     "or where the host cannot say.")
+
+
+class SessionState(BaseModel):
+    """A session, as POST /sessions, GET /sessions/{session_id} and its calls describe it."""
+
+    id: str
+    state: str = Field(description="`open` or `ended`.", examples=["open"])
+    reason: str | None = Field(description="Why it ended (see 410 `session_ended`); null while open.")
+    memory_mb: int
+    idle_timeout_s: float
+    max_lifetime_s: float
+    created_at: float = Field(description="Unix time.")
+    expires_at: float = Field(description="Unix time when it ends unless a call comes first: idle or "
+                                          "lifetime, whichever is sooner.")
+    usage: SessionUsage
+
+
+class SessionRunResult(RunResult):
+    """200 of a session's call: as POST /execute's, with the session's state."""
+
+    session: SessionState
+
+
+class SessionRunError(RunError):
+    """422 of a session's call: as POST /execute's, with the session's state (a call can end it)."""
+
+    session: SessionState
 
 
 def parse_json(model: type[M], data: bytes) -> M:

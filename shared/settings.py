@@ -96,11 +96,29 @@ class Settings(BaseModel):
     """How long after the job ended a failing callback is still retried."""
     log_format: LogFormat = "json"
     """json lines for a log system, or text for a terminal."""
+    max_sessions: int = 8
+    """Sessions open at once in the API process (each holds its memory limit while open)."""
+    max_sessions_per_client: int = 4
+    session_idle_timeout_s: float = 600.0
+    max_session_idle_timeout_s: float = 3600.0
+    session_lifetime_s: float = 3600.0
+    max_session_lifetime_s: float = 6 * 3600.0
+    spare_session: bool = True
+    """Keep a session started ahead with the default limits (api/sessions.py)."""
+    session_record_ttl_s: float = 3600.0
+    """How long an ended session's record is kept (410 session_ended; 404 afterwards)."""
 
     @field_validator("log_format", mode="before")
     @classmethod
     def _any_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    def session_limits(self, memory_mb: int | None, idle_timeout_s: float | None,
+                       lifetime_s: float | None) -> tuple[Limits, float, float]:
+        """A session's limits (memory clamped as a run's), idle timeout and lifetime, clamped."""
+        limits = self.run_limits(None, memory_mb)
+        idle = min(idle_timeout_s or self.session_idle_timeout_s, self.max_session_idle_timeout_s)
+        return limits, idle, min(lifetime_s or self.session_lifetime_s, self.max_session_lifetime_s)
 
     def run_limits(self, timeout_s: float | None, memory_mb: int | None) -> Limits:
         """A run's limits: the asked (or default) time and memory clamped to their bounds."""

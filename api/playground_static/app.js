@@ -5,6 +5,7 @@ import { call, forgetKey, storedKey } from "./api.js";
 import { Editor } from "./editor.js";
 import { EXAMPLES, probeScript } from "./examples.js";
 import { errorLine, renderFiles, renderResult, usage } from "./render.js";
+import { SessionCells } from "./session.js";
 
 const POLL_MS = 250;
 const $ = (id) => document.getElementById(id);
@@ -309,3 +310,4 @@ document.addEventListener("keydown", (event) => {
 fillExamples({});
 loadExample(0);
 probePackages();
+new SessionCells(api);

@@ -15,10 +15,19 @@ from pysandbox_client.errors import (
     ServiceUnreachableError,
     UnavailableError,
 )
-from pysandbox_client.models import JobQueued, JobState, OutFile, RunOutput, RunResult, save_files
+from pysandbox_client.models import (
+    JobQueued,
+    JobState,
+    OutFile,
+    RunOutput,
+    RunResult,
+    SessionRunResult,
+    SessionState,
+    save_files,
+)
 from pysandbox_client.signatures import verify_signature
 
 __all__ = ["NO_INPUT", "AsyncClient", "Client", "Retries", "ERRORS", "CanceledError", "ClientError",
            "PySandboxError", "ScriptError", "ServerError", "ServiceUnreachableError", "UnavailableError",
-           "JobQueued", "JobState", "OutFile", "RunOutput", "RunResult", "save_files",
-           "verify_signature"]
+           "JobQueued", "JobState", "OutFile", "RunOutput", "RunResult", "save_files", "SessionRunResult",
+           "SessionState", "verify_signature"]

@@ -26,6 +26,8 @@ from pysandbox_client.models import (
     JobState,
     RunOutput,
     RunResult,
+    SessionRunResult,
+    SessionState,
     TextFile,
 )
 
@@ -79,6 +81,12 @@ def _execute_body(script: str, input: Any, stdin: str | None, files: Mapping[str
         given["files"] = {name: Base64File.of(content) if isinstance(content, bytes) else TextFile(
             content=content) for name, content in files.items()}
     return ExecuteRequest(**given).model_dump(mode="json", exclude_unset=True)
+
+
+def _session_body(memory_mb: int | None, idle_timeout_s: float | None,
+                  max_lifetime_s: float | None) -> dict[str, Any]:
+    given = {"memory_mb": memory_mb, "idle_timeout_s": idle_timeout_s, "max_lifetime_s": max_lifetime_s}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _headers(request_id: str | None) -> dict[str, str]:
@@ -218,6 +226,29 @@ class Client:
             _check_deadline(deadline, job_id)
             time.sleep(next(delays))
 
+    def create_session(self, *, memory_mb: int | None = None, idle_timeout_s: float | None = None,
+                       max_lifetime_s: float | None = None, request_id: str | None = None) -> SessionState:
+        """Start a session: an interpreter whose state lasts from call to call (docs/sessions.md)."""
+        body = _session_body(memory_mb, idle_timeout_s, max_lifetime_s)
+        return _answer(self._send("POST", "/sessions", request_id, json=body), SessionState)
+
+    def session_run(self, session_id: str, script: str, *, input: Any = NO_INPUT, stdin: str | None = None,
+                    files: Mapping[str, bytes | str] | None = None, timeout: float | None = None,
+                    request_id: str | None = None) -> SessionRunResult:
+        """Run a call in the session; its result (main()'s, or the last expression's), or its error
+        raised (SessionEndedError once the session is over, SessionBusyError during another call)."""
+        body = _execute_body(script, input, stdin, files, timeout, None)
+        return _answer(self._send("POST", f"/sessions/{session_id}/execute", request_id, json=body),
+                       SessionRunResult)
+
+    def get_session(self, session_id: str, *, request_id: str | None = None) -> SessionState:
+        """The session's state, limits, usage and expiry."""
+        return _answer(self._send("GET", f"/sessions/{session_id}", request_id), SessionState)
+
+    def delete_session(self, session_id: str, *, request_id: str | None = None) -> SessionState:
+        """End the session now (its jail is killed); its state, ended."""
+        return _answer(self._send("DELETE", f"/sessions/{session_id}", request_id), SessionState)
+
     def close(self) -> None:
         """Close the connections."""
         self._http.close()
@@ -284,6 +315,30 @@ class AsyncClient:
                 return _result(state)
             _check_deadline(deadline, job_id)
             await asyncio.sleep(next(delays))
+
+    async def create_session(self, *, memory_mb: int | None = None, idle_timeout_s: float | None = None,
+                             max_lifetime_s: float | None = None,
+                             request_id: str | None = None) -> SessionState:
+        """Start a session: an interpreter whose state lasts from call to call (docs/sessions.md)."""
+        body = _session_body(memory_mb, idle_timeout_s, max_lifetime_s)
+        return _answer(await self._send("POST", "/sessions", request_id, json=body), SessionState)
+
+    async def session_run(self, session_id: str, script: str, *, input: Any = NO_INPUT,
+                          stdin: str | None = None, files: Mapping[str, bytes | str] | None = None,
+                          timeout: float | None = None, request_id: str | None = None) -> SessionRunResult:
+        """Run a call in the session; its result (main()'s, or the last expression's), or its error
+        raised (SessionEndedError once the session is over, SessionBusyError during another call)."""
+        body = _execute_body(script, input, stdin, files, timeout, None)
+        return _answer(await self._send("POST", f"/sessions/{session_id}/execute", request_id, json=body),
+                       SessionRunResult)
+
+    async def get_session(self, session_id: str, *, request_id: str | None = None) -> SessionState:
+        """The session's state, limits, usage and expiry."""
+        return _answer(await self._send("GET", f"/sessions/{session_id}", request_id), SessionState)
+
+    async def delete_session(self, session_id: str, *, request_id: str | None = None) -> SessionState:
+        """End the session now (its jail is killed); its state, ended."""
+        return _answer(await self._send("DELETE", f"/sessions/{session_id}", request_id), SessionState)
 
     async def aclose(self) -> None:
         """Close the connections."""

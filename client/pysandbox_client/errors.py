@@ -215,6 +215,44 @@ class MemoryUnavailableError(UnavailableError):
     CODE = "memory_unavailable"
 
 
+
+class SessionNotFoundError(ClientError):
+    CODE = "session_not_found"
+
+
+class SessionBusyError(ClientError):
+    """The session is running another call: send the next when the last has answered."""
+
+    CODE = "session_busy"
+
+
+class SessionEndedError(ClientError):
+    """The session is over: `reason` says why (idle, lifetime, timeout, memory_limit, exited,
+    deleted, shutdown, lost)."""
+
+    CODE = "session_ended"
+
+    @property
+    def reason(self) -> str | None:
+        """Why the session ended, as the service said."""
+        error = self.body.get("error")
+        return error.get("reason") if isinstance(error, dict) else None
+
+
+class TooManySessionsError(ClientError):
+    CODE = "too_many_sessions"
+
+
+class SessionsUnavailableError(ServerError):
+    """This service only enqueues runs: it has no sessions."""
+
+    CODE = "sessions_unavailable"
+
+
+class SessionsFullError(UnavailableError):
+    CODE = "sessions_full"
+
+
 def _with_codes(base: type[PySandboxError]) -> dict[str, type[PySandboxError]]:
     found = {base.CODE: base} if base.CODE else {}
     for sub in base.__subclasses__():

@@ -104,6 +104,8 @@ class ErrorDetail(BaseModel):
     code: str
     message: str
     traceback: str | None = None
+    reason: str | None = None
+    """session_ended only: why the session ended."""
 
 
 class Error(BaseModel):
@@ -161,3 +163,33 @@ class JobState(BaseModel):
     def ended(self) -> bool:
         """Whether the job will change no more."""
         return self.status in ("finished", "failed", "canceled")
+
+
+class SessionUsage(BaseModel):
+    """What a session has used so far."""
+
+    calls: int
+    cpu_ms: int | None
+    peak_memory_mb: float | None
+
+
+class SessionState(BaseModel):
+    """A session, as POST /sessions, GET /sessions/{session_id} and its calls describe it."""
+
+    id: str
+    state: str
+    """`open` or `ended`."""
+    reason: str | None
+    """Why it ended; None while open."""
+    memory_mb: int
+    idle_timeout_s: float
+    max_lifetime_s: float
+    created_at: float
+    expires_at: float
+    usage: SessionUsage
+
+
+class SessionRunResult(RunResult):
+    """A session's call whose code returned: as a run's result, with the session's state."""
+
+    session: SessionState

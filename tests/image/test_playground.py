@@ -36,7 +36,7 @@ CHROMIUM = os.environ.get("PYSANDBOX_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = REPO / "artifacts" / "playwright"
 RUN_TIMEOUT_MS = 30_000
 """A run's answer, seen in the page (a loaded 2-core CI machine is slow to start a jail)."""
-API_PATHS = re.compile(r"^/(execute|jobs/[^/]+)$")
+API_PATHS = re.compile(r"^/(execute|jobs/[^/]+|sessions(/[^/]+(/execute)?)?)$")
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +166,24 @@ def result(page: Page):
 
 def stream(page: Page, name: str):
     return page.get_by_role("region", name=name, exact=True).locator("pre")
+
+
+def test_session_cells_keep_state_in_order_and_a_restart_forgets_it(page: Page) -> None:
+    page.get_by_role("button", name="Run all cells").click()
+    expect(page.get_by_label("Cell 2 output")).to_contain_text('"a": 4', timeout=RUN_TIMEOUT_MS)
+    expect(page.get_by_label("Cell 1 output")).to_contain_text("3")
+    expect(page.locator("#session-status")).to_contain_text("2 calls so far")
+    page.get_by_role("button", name="Add cell").click()
+    page.get_by_label("Cell 3", exact=True).fill("print('from cell 3')\n1 / 0")
+    page.get_by_label("Cell 3", exact=True).press("Control+Enter")
+    expect(page.get_by_label("Cell 3 output")).to_contain_text("ZeroDivisionError", timeout=RUN_TIMEOUT_MS)
+    expect(page.get_by_label("Cell 3 output")).to_contain_text("from cell 3")
+    page.get_by_role("button", name="Restart session").click()
+    expect(page.locator("#session-status")).to_contain_text("Restarted")
+    expect(page.get_by_label("Cell 2 output")).to_be_empty()
+    page.get_by_role("button", name="Run cell 2").click()
+    expect(page.get_by_label("Cell 2 output")).to_contain_text("NameError", timeout=RUN_TIMEOUT_MS)
+    expect(page.locator("#session-status")).to_contain_text("1 call so far")
 
 
 def test_page_and_assets_are_served_with_a_strict_policy(service: str) -> None:

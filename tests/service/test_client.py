@@ -51,6 +51,8 @@ from pysandbox_client.errors import (
     ScriptSyntaxError,
     ScriptTimeoutError,
     ServiceUnreachableError,
+    SessionEndedError,
+    SessionNotFoundError,
     UnauthorizedError,
     family,
 )
@@ -110,7 +112,8 @@ def shape(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
 CHECKED_MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
     (client_models.ExecuteRequest, "validation"), (client_models.RunResult, "serialization"),
     (client_models.RunError, "serialization"), (client_models.Error, "serialization"),
-    (client_models.JobQueued, "serialization"), (client_models.JobState, "serialization")]
+    (client_models.JobQueued, "serialization"), (client_models.JobState, "serialization"),
+    (client_models.SessionState, "serialization"), (client_models.SessionRunResult, "serialization")]
 
 
 def document(url: str) -> dict[str, Any]:
@@ -168,6 +171,8 @@ def test_every_error_code_of_the_document_has_its_class_in_its_statuss_family(se
 def test_the_operations_the_client_calls_are_in_the_document(service):
     paths = document(service)["paths"]
     assert {"post"} <= set(paths["/execute"]) and {"get", "delete"} <= set(paths["/jobs/{job_id}"])
+    assert {"post"} <= set(paths["/sessions"]) and {"post"} <= set(paths["/sessions/{session_id}/execute"])
+    assert {"get", "delete"} <= set(paths["/sessions/{session_id}"])
     assert [p["name"] for p in paths["/execute"]["post"]["parameters"] if "name" in p] == ["async"]
 
 
@@ -337,6 +342,38 @@ def test_waiting_past_a_timeout_leaves_the_job_running(client):
 
 
 # asyncio.
+
+# Sessions.
+
+def test_a_session_keeps_its_state_and_its_end_is_session_ended_with_the_reason(client, service):
+    session = client.create_session(memory_mb=128, idle_timeout_s=60)
+    assert session.state == "open" and session.memory_mb == 128 and session.idle_timeout_s == 60
+    client.session_run(session.id, "import pandas as pd\nframe = pd.DataFrame({'a': [1, 2]})")
+    answer = client.session_run(session.id, "int(frame.a.sum())")
+    assert answer.result == 3 and answer.session.usage.calls == 2
+    assert client.get_session(session.id).usage.calls == 2
+    with pytest.raises(MainError):
+        client.session_run(session.id, "1 / 0")
+    with Client(service, KEYS["bob"]) as bob, pytest.raises(SessionNotFoundError):
+        bob.get_session(session.id)
+    assert client.delete_session(session.id).reason == "deleted"
+    with pytest.raises(SessionEndedError) as ended:
+        client.session_run(session.id, "frame")
+    assert ended.value.status == 410 and ended.value.reason == "deleted"
+
+
+def test_the_async_client_runs_sessions_too(service):
+    async def scenario() -> None:
+        async with AsyncClient(service, KEYS["alice"]) as sandbox:
+            session = await sandbox.create_session()
+            await sandbox.session_run(session.id, "x = 20")
+            assert (await sandbox.session_run(session.id, "def main(more):\n    return x + more",
+                                              input=22)).result == 42
+            assert (await sandbox.get_session(session.id)).state == "open"
+            assert (await sandbox.delete_session(session.id)).state == "ended"
+
+    asyncio.run(scenario())
+
 
 def test_the_async_client_does_the_same(service):
     async def scenario() -> None:

@@ -1,0 +1,353 @@
+"""Sessions over HTTP: POST /sessions, POST /sessions/<id>/execute, GET and DELETE /sessions/<id>.
+
+Each session is a jail of its own (jail/session.py) held by this process (gunicorn runs one
+worker: api/gunicorn.conf.py), with its memory limit reserved in the memory ledger runs are
+admitted against (jail/admission.py) for as long as it is open. A Sessions registry keeps
+them, per client (another client's id is 404, as an unknown one), within caps per client and
+in all; a reaper thread ends those idle or past their lifetime. An ended session's record is
+kept PYSANDBOX_SESSION_RECORD_TTL_S: it answers 410 session_ended with its reason, then 404.
+
+Calls of one session run one at a time: a call while another runs is 409 session_busy (no
+waiting: a call may run for minutes, and a waiting request would hold a gunicorn thread).
+Session calls take no run slot: a session's memory is already reserved, and its CPU is one core
+at most (its cgroup, or RLIMIT_CPU over its lifetime).
+"""
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import prometheus_client
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from api.clients import client_id
+from api.errors import (
+    INTERNAL_ERROR,
+    MEMORY_UNAVAILABLE,
+    SANDBOX_UNAVAILABLE,
+    SESSION_BUSY,
+    SESSION_ENDED,
+    SESSION_NOT_FOUND,
+    SESSIONS_FULL,
+    SESSIONS_UNAVAILABLE,
+    TOO_MANY_SESSIONS,
+    ApiError,
+    busy,
+    invalid,
+)
+from api.logs import annotate
+from api.responses import outcome_body, outcome_error
+from api.run_request import parse_run_request
+from api.schemas import SessionRequest, parse_json
+from api.service import service
+from jail import Limits, Outcome, RunInput, SandboxError
+from jail.admission import MemoryLedger
+from jail.session import Session, SessionBusy, SessionEnded
+from shared.logs import run_fields
+from shared.metrics import RUN_BUCKETS_S
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REAP_INTERVAL_S = 1.0
+"""How often the reaper looks for idle and expired sessions."""
+
+SESSIONS_OPEN = prometheus_client.Gauge("pysandbox_sessions_open", "Sessions open in the API process",
+                                        multiprocess_mode="livesum")
+SESSIONS_CREATED = prometheus_client.Counter("pysandbox_sessions_created", "Sessions created")
+SESSIONS_ENDED = prometheus_client.Counter("pysandbox_sessions_ended", "Sessions ended, by reason",
+                                           ["reason"])
+SESSION_CALLS = prometheus_client.Counter("pysandbox_session_calls", "Calls to sessions, by how they "
+                                          "ended", ["outcome"])
+SESSION_CALL_SECONDS = prometheus_client.Histogram("pysandbox_session_call_duration_seconds", "Wall time "
+                                                   "of a session call in its jail", buckets=RUN_BUCKETS_S)
+
+
+@dataclass
+class Record:
+    """One session and what the API knows of it."""
+
+    id: str
+    client: str
+    session: Session
+    idle_timeout_s: float
+    max_lifetime_s: float
+    token: str | None
+    created_at: float = field(default_factory=time.time)
+    last_used: float = field(default_factory=time.time)
+    ended: str | None = None
+    ended_at: float | None = None
+
+    def body(self) -> dict[str, Any]:
+        """As api/schemas.py's SessionState."""
+        usage = self.session.usage()
+        return {"id": self.id, "state": "open" if self.ended is None else "ended", "reason": self.ended,
+                "memory_mb": self.session.limits.memory_mb, "idle_timeout_s": self.idle_timeout_s,
+                "max_lifetime_s": self.max_lifetime_s, "created_at": round(self.created_at, 3),
+                "expires_at": round(min(self.last_used + self.idle_timeout_s,
+                                        self.created_at + self.max_lifetime_s), 3),
+                "usage": {"calls": usage.calls, "cpu_ms": usage.cpu_ms,
+                          "peak_memory_mb": usage.peak_memory_mb}}
+
+
+class Sessions:
+    """The sessions of this process, their caps, their memory, their reaper."""
+
+    def __init__(self, settings: Settings, memory: MemoryLedger | None) -> None:
+        self.settings, self.memory = settings, memory
+        self._records: dict[str, Record] = {}
+        self._starting: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_loop, name="session-reaper", daemon=True)
+        self._reaper.start()
+        self._spare: Session | None = None
+        """A session started ahead with the default limits, taken by the next POST /sessions that
+        asks for them: its jail and interpreter are up already (milliseconds instead of ~70)."""
+        self._want_spare = threading.Event()
+        if settings.spare_session:
+            self._want_spare.set()
+            threading.Thread(target=self._fill_spare, name="session-spare", daemon=True).start()
+
+    def create(self, client: str, body: SessionRequest) -> Record:
+        """A new session for client (429/503 past the caps or the memory)."""
+        limits, idle_s, lifetime_s = self.settings.session_limits(body.memory_mb, body.idle_timeout_s,
+                                                                  body.max_lifetime_s)
+        with self._lock:
+            open_ = Counter(r.client for r in self._records.values() if r.ended is None) + self._starting
+            if open_[client] >= self.settings.max_sessions_per_client:
+                raise TOO_MANY_SESSIONS(f"this client has {self.settings.max_sessions_per_client} sessions "
+                                        "open (PYSANDBOX_MAX_SESSIONS_PER_CLIENT); delete one first",
+                                        retry_after_s=self.settings.retry_after_s)
+            if open_.total() >= self.settings.max_sessions:
+                raise SESSIONS_FULL(f"{self.settings.max_sessions} sessions are open (PYSANDBOX_MAX_SESSIONS)"
+                                    "; retry later", retry_after_s=self.settings.retry_after_s)
+            token = self._reserve(limits.memory_mb)
+            session = self._take_spare(limits)
+            self._starting[client] += 1  # counts against the caps while its jail starts
+        try:
+            session = session or Session(limits, lifetime_s)
+        except SandboxError:
+            self._release(token)
+            log.exception("a session's jail did not start")
+            raise INTERNAL_ERROR("the sandbox failed to start the session; the error was logged") from None
+        finally:
+            with self._lock:
+                self._starting[client] -= 1
+        record = Record(str(uuid.uuid4()), client, session, idle_s, lifetime_s, token)
+        with self._lock:
+            self._records[record.id] = record
+        SESSIONS_CREATED.inc()
+        SESSIONS_OPEN.inc()
+        annotate(session_id=record.id)
+        return record
+
+    def _take_spare(self, limits: Limits) -> Session | None:
+        """The spare session if it has these limits and is alive (under self._lock); a new one
+        is started for the next request."""
+        spare = self._spare
+        if spare is None or spare.limits != limits:
+            return None
+        self._spare = None
+        self._want_spare.set()
+        if spare.proc.poll() is not None:
+            spare.close("exited")
+            return None
+        return spare
+
+    def _fill_spare(self) -> None:
+        """Keep one spare session with the default limits while sessions are served. Its memory
+        is reserved when it is taken; idle, it holds an interpreter's few MB."""
+        limits = self.settings.session_limits(None, None, None)[0]
+        while self._want_spare.wait() and not self._stopped.is_set():
+            try:
+                spare = Session(limits, self.settings.max_session_lifetime_s)
+            except SandboxError:
+                log.exception("a spare session did not start")
+                self._stopped.wait(5)
+                continue
+            with self._lock:
+                if self._stopped.is_set():
+                    break
+                self._spare = spare
+                self._want_spare.clear()
+        else:
+            return
+        spare.close("shutdown")
+
+    def _reserve(self, memory_mb: int) -> str | None:
+        """The session's memory in the ledger, held while it is open (503 if it cannot fit now)."""
+        if self.memory is None:
+            return None
+        need = self.memory.cost(memory_mb)
+        if self.memory.never_fits(need):
+            raise MEMORY_UNAVAILABLE(f"the session's {memory_mb} MB cannot fit beside what this service "
+                                     "holds: ask for less memory")
+        token = self.memory.try_reserve(need)
+        if token is None:
+            raise busy(f"no memory free for the session's {memory_mb} MB limit", self.settings.retry_after_s)
+        return token
+
+    def _release(self, token: str | None) -> None:
+        if token is not None and self.memory is not None:
+            self.memory.release(token)
+
+    def find(self, session_id: str, client: str) -> Record:
+        """The client's session record (open or ended); 404 for any other id."""
+        with self._lock:
+            record = self._records.get(session_id)
+        if record is None or record.client != client:
+            raise SESSION_NOT_FOUND("no such session of this client (or its record has expired)")
+        return record
+
+    def open_record(self, session_id: str, client: str) -> Record:
+        """As find(), and 410 session_ended if it is over."""
+        record = self.find(session_id, client)
+        if record.ended is not None:
+            raise ended_error(record)
+        return record
+
+    def execute(self, record: Record, script: str, limits: Limits, inputs: RunInput | None) -> Outcome:
+        """One call in the session (409 busy, 410 ended); ends the record if the call ended it."""
+        try:
+            outcome = record.session.execute(script, limits, inputs)
+        except SessionBusy:
+            raise SESSION_BUSY("the session is running another call; send this one when it has "
+                               "answered") from None
+        except SessionEnded as exc:
+            self.end(record, exc.reason)
+            raise ended_error(record) from None
+        except SandboxError:
+            self.end(record, "lost")
+            log.exception("a session's jail failed")
+            raise INTERNAL_ERROR("the sandbox failed; the session ended; the error was logged") from None
+        record.last_used = time.time()
+        SESSION_CALLS.labels(outcome.status.value).inc()
+        SESSION_CALL_SECONDS.observe(outcome.duration_ms / 1000)
+        annotate(session_id=record.id, **run_fields(outcome))
+        if record.session.ended is not None:
+            self.end(record, record.session.ended)
+        return outcome
+
+    def end(self, record: Record, reason: str) -> None:
+        """End the session (once): kill its jail, give its memory back, count and log it."""
+        with self._lock:
+            if record.ended is not None:
+                return
+            record.ended, record.ended_at = reason, time.time()
+        record.session.close(reason)
+        self._release(record.token)
+        SESSIONS_OPEN.dec()
+        SESSIONS_ENDED.labels(reason).inc()
+        usage = record.session.usage()
+        log.info("session ended: %s", reason, extra={
+            "session_id": record.id, "client": record.client, "reason": reason, "calls": usage.calls,
+            "cpu_ms": usage.cpu_ms, "lifetime_s": round(record.ended_at - record.created_at, 3)})
+
+    def reap(self) -> None:
+        """End sessions idle or past their lifetime; forget ended ones past the record TTL."""
+        now = time.time()
+        with self._lock:
+            records = list(self._records.values())
+        for record in records:
+            if record.ended is None and now >= record.created_at + record.max_lifetime_s:
+                self.end(record, "lifetime")
+            elif record.ended is None and not record.session.busy \
+                    and now >= record.last_used + record.idle_timeout_s:
+                self.end(record, "idle")
+            elif record.ended_at is not None and now >= record.ended_at + self.settings.session_record_ttl_s:
+                with self._lock:
+                    self._records.pop(record.id, None)
+
+    def _reap_loop(self) -> None:
+        while not self._stopped.wait(REAP_INTERVAL_S):
+            try:
+                self.reap()
+            except Exception:  # noqa: BLE001 - the reaper must outlive any one failure
+                log.exception("the session reaper failed")
+
+    def counts(self) -> dict[str, int]:
+        """For /health: sessions open and their caps."""
+        with self._lock:
+            open_ = sum(1 for r in self._records.values() if r.ended is None) + self._starting.total()
+            spare = int(self._spare is not None)
+        return {"open": open_, "max": self.settings.max_sessions,
+                "max_per_client": self.settings.max_sessions_per_client, "spare": spare}
+
+    def close(self, reason: str = "shutdown") -> None:
+        """End every session (a graceful stop) and the reaper."""
+        self._stopped.set()
+        self._want_spare.set()
+        with self._lock:
+            records = list(self._records.values())
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close(reason)
+        for record in records:
+            self.end(record, reason)
+
+
+def ended_error(record: Record) -> ApiError:
+    """410 session_ended with its reason, and the session's last state beside the error."""
+    return SESSION_ENDED(f"the session ended: {record.ended}", detail={"reason": record.ended},
+                         extra={"session": record.body()})
+
+
+bp = Blueprint("sessions", __name__)
+
+
+def _sessions() -> Sessions:
+    sessions = service().sessions
+    if sessions is None:
+        raise SESSIONS_UNAVAILABLE("sessions need an API that runs jails; this one only enqueues runs "
+                                   "(PYSANDBOX_EXECUTE_VIA_QUEUE)")
+    return sessions
+
+
+@bp.post("/sessions")
+def create_session() -> tuple[Response, int]:
+    """Start a session: its own jail, whose state lasts from call to call."""
+    sessions = _sessions()
+    mode = service().mode
+    if mode.selftest is None or not mode.selftest.passed:
+        raise SANDBOX_UNAVAILABLE("the sandbox failed its self-test; no session is started until it passes")
+    body = parse_json(SessionRequest, request.get_data(cache=False) or b"{}")
+    record = sessions.create(client_id(), body)
+    response = jsonify(record.body())
+    response.headers["Location"] = url_for("sessions.get_session", session_id=record.id)
+    return response, 201
+
+
+@bp.get("/sessions/<session_id>")
+def get_session(session_id: str) -> Response:
+    """An open session's state, limits, usage and expiry; 410 (with its last state) once ended."""
+    return jsonify(_sessions().open_record(session_id, client_id()).body())
+
+
+@bp.delete("/sessions/<session_id>")
+def delete_session(session_id: str) -> Response:
+    """End a session now: its jail is killed. Answers its state, ended (`deleted`)."""
+    sessions = _sessions()
+    record = sessions.open_record(session_id, client_id())
+    sessions.end(record, "deleted")
+    return jsonify(record.body())
+
+
+@bp.post("/sessions/<session_id>/execute")
+def execute_in_session(session_id: str) -> Response:
+    """Run a call in the session; answered as POST /execute is, with the session's state."""
+    sessions = _sessions()
+    asked = parse_run_request(request, service().settings)
+    if asked.queued:
+        raise invalid("?async=1 is not supported on a session's calls: they run at once, in order")
+    record = sessions.open_record(session_id, client_id())
+    outcome = sessions.execute(record, asked.script, asked.limits, asked.inputs)
+    state = {"session": record.body()}
+    if not outcome.ok:
+        error = outcome_error(outcome)
+        error.extra.update(state)
+        raise error
+    return jsonify({**outcome_body(outcome), **state})

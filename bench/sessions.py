@@ -1,0 +1,100 @@
+"""Sessions: creating one (the spare taken, and a fresh jail), a trivial call against a trivial
+warm POST /execute, and a pandas call on a DataFrame the session holds against the same call
+in-process plus an HTTP round trip.
+
+    .venv/bin/python bench/sessions.py            # starts gunicorn on loopback; about 20 s
+    .venv/bin/python bench/sessions.py URL        # a running service instead
+
+Prints the p50 of each, in ms (docs/sessions.md reports them). Run as root, after
+`make venv jail-site` (the tests' prerequisites).
+"""
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from jail.paths import paths  # noqa: E402
+from tests.support.servers import gunicorn  # noqa: E402
+
+ROUNDS = 30
+FRAME = "pd.DataFrame({'k': np.arange(100_000) % 7, 'v': np.arange(100_000)})"
+GROUPBY = "frame.groupby('k')['v'].sum().to_dict()"
+
+
+def p50_ms(action: Callable[[], object], rounds: int = ROUNDS) -> float:
+    """The median wall time of `action`, in ms."""
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(times), 1)
+
+
+def in_process_ms() -> float:
+    """The groupby in this process, with the jail's pandas."""
+    sys.path.append(str(paths().site_dir))
+    import numpy as np  # noqa: F401 - FRAME names it
+    import pandas as pd  # noqa: F401
+
+    frame = eval(FRAME)  # noqa: S307 - our own constant
+    return p50_ms(lambda: eval(GROUPBY, {"frame": frame}))  # noqa: S307
+
+
+def measure(url: str) -> dict[str, float]:
+    http = requests.Session()
+
+    def created(body: dict) -> str:
+        answer = http.post(f"{url}/sessions", json=body, timeout=30)
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["id"])
+
+    def spare_ready() -> None:
+        while http.get(f"{url}/health", timeout=10).json()["sessions"].get("spare") != 1:
+            time.sleep(0.05)
+
+    def create_ms(body: dict) -> float:
+        start = time.perf_counter()
+        session = created(body)
+        took = (time.perf_counter() - start) * 1000
+        http.delete(f"{url}/sessions/{session}", timeout=30)
+        return took
+
+    spare, fresh = [], []
+    for _ in range(15):
+        spare_ready()
+        spare.append(create_ms({}))
+        fresh.append(create_ms({"memory_mb": 300}))
+    session = created({})
+    run = f"{url}/sessions/{session}/execute"
+    results = {
+        "POST /sessions taking the spare": round(statistics.median(spare), 1),
+        "POST /sessions with a fresh jail": round(statistics.median(fresh), 1),
+        "trivial call in a session": p50_ms(lambda: http.post(run, json={"script": "1"}, timeout=30)),
+        "trivial warm POST /execute": p50_ms(lambda: http.post(
+            f"{url}/execute", json={"script": "def main(): return 1"}, timeout=30)),
+    }
+    http.post(run, json={"script": f"import numpy as np, pandas as pd\nframe = {FRAME}"}, timeout=30)
+    results["groupby in the session"] = p50_ms(lambda: http.post(run, json={"script": GROUPBY}, timeout=30))
+    results["HTTP round trip (GET /sessions/<id>)"] = p50_ms(
+        lambda: http.get(f"{url}/sessions/{session}", timeout=30))
+    results["groupby in-process"] = in_process_ms()
+    http.delete(f"{url}/sessions/{session}", timeout=30)
+    return results
+
+
+def main() -> None:
+    given = sys.argv[1] if len(sys.argv) > 1 else None
+    with nullcontext(given) if given else gunicorn({"REDIS_URL": ""}) as url:
+        for name, value in measure(url).items():
+            print(f"{name:45} {value:8.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
