@@ -66,8 +66,13 @@ def main() -> None:
                 machine.load_image(image)
                 machine.ssh(shlex.join(["docker", "run", "-d", "-p", f"{port}:8080", *run_flags(), image]))
                 urls.append(f"http://127.0.0.1:{machine.ports[port]}")
-            for url in urls:
-                wait_healthy(url)
+            for url, port in zip(urls, GUEST_PORTS, strict=True):
+                try:
+                    wait_healthy(url)
+                except RuntimeError:
+                    logs = machine.ssh(f"docker logs --tail 60 $(docker ps -qf publish={port})", check=False)
+                    print(logs.stdout[-6000:], logs.stderr[-3000:])
+                    raise
             print("cgroup v2 VM (qemu " + machine.accel + "): " + ", ".join(
                 f"{url} = {image}" for url, image in zip(urls, args.images, strict=True)))
             compare(urls, args.seconds, args.rounds)
