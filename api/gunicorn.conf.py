@@ -24,6 +24,11 @@ threads = 3 * load().max_concurrent_runs + 4
 """Slots + the most requests that may wait for one (2 x slots, api/capacity.py) + 4: a request
 past capacity gets a quick 503, and a light client's request a thread, never a wait in the accept queue."""
 timeout = 60
+keepalive = 5
+"""Seconds an idle connection stays open: longer than nginx keeps one to reuse (docker/nginx.conf)."""
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+"""The worker's heartbeat file, touched on every turn of its loop: on tmpfs, not the image's
+overlay /tmp (gunicorn's documentation advises this for containers)."""
 graceful_timeout = 35
 control_socket_disable = True
 """gunicorn's admin socket: unused, and it needs a writable home."""

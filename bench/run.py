@@ -9,13 +9,18 @@
 Starts the real service (gunicorn on loopback) once per mode, drives it with threads that
 each keep one HTTP/1.1 connection, and prints one table: latency percentiles, requests
 per second and errors per script and concurrency, the fast/naive ratios, the memory the
-idle warm jails hold, and async (RQ) throughput with 1 and 2 workers. Run as root, after
+idle warm jails hold, and async (RQ) throughput with 1 and 2 workers. For the warm jails it
+also says where a run's work goes: the faults and CPU time of the run's process between the
+run's arrival and main() and in main(), and the CPU time per request of the service (the API
+process), of the zygotes (forking) and of the runs' processes (their whole life). Run as root, after
 `make venv jail-site` (the tests' prerequisites); redis-server must be installed.
 """
 import argparse
 import http.client
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -24,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+TICKS = os.sysconf("SC_CLK_TCK")
 
+from jail.paths import paths  # noqa: E402
 from tests.support.servers import gunicorn, redis_server, workers  # noqa: E402
 
 SCRIPTS = {
@@ -35,6 +42,21 @@ SCRIPTS = {
                "    return df.groupby('k')['v'].sum().to_dict()\n"),
 }
 MODES = {"fast": {}, "naive": {"PYSANDBOX_WARM_JAILS": "0"}}
+PROBE = """
+import __main__ as _harness, resource as _resource
+_main = main
+def _spent(later, earlier):
+    return [later.ru_minflt - earlier.ru_minflt,
+            round((later.ru_utime + later.ru_stime - earlier.ru_utime - earlier.ru_stime) * 1e6)]
+def main():
+    arrived, started = _harness.RUN_RECEIVED, _resource.getrusage(_resource.RUSAGE_SELF)
+    _main()
+    return {"before": _spent(started, arrived),
+            "in": _spent(_resource.getrusage(_resource.RUSAGE_SELF), started)}
+"""
+"""Appended to a script: its main() answers, instead of its result, the faults and CPU time (µs)
+of the run's process from the run's arrival in its sealed child (RUN_RECEIVED, jail/zygote.py)
+to main(), and in main()."""
 
 
 @dataclass
@@ -91,9 +113,90 @@ def drive(url: str, script: str, concurrency: int, seconds: float, at_most: int)
     return cell
 
 
-def warm_memory_mb(port: str) -> tuple[float, float, int]:
-    """RSS and PSS (MB) of the warm jails of the service on `port` (nsjail and all under it),
-    and their count."""
+def where_time_goes(url: str, script: str, runs: int) -> dict[str, float]:
+    """Medians over `runs` runs (one at a time) of the PROBE'd script: faults and CPU time (ms)
+    between arrival and main(), in main(), and the run process's CPU time over its whole life
+    (the answer's cpu_ms: from its fork, with what it did while waiting)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    seen: dict[str, list[float]] = {}
+    for _ in range(runs):
+        status, body = post(conn, "/execute", {"script": script + PROBE})
+        if status != 200:
+            raise RuntimeError(f"probe run failed: {body}")
+        for key, value in (("faults before main", body["result"]["before"][0]),
+                           ("ms before main", body["result"]["before"][1] / 1000),
+                           ("faults in main", body["result"]["in"][0]),
+                           ("ms in main", body["result"]["in"][1] / 1000),
+                           ("ms whole life", body["cpu_ms"])):
+            seen.setdefault(key, []).append(value)
+    conn.close()
+    return {key: statistics.median(values) for key, values in seen.items()}
+
+
+FORK_FLOOR = """
+import os, statistics, sys, time
+sys.path.append(sys.argv[1])
+import numpy, pandas
+gc = __import__("gc"); gc.freeze()
+took = []
+for _ in range(int(sys.argv[2])):
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    took.append((time.perf_counter() - start) * 1000)
+print(statistics.median(took))
+"""
+"""A process holding what a zygote holds (numpy and pandas imported, the heap frozen) forks a
+child that exits at once: the floor under every run's fork and teardown, without namespaces."""
+
+
+def floors(url: str, count: int) -> tuple[float, float]:
+    """Medians (ms) of a bare fork + exit + wait of a process like the zygote (outside any jail),
+    and of a request the service answers without a jail (a script that is not a string: 400)."""
+    done = subprocess.run([paths().python, "-I", "-S", "-c", FORK_FLOOR, str(paths().site_dir), str(count)],
+                          capture_output=True, text=True, check=True)
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    took = []
+    for _ in range(count):
+        start = time.perf_counter()
+        status, _ = post(conn, "/execute", {"script": 1})
+        took.append((time.perf_counter() - start) * 1000)
+        if status != 400:
+            raise RuntimeError(f"expected 400 for a script that is not a string, got {status}")
+    conn.close()
+    return float(done.stdout), statistics.median(took)
+
+
+def cpu_by_kind(port: str) -> dict[str, float]:
+    """CPU seconds so far of the service on `port`: its own processes (gunicorn), the warm jails'
+    zygotes, and what their children (the runs) used, as the zygotes reaped them."""
+    parents = _parents()
+    service = {pid for pid in parents if _has_env(pid, f"PORT={port}".encode())}
+    spent = {"service": 0.0, "zygotes": 0.0, "runs": 0.0}
+    for pid in parents:
+        if not _descends(pid, service, parents):
+            continue
+        is_zygote = _is_warm_nsjail(parents[pid])
+        if pid not in service and not is_zygote:
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        own, reaped = (int(fields[11]) + int(fields[12])) / TICKS, (int(fields[13]) + int(fields[14])) / TICKS
+        if pid in service:
+            spent["service"] += own
+        else:
+            spent["zygotes"] += own
+            spent["runs"] += reaped
+    return spent
+
+
+def _parents() -> dict[int, int]:
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -101,6 +204,13 @@ def warm_memory_mb(port: str) -> tuple[float, float, int]:
             parents[int(stat.parent.name)] = int(fields[1])
         except (OSError, IndexError, ValueError):
             continue
+    return parents
+
+
+def warm_memory_mb(port: str) -> tuple[float, float, int]:
+    """RSS and PSS (MB) of the warm jails of the service on `port` (nsjail and all under it),
+    and their count."""
+    parents = _parents()
     service = {pid for pid in parents if _has_env(pid, f"PORT={port}".encode())}
     roots = {pid for pid in parents if _is_warm_nsjail(pid) and _descends(pid, service, parents)}
     rss = pss = 0
@@ -139,10 +249,11 @@ def _is_warm_nsjail(pid: int) -> bool:
     return bool(argv) and argv[0].endswith(b"nsjail") and any(b"def serve()" in arg for arg in argv)
 
 
-BURST_BUDGET = {"PYSANDBOX_REDIS_MEMORY_MB": "2048", "PYSANDBOX_STORAGE_BUDGET_PER_CLIENT_MB": "1536"}
-"""A storage budget that holds the async burst in flight at once (each job reserves ~24 MiB, the
-worst case of the default caps; the default budget keeps one client at 5): the figures measure
-the workers, as before the budget existed."""
+BURST_BUDGET = {"PYSANDBOX_REDIS_MEMORY_MB": "2048", "PYSANDBOX_STORAGE_BUDGET_PER_CLIENT_MB": "1536",
+                "PYSANDBOX_MAX_QUEUED_JOBS_PER_CLIENT": "100"}
+"""A storage budget and a client's share of the queue that hold the async burst in flight at once
+(each job reserves ~24 MiB, the worst case of the default caps; by default one client may hold 5
+and have 25 waiting): the figures measure the workers, as before fair sharing existed."""
 
 
 def async_rate(url: str, script: str, jobs: int) -> float:
@@ -206,16 +317,27 @@ def main() -> None:
     seconds, at_most, jobs = (1.0, 3, 3) if args.smoke else (args.seconds, 100_000, 40)
 
     cells: dict[tuple[str, str, int], Cell] = {}
-    memory = (0.0, 0.0, 0)
+    cpu: dict[tuple[str, int], dict[str, float]] = {}
+    probes: dict[str, dict[str, float]] = {}
+    memory, floor = (0.0, 0.0, 0), (0.0, 0.0)
     for mode, env in MODES.items():
         with gunicorn(env) as url:
+            port = url.rsplit(":", 1)[1]
             if mode == "fast":
                 time.sleep(2)  # let every warm jail finish importing
-                memory = warm_memory_mb(url.rsplit(":", 1)[1])
+                memory = warm_memory_mb(port)
+                floor = floors(url, 20 if args.smoke else 200)
             for name, script in SCRIPTS.items():
                 drive(url, script, 1, 1.0, 3)  # warm-up
+                if mode == "fast":
+                    probes[name] = where_time_goes(url, script, 5 if args.smoke else 100)
                 for concurrency in (1, 4):
-                    cells[mode, name, concurrency] = drive(url, script, concurrency, seconds, at_most)
+                    before = cpu_by_kind(port)
+                    cells[mode, name, concurrency] = cell = drive(url, script, concurrency, seconds, at_most)
+                    if mode == "fast":
+                        after, count = cpu_by_kind(port), max(1, len(cell.latencies_ms))
+                        cpu[name, concurrency] = {kind: (after[kind] - before[kind]) * 1000 / count
+                                                  for kind in after}
 
     print(f"\n{'mode':6} {'script':8} {'conc':>4} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
           f"{'req/s':>8} {'errors':>6}")
@@ -228,6 +350,21 @@ def main() -> None:
             fast, naive = cells["fast", name, concurrency], cells["naive", name, concurrency]
             print(f"  {name:8} conc {concurrency}: latency x{fast.percentile(.5) / naive.percentile(.5):.3f}"
                   f"  throughput x{fast.rate / naive.rate if naive.rate else float('nan'):.1f}")
+    print("\nwarm jails, where a run's work goes (medians of one-at-a-time runs; faults are minor"
+          " page faults of the run's process, mostly copy-on-write of the zygote's pages)")
+    print(f"{'script':8} {'faults before main':>18} {'ms before main':>15} {'faults in main':>15} "
+          f"{'ms in main':>11} {'ms whole life':>14}")
+    for name, probe in probes.items():
+        print(f"{name:8} {probe['faults before main']:18.0f} {probe['ms before main']:15.2f} "
+              f"{probe['faults in main']:15.0f} {probe['ms in main']:11.2f} {probe['ms whole life']:14.1f}")
+    print("\nwarm jails, CPU ms per request (kernel ticks summed over the cell): the service's process, "
+          "the zygotes (forking), the runs' processes")
+    print(f"{'script':8} {'conc':>4} {'service':>8} {'zygotes':>8} {'runs':>8} {'total':>8}")
+    for (name, concurrency), spent in cpu.items():
+        print(f"{name:8} {concurrency:4d} " + " ".join(f"{spent[kind]:8.2f}" for kind in spent)
+              + f" {sum(spent.values()):8.2f}")
+    print(f"\nfloors: a bare fork + exit of a process holding numpy and pandas {floor[0]:.2f} ms; "
+          f"a request answered without a jail (400) {floor[1]:.2f} ms (medians)")
     print(f"\nidle warm jails: {memory[2]}, RSS {memory[0]:.0f} MB, PSS {memory[1]:.0f} MB in all"
           " (PSS counts pages shared between processes once)")
 

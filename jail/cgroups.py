@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -185,10 +185,28 @@ def _enable(cgroup: Path, name: str) -> None:
         log.debug("could not enable %s in %s: %s", name, cgroup, exc)
 
 
-def _read_key(path: Path, key: str) -> int | None:
+def _read(path: str | Path) -> bytes:
+    """A control file's content (os-level: per-run reads and writes go through these, and
+    pathlib's read_text/write_text cost several times the syscalls themselves)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def _write(path: str | Path, value: object) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
+
+
+def _read_key(path: str | Path, key: str) -> int | None:
     """The value of `key` in a flat-keyed cgroup file (memory.events, cpu.stat)."""
     try:
-        for line in path.read_text().splitlines():
+        for line in _read(path).decode().splitlines():
             name, _, value = line.partition(" ")
             if name == key:
                 return int(value)
@@ -197,11 +215,54 @@ def _read_key(path: Path, key: str) -> int | None:
     return None
 
 
-def _read_int(path: Path) -> int | None:
+def _read_int(path: str | Path) -> int | None:
     try:
-        return int(path.read_text())
+        return int(_read(path))
     except (OSError, ValueError):
         return None
+
+
+class ControlFiles:
+    """The control files of one cgroup v1 directory, each opened once and then read and
+    written in place: a warm jail's cgroups are reset before every one of its runs, and
+    opening the files again each time cost more than the reads and writes."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = str(directory)
+        self._fds: dict[str, int | None] = {}
+
+    def _fd(self, name: str) -> int | None:
+        if name not in self._fds:
+            try:  # kernfs refuses O_RDWR on a file it cannot write (pids.current)
+                self._fds[name] = os.open(f"{self._dir}/{name}", os.O_RDWR | os.O_CLOEXEC)
+            except PermissionError:
+                self._fds[name] = os.open(f"{self._dir}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self._fds[name] = None
+        return self._fds[name]
+
+    def has(self, name: str) -> bool:
+        """Whether the directory has this file (memory.memsw.* needs swap accounting)."""
+        return self._fd(name) is not None
+
+    def read_int(self, name: str) -> int:
+        """The file's value, read afresh (OSError if it has none)."""
+        fd = self._fd(name)
+        if fd is None:
+            raise FileNotFoundError(f"{self._dir}/{name}")
+        return int(os.pread(fd, 64, 0))
+
+    def write(self, name: str, value: object) -> None:
+        fd = self._fd(name)
+        if fd is None:
+            raise FileNotFoundError(f"{self._dir}/{name}")
+        os.pwrite(fd, str(value).encode(), 0)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            if fd is not None:
+                os.close(fd)
+        self._fds.clear()
 
 
 @dataclass(frozen=True)
@@ -224,8 +285,10 @@ class V2Cgroup:
         if "memory" in self.controllers:
             self._write("memory.max", memory_bytes)
             self._write("memory.oom.group", 1)
-            if (self.path / "memory.swap.max").exists():
+            try:
                 self._write("memory.swap.max", 0)
+            except FileNotFoundError:  # no swap accounting: there is no swap to limit
+                pass
         if "pids" in self.controllers:
             self._write("pids.max", max_pids)
         if "cpu" in self.controllers:
@@ -237,9 +300,9 @@ class V2Cgroup:
 
     def usage(self) -> Usage:
         """Peak memory (memory.peak: kernel >= 5.19), CPU time and OOM kills so far."""
-        usec = _read_key(self.path / "cpu.stat", "usage_usec")
-        kills = _read_key(self.path / "memory.events", "oom_kill")
-        return Usage(peak_memory_bytes=_read_int(self.path / "memory.peak"),
+        usec = _read_key(f"{self.path}/cpu.stat", "usage_usec")
+        kills = _read_key(f"{self.path}/memory.events", "oom_kill")
+        return Usage(peak_memory_bytes=_read_int(f"{self.path}/memory.peak"),
                      cpu_ns=None if usec is None else usec * 1000,
                      oom_killed=None if kills is None else kills > 0)
 
@@ -260,7 +323,7 @@ class V2Cgroup:
         _rmdir(self.path)
 
     def _write(self, name: str, value: object) -> None:
-        (self.path / name).write_text(str(value))
+        _write(f"{self.path}/{name}", value)
 
 
 @dataclass
@@ -269,6 +332,7 @@ class RunCgroup:
 
     cgroups: Cgroups
     name: str
+    _files: dict[str, ControlFiles] = field(default_factory=dict, repr=False)
 
     @property
     def v2(self) -> V2Cgroup | None:
@@ -318,32 +382,43 @@ class RunCgroup:
             return self.v2.usage()
         if "memory" not in self.cgroups.available:
             return Usage()
-        return Usage(peak_memory_bytes=_read_int(self.path("memory") / "memory.max_usage_in_bytes"))
+        try:
+            return Usage(peak_memory_bytes=self.files("memory").read_int("memory.max_usage_in_bytes"))
+        except (OSError, ValueError):
+            return Usage()
+
+    def files(self, controller: str) -> ControlFiles:
+        """This run's v1 control files of one controller, kept open until remove()."""
+        if controller not in self._files:
+            self._files[controller] = ControlFiles(self.path(controller))
+        return self._files[controller]
 
     def limit_run(self, memory_bytes: int, max_pids: int) -> int:
         """cgroup v1, warm jail: cap what is in this cgroup now plus memory_bytes and max_pids
         more for its next run; reset the memory peak. Returns the memory in use now."""
         if "pids" in self.cgroups.available:
-            tasks = int((self.path("pids") / "pids.current").read_text())
-            (self.path("pids") / "pids.max").write_text(str(tasks + max_pids))
+            pids = self.files("pids")
+            pids.write("pids.max", pids.read_int("pids.current") + max_pids)
         if "memory" not in self.cgroups.available:
             return 0
-        memory = self.path("memory")
-        in_use = int((memory / "memory.usage_in_bytes").read_text())
-        limit = str(in_use + memory_bytes)
-        swap = memory / "memory.memsw.limit_in_bytes"
+        memory = self.files("memory")
+        in_use = memory.read_int("memory.usage_in_bytes")
+        limit = in_use + memory_bytes
+        swap = "memory.memsw.limit_in_bytes"
         # memory+swap may never be below memory: raise it first, lower it last.
-        order = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
-        if swap.exists() and int(swap.read_text()) < int(limit):
-            order = order[::-1]
+        order = ["memory.limit_in_bytes"]
+        if memory.has(swap):
+            order = order + [swap] if memory.read_int(swap) >= limit else [swap] + order
         for name in order:
-            if (memory / name).exists():
-                (memory / name).write_text(limit)
-        (memory / "memory.max_usage_in_bytes").write_text("0")
+            memory.write(name, limit)
+        memory.write("memory.max_usage_in_bytes", 0)
         return in_use
 
     def remove(self) -> None:
         """Remove this run's cgroups, including any that nsjail left when it was killed."""
+        for files in self._files.values():
+            files.close()
+        self._files.clear()
         if self.v2 is not None:
             self.v2.remove()
             return

@@ -25,8 +25,12 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # checkers only: at run time this text follows jail/harness.py's in one
-    from jail.harness import JAIL_SITE, main  # `python -c` program, which defines these
+    # `python -c` program, which defines these
+    from jail.harness import JAIL_SITE, MPL_CONFIG, SCRIPT_NAME, main, signature_problem
 
+RUN_RECEIVED: resource.struct_rusage | None = None
+"""This process's usage when its run arrived: what bench/run.py subtracts to count the
+faults and CPU time between a run's arrival and main()."""
 CONTROL_FD = int(sys.argv[1])
 TMP_BYTES = int(sys.argv[2])
 JAIL_UID = 65534
@@ -83,10 +87,15 @@ def serve_one_run(control: socket.socket, rules, taken: int) -> None:
     except OSError as exc:
         control.send(json.dumps({"broken": str(exc)}).encode())
         os._exit(70)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()  # its own, fresh from the kernel, for this run only
+    rehearse()
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     socket.send_fds(control, [b'{"ready": true}'], [theirs.fileno()])
     theirs.close()
     header, fds, _, _ = socket.recv_fds(mine, 4096, 4)
+    global RUN_RECEIVED
+    RUN_RECEIVED = resource.getrusage(resource.RUSAGE_SELF)
     os.write(taken, b".")
     if not header:  # the host is gone: the zygote sees it too and ends the jail
         os._exit(0)
@@ -107,9 +116,42 @@ def serve_one_run(control: socket.socket, rules, taken: int) -> None:
     os.closerange(3, low)
     os.closerange(low + 1, high)
     os.closerange(high + 1, 65536)
-    if "numpy" in sys.modules:
-        sys.modules["numpy"].random.seed()
     main(report, release, limits["FILES_OUT"], limits["FILES_OUT_BYTES"])
+
+
+def rehearse() -> None:
+    """Walk, while waiting, the paths every run takes (JSON both ways, compiling and calling a
+    main(), opening a file), so that the copy-on-write faults of the zygote's pages they write
+    (reference counts, caches) are taken now, not after the request arrived. Nothing of it is
+    kept: the run finds the interpreter as the zygote left it."""
+    json.loads(json.dumps({"RLIMIT_CPU": 1, "FILES_OUT": 16}))
+    scope: dict = {"__name__": "script"}
+    exec(compile("def main():\n    return {'ok': 1}\n", SCRIPT_NAME, "exec", dont_inherit=True), scope)
+    signature_problem(scope["main"], 0)
+    json.dumps(scope["main"](), allow_nan=False)
+    open(os.devnull).close()
+    os.path.isdir(MPL_CONFIG)
+
+
+def warm_up() -> None:
+    """Once, in the zygote: the work pandas and numpy do on first use (lazy imports, caches,
+    dispatch tables), done here so that no run's process does it again. Only an optimisation:
+    a failure here leaves each run to do that work itself."""
+    import numpy
+    import pandas
+    try:
+        frame = pandas.DataFrame({"k": ["a", "b", "a", "c"] * 25, "v": range(100),
+                                  "x": numpy.arange(100) / 3})
+        frame.groupby("k")["v"].sum().to_dict()
+        frame.groupby("k").agg({"v": "mean", "x": ["min", "max"]})
+        frame.describe()
+        frame.merge(frame.head(10), on="k").sort_values("k").reset_index(drop=True)
+        frame.to_json()
+        frame.to_dict(orient="records")
+        numpy.linalg.norm(numpy.arange(10.0))
+        numpy.random.default_rng(0).normal(size=10).mean()
+    except Exception as exc:  # noqa: BLE001 - see above
+        print(f"warm-up failed: {exc!r}", file=sys.stderr)
 
 
 def ending(status: int, usage: resource.struct_rusage) -> dict:
@@ -143,6 +185,7 @@ def serve() -> None:
     """Keep SPARE_CHILDREN sealed children waiting; report each child's end; stop with the host."""
     import numpy  # noqa: F401  (preloaded so that every run finds them imported)
     import pandas  # noqa: F401
+    warm_up()
     rules = inner_filter()
     gc.freeze()  # the children's collector never walks (and so never copies) the zygote's heap
     control = socket.socket(fileno=CONTROL_FD)

@@ -35,6 +35,10 @@ def nginx_seconds(directive: str) -> int:
 
 HEADER_TIMEOUT_S = nginx_seconds("client_header_timeout")
 BODY_TIMEOUT_S = nginx_seconds("client_body_timeout")
+UPSTREAM = re.search(r"upstream gunicorn \{.*?keepalive_timeout (\d+)s;", NGINX_CONF, re.S)
+assert UPSTREAM is not None
+UPSTREAM_IDLE_S = int(UPSTREAM[1])
+"""How long nginx keeps an idle connection to gunicorn for reuse."""
 CLOSE_MARGIN_S = 5.0
 """Beyond nginx's bound: its timers' granularity, and this side noticing on a loaded machine."""
 SLOW_PER_KIND = 500
@@ -157,9 +161,18 @@ def test_answers_larger_than_nginx_buffers_pass_whole(service) -> None:
     assert body["result"] == "i" * 400_000 + "r" * 400_000 and len(body["stdout"]) == 1_000_001
 
 
+def test_nginx_drops_idle_upstream_connections_before_gunicorn_does() -> None:
+    """Otherwise a request could be sent on a connection gunicorn is closing: a 502 for a POST,
+    which nginx does not retry."""
+    conf = (REPO / "api" / "gunicorn.conf.py").read_text()
+    found = re.search(r"^keepalive = (\d+)$", conf, re.M)
+    assert found is not None and int(found[1]) > UPSTREAM_IDLE_S
+
+
 def test_gunicorn_unreachable_is_a_json_502(image: str, run_flags: list[str]) -> None:  # noqa: F811
     with running(image, run_flags, "PYSANDBOX_WORKERS=0") as (container, base):
         docker("exec", container, "rm", "/run/pysandbox-http/gunicorn.sock")
+        time.sleep(UPSTREAM_IDLE_S + 1)  # the idle connections nginx kept to gunicorn are closed
         answer = requests.get(f"{base}/health", timeout=30)
         assert answer.status_code == 502, answer.text
         assert answer.json()["error"]["code"] == "upstream_unavailable", answer.text
