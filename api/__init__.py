@@ -2,7 +2,6 @@
 import atexit
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -16,7 +15,6 @@ from api.modes import EnqueueOnly, RunHere, RunMode
 from api.run_request import files_in_cap
 from api.service import EXTENSION, Service
 from jail import Sandbox
-from jail.admission import open_ledger
 from jail.limits import MIB
 from shared.callbacks import Destinations
 from shared.metrics import observe_warm_jails
@@ -60,8 +58,7 @@ def run_mode(settings: Settings, jobs: JobQueue | None) -> RunMode:
             raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
         return EnqueueOnly(jobs, settings.queue_wait_s)
     sandbox = Sandbox(settings.warm_jails, settings.tmp_mb, on_change=observe_warm_jails)
-    memory = open_ledger(Path(settings.memory_ledger), settings.memory_mb, settings.warm_jails,
-                         settings.default_memory_mb, settings.max_memory_mb)
+    memory = settings.memory_ledger_for(settings.warm_jails)
     capacity = Capacity(settings.max_concurrent_runs, settings.queue_wait_s, settings.retry_after_s,
                         settings.fair_sharing, reserved=newcomer_slots(settings.max_concurrent_runs),
                         memory=memory)

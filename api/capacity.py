@@ -154,7 +154,7 @@ class Capacity:
 
     def _never_fits(self, nbytes: int) -> ApiError:
         assert self.memory is not None
-        room = self.memory.budget.bytes - self.memory.held().standing_bytes
+        room = self.memory.room()
         return MEMORY_UNAVAILABLE(f"a run reserving {nbytes // MIB} MB cannot fit in the "
                                   f"{max(0, room) // MIB} MB this service has for runs beside what it "
                                   "holds (GET /health, memory); ask for less memory")

@@ -152,9 +152,13 @@ class MemoryLedger:
         """What a run with this memory limit reserves."""
         return memory_mb * MIB + self.slack_bytes
 
+    def room(self, held: Held | None = None) -> int:
+        """The bytes runs may reserve when none is in flight: the budget less what is held standing."""
+        return self.budget.bytes - (held or self.held()).standing_bytes
+
     def never_fits(self, nbytes: int) -> bool:
         """True when nbytes cannot fit even with no run in flight."""
-        return nbytes > self.budget.bytes - self.held().standing_bytes
+        return nbytes > self.room()
 
     def reserve(self, nbytes: int, wait_s: float, stop: threading.Event | None = None) -> str | None:
         """Reserve nbytes, waiting up to wait_s (polling: other processes free memory without
@@ -203,9 +207,9 @@ class MemoryLedger:
             "total_bytes": self.budget.total_bytes, "source": self.budget.source,
             "base_bytes": self.budget.base_bytes, "standing_bytes": held.standing_bytes,
             "runs_bytes": held.runs_bytes, "runs": held.runs,
-            "free_bytes": max(0, self.budget.bytes - held.standing_bytes - held.runs_bytes),
+            "free_bytes": max(0, self.room(held) - held.runs_bytes),
             "largest_run_bytes": largest}
-        room = self.budget.bytes - held.standing_bytes
+        room = self.room(held)
         if largest > room:
             body["warning"] = (f"a run at the largest memory limit ({largest // MIB} MB) cannot fit: "
                                f"{room // MIB} MB are left for runs of {self.budget.total_bytes // MIB} MB "
@@ -216,7 +220,7 @@ class MemoryLedger:
     def describe(self, default_mb: int) -> str:
         """The sum it budgets, in a line for the start-up log."""
         held = self.held()
-        room = self.budget.bytes - held.standing_bytes
+        room = self.room(held)
         return (f"memory for runs: {self.budget.total_bytes // MIB} MB ({self.budget.source}) - "
                 f"{self.budget.base_bytes // MIB} MB base - {held.standing_bytes // MIB} MB held by "
                 f"the processes that run jails and their warm jails = {room // MIB} MB: "
@@ -261,8 +265,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, under another uid
+        pass
     return True
 
 

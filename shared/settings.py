@@ -12,11 +12,13 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jail import Limits
+from jail.admission import MemoryLedger, open_ledger
 from shared.logs import LogFormat
 
 PREFIX = "PYSANDBOX_"
@@ -119,6 +121,11 @@ class Settings(BaseModel):
         limits = self.run_limits(None, memory_mb)
         idle = min(idle_timeout_s or self.session_idle_timeout_s, self.max_session_idle_timeout_s)
         return limits, idle, min(lifetime_s or self.session_lifetime_s, self.max_session_lifetime_s)
+
+    def memory_ledger_for(self, warm_jails: int) -> MemoryLedger:
+        """This process's memory ledger (jail/admission.py), holding warm_jails warm jails."""
+        return open_ledger(Path(self.memory_ledger), self.memory_mb, warm_jails,
+                           self.default_memory_mb, self.max_memory_mb)
 
     def run_limits(self, timeout_s: float | None, memory_mb: int | None) -> Limits:
         """A run's limits: the asked (or default) time and memory clamped to their bounds."""

@@ -8,7 +8,6 @@ serves its own /metrics on that port (compose: on the internal network only).
 import logging
 import sys
 import time
-from pathlib import Path
 
 from prometheus_client import start_http_server
 from redis import Redis
@@ -17,7 +16,6 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 
 from jail import Sandbox
-from jail.admission import open_ledger
 from jail.selftest import self_test
 from shared import callbacks, logs
 from shared.metrics import observe_warm_jails
@@ -63,8 +61,7 @@ def main() -> int:
     if not verdict.passed:
         log.error("worker: the jail failed its self-test (%s); not starting", verdict.failures)
         return 1
-    jobs.run_in(sandbox, open_ledger(Path(settings.memory_ledger), settings.memory_mb, warm_jails,
-                                     settings.default_memory_mb, settings.max_memory_mb))
+    jobs.run_in(sandbox, settings.memory_ledger_for(warm_jails))
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)
     redis = Redis.from_url(settings.redis_url or LOCAL_REDIS_URL)
