@@ -209,9 +209,9 @@ def end_call() -> None:
         os.kill(-1, signal.SIGKILL)
     except OSError:
         pass
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
+    try:  # every one of them: SIGKILLed, each ends at once; orphans are this process's to reap
+        while True:
+            os.waitpid(-1, 0)
     except ChildProcessError:
         pass
     null = os.open(os.devnull, os.O_WRONLY)

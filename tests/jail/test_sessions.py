@@ -16,7 +16,8 @@ from tests.conftest import NO_CGROUPS
 from tests.jail.test_adversarial import FS_READS, FS_WRITES, NETWORK, PRIVILEGE, assert_all_blocked, probe
 
 SESSION = Limits(memory_mb=192)
-CALL = Limits(timeout_s=2.0)
+CALL = Limits(timeout_s=15.0)
+"""A call's limit: its first import of pandas in a fresh interpreter may take seconds on a loaded host."""
 IGNORES_INTERRUPTS = """
     import time
     while True:
@@ -141,10 +142,10 @@ def test_an_interpreter_that_exits_ends_the_session(session):
 
 
 def test_calls_run_one_at_a_time(session):
-    started = threading.Thread(target=call, args=(session, "import time; time.sleep(1)"))
+    started = threading.Thread(target=call, args=(session, "import time; time.sleep(4)"))
     started.start()
     try:
-        for _ in range(100):
+        for _ in range(400):
             if session.busy:
                 break
             threading.Event().wait(0.01)
@@ -157,7 +158,7 @@ def test_calls_run_one_at_a_time(session):
 def test_a_calls_processes_end_with_it(session):
     started = ok(session, "import subprocess\nchild = subprocess.Popen(['sleep', '300'])\nchild.pid")
     assert started.duration_ms < 1500, "the child does not hold the call's output open"
-    assert ok(session, "child.poll()").result == -9
+    assert ok(session, "import os\nos.path.exists(f'/proc/{child.pid}')").result is False
 
 
 def test_close_kills_the_jail_and_removes_the_cgroup():
