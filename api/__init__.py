@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from api import clients, docs, errors, logs, metrics, playground, ratelimits, request_ids, routes
+from api import clients, docs, errors, logs, metrics, playground, probes, ratelimits, request_ids, routes
 from api.capacity import Capacity
 from api.job_queue import Budget, JobQueue
 from api.modes import EnqueueOnly, RunHere, RunMode
@@ -82,6 +82,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     clients.register(app, settings.trusted_proxies)
     ratelimits.register(app, settings.redis_url, settings.rate_limit, keys)
     app.register_blueprint(routes.bp)
+    app.register_blueprint(probes.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(playground.bp)
     jobs = JobQueue(settings.redis_url, settings.max_queued_jobs, settings.max_queued_jobs_per_client,

@@ -334,6 +334,13 @@ class JobQueue:
         """True when Redis writes an append-only file (jobs outlive a Redis restart)."""
         return bool(self.redis.info("persistence").get("aof_enabled"))
 
+    def reachable(self) -> bool:
+        """Whether Redis answers a PING now (readiness of an API that only enqueues)."""
+        try:
+            return bool(self.redis.ping())
+        except RedisError:
+            return False
+
     def health(self) -> dict[str, Any]:
         """Whether Redis answers, keeps its data across restarts, and how many workers serve."""
         try:

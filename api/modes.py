@@ -29,12 +29,21 @@ class RunHere:
     def __init__(self, sandbox: Sandbox, capacity: Capacity, jobs: JobQueue | None) -> None:
         self.sandbox, self.capacity, self.jobs = sandbox, capacity, jobs
         self.selftest: SelfTest | None = self_test(sandbox)
+        self._warmed = False
 
     def checked(self) -> SelfTest:
         """The startup self-test's verdict, re-run while it has not passed."""
         if self.selftest is None or not self.selftest.passed:
             self.selftest = self_test(self.sandbox)
         return self.selftest
+
+    def warmed(self) -> bool:
+        """True once every warm jail was ready at the same time (latched: runs using them later
+        do not make the start unfinished again)."""
+        if not self._warmed:
+            jails = self.sandbox.warm_jails
+            self._warmed = jails["idle"] >= jails["size"]
+        return self._warmed
 
     def execute(self, script: str, limits: Limits, inputs: RunInput | None, client: str,
                 request_id: str) -> tuple[Outcome, dict[str, str]]:

@@ -1,7 +1,8 @@
 """What an app holds once made (create_app): its settings and the objects its requests use."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
@@ -27,6 +28,8 @@ class Service:
     """The queue, when REDIS_URL is set."""
     openapi: dict[str, Any] | None = None
     """The OpenAPI document, built at its first request."""
+    draining: threading.Event = field(default_factory=threading.Event)
+    """Set once this process was told to stop (SIGTERM): /readyz answers 503 from then on."""
 
 
 def service(app: Flask | None = None) -> Service:
