@@ -59,7 +59,7 @@ def wait_for(redis: Redis) -> None:
 
 
 def beat_alive(path: Path) -> None:
-    """Touch `path` now and then every ALIVE_EVERY_S, from a daemon thread, until the process exits."""
+    """Touch `path` now, then every ALIVE_EVERY_S from a daemon thread until the process exits."""
     def beat() -> None:
         while True:
             path.touch()
