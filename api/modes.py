@@ -1,5 +1,5 @@
 """The API's run modes, chosen once by create_app: where a sync POST /execute runs, and what
-/health checks.
+/health and the probes (api/probes.py) check.
 
   - RunHere: scripts run in this process's Sandbox, within its run slots (Capacity); the jail's
     self-test decides health. With REDIS_URL, ?async=1 jobs go to the queue's workers.
@@ -37,13 +37,20 @@ class RunHere:
             self.selftest = self_test(self.sandbox)
         return self.selftest
 
-    def warmed(self) -> bool:
-        """True once every warm jail was ready at the same time (latched: runs using them later
-        do not make the start unfinished again)."""
+    def unready(self) -> str | None:
+        """Why this replica cannot take work now (GET /readyz), or None: the self-test. A Redis
+        outage is no reason: sync runs need no Redis."""
+        return None if self.checked().passed else "selftest_failed"
+
+    def unstarted(self) -> str | None:
+        """Why the start is not over (GET /startupz), or None: the self-test, then every warm
+        jail ready at the same time once (latched: runs using them later do not undo it)."""
+        if not self.checked().passed:
+            return "selftest_failed"
         if not self._warmed:
             jails = self.sandbox.warm_jails
             self._warmed = jails["idle"] >= jails["size"]
-        return self._warmed
+        return None if self._warmed else "warming"
 
     def execute(self, script: str, limits: Limits, inputs: RunInput | None, client: str,
                 request_id: str) -> tuple[Outcome, dict[str, str]]:
@@ -89,6 +96,15 @@ class EnqueueOnly:
         job = self.jobs.submit(script, limits, inputs, request_id, client)
         annotate(job_id=job.id)
         return self.jobs.wait(job, self.queue_wait_s, limits.timeout_s + RQ_BACKSTOP_S), {}
+
+    def unready(self) -> str | None:
+        """Why this replica cannot take work now (GET /readyz), or None: Redis. No worker is no
+        reason: jobs wait for workers an autoscaler starts."""
+        return None if self.jobs.reachable() else "redis_unreachable"
+
+    def unstarted(self) -> str | None:
+        """None: nothing here is slow to start."""
+        return None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy when Redis answers and a worker serves the queue."""

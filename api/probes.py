@@ -12,37 +12,16 @@
 /health stays what it was, for existing users. All four are public and never rate limited
 (api/clients.py's PUBLIC_PATHS).
 """
-from typing import Any
-
 from flask import Blueprint, Response, jsonify
 
-from api.modes import EnqueueOnly, RunMode
 from api.service import service
 
 bp = Blueprint("probes", __name__)
 
 
-def _answer(failed: str | None, **details: Any) -> tuple[Response, int]:
-    body = {"status": "ok" if failed is None else "unavailable", "reason": failed, **details}
-    return jsonify(body), 200 if failed is None else 503
-
-
-def not_ready(mode: RunMode, draining: bool) -> str | None:
-    """Why this replica cannot take work now, or None."""
-    if draining:
-        return "draining"
-    if isinstance(mode, EnqueueOnly):
-        return None if mode.jobs.reachable() else "redis_unreachable"
-    return None if mode.checked().passed else "selftest_failed"
-
-
-def not_started(mode: RunMode) -> str | None:
-    """Why the start is not over yet, or None."""
-    if isinstance(mode, EnqueueOnly):
-        return None
-    if not mode.checked().passed:
-        return "selftest_failed"
-    return None if mode.warmed() else "warming"
+def _answer(reason: str | None) -> tuple[Response, int]:
+    body = {"status": "ok" if reason is None else "unavailable", "reason": reason}
+    return jsonify(body), 200 if reason is None else 503
 
 
 @bp.get("/livez")
@@ -53,12 +32,13 @@ def livez():
 
 @bp.get("/readyz")
 def readyz():
-    """200 when this replica can take work now; 503 with the reason."""
+    """200 when this replica can take work now (not draining, and as its run mode says); 503 with
+    the reason."""
     state = service()
-    return _answer(not_ready(state.mode, state.draining.is_set()))
+    return _answer("draining" if state.draining.is_set() else state.mode.unready())
 
 
 @bp.get("/startupz")
 def startupz():
-    """200 once the self-test passed and the warm jails were filled; 503 with the reason."""
-    return _answer(not_started(service().mode))
+    """200 once the start is over, as the run mode says; 503 with the reason."""
+    return _answer(service().mode.unstarted())
