@@ -1,5 +1,6 @@
 """PySandbox's HTTP API: create_app() builds the Flask app (gunicorn: "api:create_app()")."""
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,13 +57,22 @@ def run_mode(settings: Settings, jobs: JobQueue | None) -> RunMode:
         if jobs is None:
             raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
         return EnqueueOnly(jobs, settings.queue_wait_s)
-    sandbox = Sandbox(settings.warm_jails, settings.tmp_mb, on_change=observe_warm_jails)
+    warmed = threading.Event()  # once every warm jail was ready at the same time: GET /startupz
+
+    def on_change(idle: int, size: int) -> None:
+        observe_warm_jails(idle, size)
+        if idle >= size:
+            warmed.set()
+
+    if settings.warm_jails == 0:
+        warmed.set()
+    sandbox = Sandbox(settings.warm_jails, settings.tmp_mb, on_change=on_change)
     memory = open_ledger(Path(settings.memory_ledger), settings.memory_mb, settings.warm_jails,
                          settings.default_memory_mb, settings.max_memory_mb)
     capacity = Capacity(settings.max_concurrent_runs, settings.queue_wait_s, settings.retry_after_s,
                         settings.fair_sharing, reserved=newcomer_slots(settings.max_concurrent_runs),
                         memory=memory)
-    return RunHere(sandbox, capacity, jobs)
+    return RunHere(sandbox, capacity, jobs, warmed)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:

@@ -9,6 +9,7 @@ The one-container image's third shape (docker/supervise.py: Redis and workers be
 is RunHere with a queue.
 """
 import logging
+import threading
 from typing import Any
 
 from api.capacity import Capacity
@@ -26,10 +27,10 @@ log = logging.getLogger(__name__)
 class RunHere:
     """Sync runs in this process's sandbox."""
 
-    def __init__(self, sandbox: Sandbox, capacity: Capacity, jobs: JobQueue | None) -> None:
-        self.sandbox, self.capacity, self.jobs = sandbox, capacity, jobs
+    def __init__(self, sandbox: Sandbox, capacity: Capacity, jobs: JobQueue | None,
+                 warmed: threading.Event) -> None:
+        self.sandbox, self.capacity, self.jobs, self.warmed = sandbox, capacity, jobs, warmed
         self.selftest: SelfTest | None = self_test(sandbox)
-        self._warmed = False
 
     def checked(self) -> SelfTest:
         """The startup self-test's verdict, re-run while it has not passed."""
@@ -43,14 +44,12 @@ class RunHere:
         return None if self.checked().passed else "selftest_failed"
 
     def unstarted(self) -> str | None:
-        """Why the start is not over (GET /startupz), or None: the self-test, then every warm
-        jail ready at the same time once (latched: runs using them later do not undo it)."""
+        """Why the start is not over (GET /startupz), or None: the self-test, then `warmed`, set
+        by the sandbox's change hook once every warm jail was ready at the same time (runs using
+        them later do not undo it)."""
         if not self.checked().passed:
             return "selftest_failed"
-        if not self._warmed:
-            jails = self.sandbox.warm_jails
-            self._warmed = jails["idle"] >= jails["size"]
-        return None if self._warmed else "warming"
+        return None if self.warmed.is_set() else "warming"
 
     def execute(self, script: str, limits: Limits, inputs: RunInput | None, client: str,
                 request_id: str) -> tuple[Outcome, dict[str, str]]:
