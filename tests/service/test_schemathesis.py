@@ -42,7 +42,8 @@ def test_the_running_service_keeps_its_openapi_contract(tmp_path, keyed):
     # All of schemathesis' async jobs are one client's: the whole storage budget for it, so that
     # the stateful phase's jobs in flight (each reserves the largest result) do not reach a 503
     # storage_budget_exceeded, which its server-error check would count against the contract.
-    env = {"PYSANDBOX_MAX_TIMEOUT_S": "2", "PYSANDBOX_STORAGE_BUDGET_PER_CLIENT_MB": str(DEFAULTS.storage_budget_mb)}
+    env = {"PYSANDBOX_MAX_TIMEOUT_S": "2",
+           "PYSANDBOX_STORAGE_BUDGET_PER_CLIENT_MB": str(DEFAULTS.storage_budget_mb)}
     headers: list[str] = []
     if keyed:
         env["PYSANDBOX_API_KEYS"] = f"schemathesis:{hashlib.sha256(KEY.encode()).hexdigest()}:operator"
