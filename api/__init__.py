@@ -1,13 +1,26 @@
 """PySandbox's HTTP API: create_app() builds the Flask app (gunicorn: "api:create_app()")."""
 import atexit
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from api import clients, docs, errors, logs, metrics, playground, ratelimits, request_ids, routes, sessions
+from api import (
+    clients,
+    docs,
+    errors,
+    logs,
+    metrics,
+    playground,
+    probes,
+    ratelimits,
+    request_ids,
+    routes,
+    sessions,
+)
 from api.capacity import Capacity
 from api.job_queue import Budget, JobQueue
 from api.mcp_endpoint import McpEndpoint
@@ -57,12 +70,21 @@ def run_mode(settings: Settings, jobs: JobQueue | None) -> RunMode:
         if jobs is None:
             raise ValueError("PYSANDBOX_EXECUTE_VIA_QUEUE needs REDIS_URL")
         return EnqueueOnly(jobs, settings.queue_wait_s)
-    sandbox = Sandbox(settings.warm_jails, settings.tmp_mb, on_change=observe_warm_jails)
+    warmed = threading.Event()  # once every warm jail was ready at the same time: GET /startupz
+
+    def on_change(idle: int, size: int) -> None:
+        observe_warm_jails(idle, size)
+        if idle >= size:
+            warmed.set()
+
+    if settings.warm_jails == 0:
+        warmed.set()
+    sandbox = Sandbox(settings.warm_jails, settings.tmp_mb, on_change=on_change)
     memory = settings.memory_ledger_for(settings.warm_jails)
     capacity = Capacity(settings.max_concurrent_runs, settings.queue_wait_s, settings.retry_after_s,
                         settings.fair_sharing, reserved=newcomer_slots(settings.max_concurrent_runs),
                         memory=memory)
-    return RunHere(sandbox, capacity, jobs)
+    return RunHere(sandbox, capacity, jobs, warmed)
 
 
 def open_sessions(settings: Settings, mode: RunMode) -> sessions.Sessions | None:
@@ -93,6 +115,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     clients.register(app, settings.trusted_proxies)
     ratelimits.register(app, settings.redis_url, settings.rate_limit, keys)
     app.register_blueprint(routes.bp)
+    app.register_blueprint(probes.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(playground.bp)
     app.register_blueprint(sessions.bp)

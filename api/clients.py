@@ -29,9 +29,9 @@ from api.errors import FORBIDDEN, UNAUTHORIZED, ApiError
 from api.service import service
 from shared.settings import Settings
 
-PUBLIC_PATHS = frozenset({"/health", "/", "/openapi.json", "/docs"})
-"""Answered without a key: health checks, the playground page (it asks its user for a key),
-and the API's documentation, which holds no user data and says nothing docs/ does not.
+PUBLIC_PATHS = frozenset({"/health", "/livez", "/readyz", "/startupz", "/", "/openapi.json", "/docs"})
+"""Answered without a key: health checks and probes (api/probes.py), the playground page (it asks
+its user for a key), and the API's documentation, which holds no user data and says nothing docs/ does not.
 /metrics is not here: with keys on it needs an operator's key (OPERATOR_PATHS)."""
 OPERATOR_PATHS = frozenset({"/metrics"})
 """Answered only to keys with the `operator` role when keys are on: what they show is every

@@ -1,6 +1,7 @@
 """gunicorn settings: one process of threads, so the capacity limit is one counter."""
 import os
 import shutil
+import signal
 import tempfile
 from typing import Any
 
@@ -36,6 +37,21 @@ accesslog = "-"
 errorlog = "-"
 logger_class = "api.logs.GunicornLogger"
 """JSON lines (PYSANDBOX_LOG_FORMAT=json, the default), gunicorn's own format for text."""
+
+
+def post_worker_init(worker: Any) -> None:
+    """SIGTERM (gunicorn's graceful stop) marks the app draining before gunicorn's own handler
+    runs: a request the worker still answers while it stops (in flight, or on a kept-alive
+    connection) finds /readyz 503 (api/probes.py)."""
+    from api.service import service
+
+    state, stop = service(worker.wsgi), worker.handle_exit
+
+    def draining(signum: int, frame: Any) -> None:
+        state.draining.set()
+        stop(signum, frame)
+
+    signal.signal(signal.SIGTERM, draining)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -349,6 +349,13 @@ class JobQueue:
         """True when Redis writes an append-only file (jobs outlive a Redis restart)."""
         return bool(self.redis.info("persistence").get("aof_enabled"))
 
+    def reachable(self) -> bool:
+        """Whether Redis answers a PING now (readiness of an API that only enqueues)."""
+        try:
+            return bool(self.redis.ping())
+        except RedisError:
+            return False
+
     def health(self) -> dict[str, Any]:
         """Whether Redis answers, keeps its data across restarts, and how many workers serve."""
         try:
@@ -358,6 +365,19 @@ class JobQueue:
                                 "budget_bytes": self.budget.total_bytes}}
         except RedisError as exc:
             return {"redis": f"unreachable ({type(exc).__name__})", "workers": 0}
+
+    def oldest_queued_s(self) -> float:
+        """How long the job at the head of the queue has waited (the oldest: jobs are appended,
+        workers take the head); 0 when none waits. fetch_job drops the id of a job whose record
+        has gone, and the next one is looked at."""
+        for job_id in self.queue.get_job_ids(0, 9):
+            job = self.queue.fetch_job(job_id)
+            if job is not None and job.enqueued_at is not None:
+                enqueued = job.enqueued_at
+                if enqueued.tzinfo is None:
+                    enqueued = enqueued.replace(tzinfo=UTC)
+                return max(0.0, (datetime.now(UTC) - enqueued).total_seconds())
+        return 0.0
 
     def metrics_state(self) -> dict[str, Any]:
         """For /metrics: whether Redis answers, persists, its workers and jobs by RQ state."""
@@ -371,7 +391,7 @@ class JobQueue:
                                               for name, registry in registries.items()}}
             held, by_client = self.ledger.held()
             return {"up": 1, "persistent": self.persistent(), "workers": Worker.count(queue=queue),
-                    "jobs": jobs, "storage_held": held, "storage_by_client": by_client,
-                    "storage_budget": self.budget.total_bytes}
+                    "jobs": jobs, "oldest_queued_s": self.oldest_queued_s(), "storage_held": held,
+                    "storage_by_client": by_client, "storage_budget": self.budget.total_bytes}
         except RedisError:
             return {"up": 0}

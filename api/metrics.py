@@ -49,6 +49,9 @@ class StateCollector(Collector):
         for name, count in queue["jobs"].items():
             family.add_metric([name], count)
         yield family
+        yield GaugeMetricFamily("pysandbox_queue_oldest_job_age_seconds", "How long the oldest "
+                                "queued job has waited for a worker (0 when none waits)",
+                                value=queue["oldest_queued_s"])
         yield from storage_metrics(queue["storage_held"], queue["storage_budget"],
                                    queue["storage_by_client"])
 

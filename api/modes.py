@@ -1,5 +1,5 @@
 """The API's run modes, chosen once by create_app: where a sync POST /execute runs, and what
-/health checks.
+/health and the probes (api/probes.py) check.
 
   - RunHere: scripts run in this process's Sandbox, within its run slots (Capacity); the jail's
     self-test decides health. With REDIS_URL, ?async=1 jobs go to the queue's workers.
@@ -9,6 +9,7 @@ The one-container image's third shape (docker/supervise.py: Redis and workers be
 is RunHere with a queue.
 """
 import logging
+import threading
 from typing import Any
 
 from api.capacity import Capacity
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 class RunHere:
     """Sync runs in this process's sandbox."""
 
-    def __init__(self, sandbox: Sandbox, capacity: Capacity, jobs: JobQueue | None) -> None:
-        self.sandbox, self.capacity, self.jobs = sandbox, capacity, jobs
+    def __init__(self, sandbox: Sandbox, capacity: Capacity, jobs: JobQueue | None,
+                 warmed: threading.Event) -> None:
+        self.sandbox, self.capacity, self.jobs, self.warmed = sandbox, capacity, jobs, warmed
         self.selftest: SelfTest | None = self_test(sandbox)
 
     def checked(self) -> SelfTest:
@@ -35,6 +37,19 @@ class RunHere:
         if self.selftest is None or not self.selftest.passed:
             self.selftest = self_test(self.sandbox)
         return self.selftest
+
+    def unready(self) -> str | None:
+        """Why this replica cannot take work now (GET /readyz), or None: the self-test. A Redis
+        outage is no reason: sync runs need no Redis."""
+        return None if self.checked().passed else "selftest_failed"
+
+    def unstarted(self) -> str | None:
+        """Why the start is not over (GET /startupz), or None: the self-test, then `warmed`, set
+        by the sandbox's change hook once every warm jail was ready at the same time (runs using
+        them later do not undo it)."""
+        if not self.checked().passed:
+            return "selftest_failed"
+        return None if self.warmed.is_set() else "warming"
 
     def execute(self, script: str, limits: Limits, inputs: RunInput | None, client: str,
                 request_id: str) -> tuple[Outcome, dict[str, str]]:
@@ -80,6 +95,15 @@ class EnqueueOnly:
         job = self.jobs.submit(script, limits, inputs, request_id, client)
         annotate(job_id=job.id)
         return self.jobs.wait(job, self.queue_wait_s, limits.timeout_s + RQ_BACKSTOP_S), {}
+
+    def unready(self) -> str | None:
+        """Why this replica cannot take work now (GET /readyz), or None: Redis. No worker is no
+        reason: jobs wait for workers an autoscaler starts."""
+        return None if self.jobs.reachable() else "redis_unreachable"
+
+    def unstarted(self) -> str | None:
+        """None: nothing here is slow to start."""
+        return None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy when Redis answers and a worker serves the queue."""

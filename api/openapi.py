@@ -20,6 +20,7 @@ from api.schemas import (
     Health,
     JobQueued,
     JobState,
+    Probe,
     RunError,
     RunResult,
     SessionRequest,
@@ -51,7 +52,21 @@ MODELS: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
     (ExecuteRequest, "validation"), (RunResult, "serialization"), (RunError, "serialization"),
     (Error, "serialization"), (JobQueued, "serialization"), (JobState, "serialization"),
     (Health, "serialization"), (SessionRequest, "validation"), (SessionState, "serialization"),
-    (SessionRunResult, "serialization"), (SessionRunError, "serialization")]
+    (SessionRunResult, "serialization"), (SessionRunError, "serialization"), (Probe, "serialization")]
+PROBES = {
+    "/livez": ("livez", "Liveness: this process answers",
+               "Always 200 while the process answers HTTP: never checks Redis or workers, so that an "
+               "outage does not become a restart storm.", None),
+    "/readyz": ("readyz", "Readiness: this replica can take work now",
+                "200 when the jail passed its self-test (where scripts run here), the queue answers (on "
+                "an API that only enqueues) and the process is not draining (SIGTERM). Workers being "
+                "away does not make it 503: the API keeps taking jobs while workers scale up.",
+                "Not ready: `draining`, `redis_unreachable` or `selftest_failed`."),
+    "/startupz": ("startupz", "Startup: the slow start is over",
+                  "200 once the self-test passed and the warm jails were all ready once (at once on an "
+                  "API that only enqueues).", "Not started yet: `warming` or `selftest_failed`."),
+}
+"""The probes (api/probes.py): operationId, summary, description, the 503's description."""
 
 
 def _ref(name: str, kind: str = "schemas") -> dict[str, str]:
@@ -288,9 +303,23 @@ def _html_page(operation_id: str, summary: str, assets: str) -> dict[str, Any]:
                       "500": _error(500, "internal_error")}}}
 
 
+def _probe_paths() -> dict[str, Any]:
+    """GET /livez, /readyz, /startupz: public, never rate limited."""
+    probe = {"headers": _headers(), "content": _json(_ref("Probe"))}
+    paths = {}
+    for path, (operation_id, summary, description, unavailable) in PROBES.items():
+        responses = {"200": {"description": "OK.", **probe}, "500": _error(500, "internal_error")}
+        if unavailable:
+            responses["503"] = {"description": unavailable, **probe}
+        paths[path] = {"get": {"operationId": operation_id, "summary": summary, "description": description,
+                               "parameters": [_ref("RequestId", "parameters")], "responses": responses}}
+    return paths
+
+
 def _simple_paths(access: Access) -> dict[str, Any]:
     health = {"headers": _headers(), "content": _json(_ref("Health"))}
     return {
+        **_probe_paths(),
         "/health": {"get": {
             "operationId": "health", "summary": "Whether scripts can run here",
             "parameters": [_ref("RequestId", "parameters")],
@@ -389,8 +418,8 @@ def document(access: Access = Access()) -> dict[str, Any]:
                                 "malformed or oversized requests itself (400 `bad_request`, 413, 414, 431, "
                                 "501, 505) and 502 `upstream_unavailable` or 504 `upstream_timeout` when the "
                                 "app does not answer, in the same shape (components.responses). "
-                                "Every response carries `X-Request-ID`. When the "
-                                "service has API keys, every operation but /health, /openapi.json and /docs "
+                                "Every response carries `X-Request-ID`. When the service has API "
+                                "keys, every operation but /health, the probes, /openapi.json and /docs "
                                 "needs one (401 `unauthorized` first, also for unknown paths), and "
                                 "rate limits answer 429 `rate_limited`. `POST /mcp` (not described here) is "
                                 "the Model Context Protocol's endpoint for agents, its messages JSON-RPC as "

@@ -317,6 +317,16 @@ class SessionRunError(RunError):
     session: SessionState
 
 
+class Probe(BaseModel):
+    """GET /livez, /readyz, /startupz: 200, or 503 with the reason (api/probes.py)."""
+
+    status: Literal["ok", "unavailable"]
+    reason: Literal["draining", "redis_unreachable", "selftest_failed", "warming"] | None = Field(
+        description="Why it is 503: `draining` (told to stop), `redis_unreachable` (an API that only "
+                    "enqueues cannot reach its queue), `selftest_failed`, `warming` (the warm jails are "
+                    "not all ready yet); null on a 200.")
+
+
 def parse_json(model: type[M], data: bytes) -> M:
     """The body validated by `model`; 400 invalid_request saying what is wrong."""
     try:

@@ -1,7 +1,8 @@
 """What an app holds once made (create_app): its settings and the objects its requests use."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
@@ -33,6 +34,8 @@ class Service:
     """/mcp's server (api/mcp_endpoint.py); its event loop starts at its first request."""
     sessions: Sessions | None = None
     """The sessions this process holds (api/sessions.py); None where no jail runs here."""
+    draining: threading.Event = field(default_factory=threading.Event)
+    """Set once this process was told to stop (SIGTERM): /readyz answers 503 from then on."""
 
 
 def service(app: Flask | None = None) -> Service:

@@ -15,7 +15,21 @@
 # reports in /health.
 CG=/sys/fs/cgroup
 
-say() { echo "entrypoint: $*" >&2; }
+# One line of its own, as every line of the image is: a JSON object with a severity (the words
+# said here hold no quote or backslash, but are escaped anyway), or text with
+# PYSANDBOX_LOG_FORMAT=text. Each says how the jail's limits fall back: a WARNING, unless INFO
+# is given first.
+say() {
+    severity=WARNING
+    if [ "$1" = INFO ]; then severity=INFO; shift; fi
+    if [ "${PYSANDBOX_LOG_FORMAT:-json}" = text ]; then
+        echo "entrypoint: $*" >&2
+        return
+    fi
+    message=$(printf '%s' "$*" | sed 's/\\/\\\\/g; s/"/\\"/g')
+    printf '{"severity":"%s","logger":"entrypoint","message":"%s","time":"%s"}\n' \
+        "$severity" "$message" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >&2
+}
 
 # cgroup v2 (Docker's default on current hosts: a private cgroup namespace whose root is
 # the container's own cgroup). The kernel lets a cgroup hand controllers to children only
@@ -142,7 +156,7 @@ start_keeper() {
                 "the jail uses rlimits instead" ;;
         *)
             export PYSANDBOX_CGROUP_KEEPER="$pid"
-            say "cgroup $1 through a user namespace (keeper pid $pid)" ;;
+            say INFO "cgroup $1 through a user namespace (keeper pid $pid)" ;;
     esac
 }
 

@@ -46,7 +46,11 @@ as that same user, and REDIS_URL is used as given.
 $REDIS_PASSWORD, never on a command line (the config is fed on stdin), with its append-only
 file in DATA_DIR (compose mounts a named volume there).
 
-Standard library only; the supervisor's own lines go to stderr as "supervise: ...".
+Logs: every line the container writes is one JSON object with `severity`, `message`, `time` and
+`logger` (PYSANDBOX_LOG_FORMAT=text: readable lines instead). gunicorn and the workers write theirs
+(shared/logs.py) and nginx its access log (docker/nginx.conf); the supervisor writes its own so, and
+relays redis-server's output and nginx's error log through a pipe each, one JSON line per line they
+write, with their level as the severity (RELAYED). Standard library only.
 """
 import json
 import os
@@ -61,8 +65,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import IO, Any
 
 SOCKET_DIR = "/run/pysandbox"
 SOCKET = f"{SOCKET_DIR}/redis.sock"
@@ -99,8 +105,46 @@ GUNICORN_SHARE_S = 2.5
 worker's exit (warm jails) took up to 2.5 s on a loaded 2-core machine."""
 
 
-def log(message: str) -> None:
-    print(f"supervise: {message}", file=sys.stderr, flush=True)
+TEXT_LOGS = os.environ.get("PYSANDBOX_LOG_FORMAT", "").strip().lower() == "text"
+"""PYSANDBOX_LOG_FORMAT=text: plain lines, as shared/logs.py writes them then."""
+REDIS_LINE = re.compile(r"\d+:[XCSM] \d+ \w+ \d+ [\d:.]+ ([.*#-]) (.*)")
+"""redis-server's log line: pid:role date time level message (level: . - * #)."""
+NGINX_LINE = re.compile(r"(?:\d{4}/\d\d/\d\d [\d:]+|nginx:) \[(\w+)\] (.*)")
+"""nginx's error log line (and its start-up complaints): date time [level] message."""
+REDIS_SEVERITY = {".": "DEBUG", "-": "DEBUG", "*": "INFO", "#": "WARNING"}
+NGINX_SEVERITY = {"debug": "DEBUG", "info": "INFO", "notice": "NOTICE", "warn": "WARNING", "error": "ERROR",
+                  "crit": "CRITICAL", "alert": "ALERT", "emerg": "EMERGENCY"}
+
+
+def json_line(severity: str, logger: str, message: str) -> str:
+    """One log line as shared/logs.py writes it in JSON (Cloud Logging's severity names)."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return json.dumps({"severity": severity, "logger": logger, "message": message, "time": now})
+
+
+def log(message: str, severity: str = "INFO") -> None:
+    """A line of the supervisor's own, on stderr."""
+    line = f"supervise: {message}" if TEXT_LOGS else json_line(severity, "supervise", message)
+    print(line, file=sys.stderr, flush=True)
+
+
+def parsed(pattern: re.Pattern[str], severities: dict[str, str]) -> Callable[[str], tuple[str, str]]:
+    """A line of a child's output as (severity, message) by `pattern`'s level and message groups;
+    a line it does not match is kept whole, as a WARNING (what they print unformatted is a
+    complaint: a config error, a crash)."""
+    def parse(line: str) -> tuple[str, str]:
+        found = pattern.fullmatch(line)
+        if found is None:
+            return "WARNING", line
+        return severities.get(found[1], "WARNING"), found[2]
+
+    return parse
+
+
+RELAYED: dict[str, Callable[[str], tuple[str, str]]] = {
+    "redis": parsed(REDIS_LINE, REDIS_SEVERITY), "nginx": parsed(NGINX_LINE, NGINX_SEVERITY)}
+"""The children whose output the supervisor rewrites as JSON lines (unless TEXT_LOGS): redis-server
+(stdout, where it logs) and nginx (stderr, its error log; its access log is JSON already)."""
 
 
 def env_int(name: str, default: int, minimum: int = 0) -> int:
@@ -108,9 +152,11 @@ def env_int(name: str, default: int, minimum: int = 0) -> int:
     try:
         value = int(raw) if raw else default
     except ValueError:
-        raise SystemExit(f"supervise: {name} must be an integer, not {raw!r}") from None
+        log(f"{name} must be an integer, not {raw!r}", "ERROR")
+        raise SystemExit(1) from None
     if value < minimum:
-        raise SystemExit(f"supervise: {name} must be >= {minimum}, not {value}")
+        log(f"{name} must be >= {minimum}, not {value}", "ERROR")
+        raise SystemExit(1)
     return value
 
 
@@ -147,6 +193,10 @@ class Child:
     pid: int = 0
     status: int | None = None
     signalled: set = field(default_factory=set)
+    output: IO[bytes] | None = None
+    """The read end of the pipe its output comes through, when relayed (RELAYED)."""
+    partial: bytes = b""
+    """Relayed output past its last newline."""
 
     @property
     def running(self) -> bool:
@@ -159,9 +209,16 @@ class Child:
         if self.user is not None:
             entry = pwd.getpwnam(self.user)
             extra = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        if self.name == "redis" and not TEXT_LOGS:  # it logs to stdout
+            extra.update(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        elif self.name == "nginx" and not TEXT_LOGS:  # its error log (the access log is JSON)
+            extra.update(stderr=subprocess.PIPE)
         proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True, close_fds=True,
                                 stdin=subprocess.PIPE if self.stdin_text is not None else
                                 subprocess.DEVNULL, **extra)
+        self.output = proc.stdout if self.name == "redis" else proc.stderr
+        if self.output is not None:
+            os.set_blocking(self.output.fileno(), False)
         if self.stdin_text is not None and proc.stdin is not None:
             proc.stdin.write(self.stdin_text.encode())
             proc.stdin.close()
@@ -169,6 +226,29 @@ class Child:
         proc.returncode = 0  # so Popen's own bookkeeping never waits on this pid
         self.pid = proc.pid
         log(f"started {self.name} (pid {self.pid})")
+
+    def relay(self) -> bool:
+        """Write what its pipe holds now as JSON lines; close the pipe at its end. False when
+        there was nothing to read."""
+        if self.output is None:
+            return False
+        try:
+            data = os.read(self.output.fileno(), 65536)
+        except BlockingIOError:
+            return False
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop() if data else b""
+        if not data and lines[-1] == b"":
+            lines.pop()
+        for raw in lines:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                severity, message = RELAYED[self.name](line)
+                print(json_line(severity, self.name, message), flush=True)
+        if not data:  # end of file: it has exited (or closed its output)
+            self.output.close()
+            self.output = None
+        return True
 
     def signal(self, sig: signal.Signals, group: bool = False) -> None:
         if not self.running:
@@ -220,19 +300,24 @@ class Supervisor:
         how = exit_text(child.status)
         if self.stop_signal is None and self.failed is None:
             self.failed = f"{child.name} {how}"
-            log(f"{child.name} (pid {child.pid}) {how} unexpectedly; stopping the container")
+            log(f"{child.name} (pid {child.pid}) {how} unexpectedly; stopping the container", "ERROR")
         elif signal.SIGKILL in child.signalled:
-            log(f"{child.name} (pid {child.pid}) did not stop in time: {how}")
+            log(f"{child.name} (pid {child.pid}) did not stop in time: {how}", "WARNING")
         else:
             log(f"{child.name} (pid {child.pid}) {how}")
 
     def pause(self, timeout_s: float) -> None:
-        """Sleep until a signal arrives (SIGCHLD included) or timeout_s passes; then reap."""
+        """Sleep until a signal arrives (SIGCHLD included), a relayed child writes, or timeout_s
+        passes; relay what they wrote, then reap."""
+        relayed = {c.output.fileno(): c for c in self.children if c.output is not None}
         if timeout_s > 0:
             try:
-                select.select([self.wake_r], [], [], timeout_s)
+                ready, _, _ = select.select([self.wake_r, *relayed], [], [], timeout_s)
             except InterruptedError:
-                pass
+                ready = []
+            for fd in ready:
+                if fd in relayed:
+                    relayed[fd].relay()
             try:
                 while os.read(self.wake_r, 512):
                     pass
@@ -289,7 +374,7 @@ class Supervisor:
             child.start()
         except OSError as exc:
             self.failed = f"{child.name} could not start: {exc}"
-            log(self.failed)
+            log(self.failed, "ERROR")
 
     def wait_redis(self, redis: Child, password: str) -> bool:
         deadline, last = time.monotonic() + REDIS_READY_S, "no answer"
@@ -301,7 +386,7 @@ class Supervisor:
             self.pause(0.1)
         if not self.interrupted:
             self.failed = f"redis did not answer within {REDIS_READY_S:.0f} s ({last})"
-            log(self.failed)
+            log(self.failed, "ERROR")
         return False
 
     def run(self, all_in_one: bool = True) -> int:
@@ -320,7 +405,7 @@ class Supervisor:
             os.makedirs(METRICS_DIR, mode=0o700)
         if workers:
             if env.get("REDIS_URL"):
-                log("REDIS_URL is ignored: this container runs its own redis")
+                log("REDIS_URL is ignored: this container runs its own redis", "WARNING")
             redis, password = self.start_redis(env)
             env = {**env, "REDIS_URL": f"unix://:{password}@{SOCKET}?db=0"}
             ready = self.wait_redis(redis, password)
@@ -334,8 +419,11 @@ class Supervisor:
         if self.stop_signal is not None and self.failed is None:
             log(f"{self.stop_signal.name}: stopping (within {budget_s} s)")
         self.shutdown(self.stop_signal or signal.SIGTERM, time.monotonic() + budget_s)
+        for child in self.children:  # what the relayed children wrote last
+            while child.relay():
+                pass
         if self.failed is not None:
-            log(f"exit 1: {self.failed}")
+            log(f"exit 1: {self.failed}", "ERROR")
             return 1
         log("stopped")
         return 0
@@ -360,7 +448,7 @@ class Supervisor:
             config = write_nginx_config(env, {**nginx_values, "UPSTREAM_SOCKET": upstream})
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self.failed = f"nginx's config could not be made: {exc}"
-            log(self.failed)
+            log(self.failed, "ERROR")
             return
         nginx = Child("nginx", [NGINX, "-e", "stderr", "-c", config], env, stop_signal=signal.SIGQUIT)
         self.children.append(nginx)
@@ -479,7 +567,8 @@ def exec_redis_for_compose() -> None:
     """Replace this process by redis-server on TCP 6379, password from $REDIS_PASSWORD."""
     password = os.environ.get("REDIS_PASSWORD", "")
     if not password:
-        raise SystemExit("supervise: redis mode needs REDIS_PASSWORD")
+        log("redis mode needs REDIS_PASSWORD", "ERROR")
+        raise SystemExit(1)
     # protected-mode only guards password-less servers; bind all: compose's network only.
     config = redis_config(password, True, bind="0.0.0.0 -::*", port="6379")
     read, write = os.pipe()

@@ -79,6 +79,9 @@ class Settings(BaseModel):
     """Default: a third of storage_budget_mb."""
     metrics: bool = True
     worker_metrics_port: int = 0
+    worker_alive_file: str = ""
+    """A file the worker touches every ALIVE_EVERY_S once its self-test passed (worker/__main__.py):
+    Kubernetes' exec liveness and startup probes look at its age."""
     api_keys: str = ""
     api_keys_file: str = ""
     trusted_proxies: int = 0

@@ -3,11 +3,17 @@
 It runs one job at a time, in a warm jail of its own (PYSANDBOX_WARM_JAILS=0: one-off jails).
 When Redis goes away, RQ's worker quits its loop; this one waits for Redis to answer again and
 works on with a new RQ worker, without a restart. With PYSANDBOX_WORKER_METRICS_PORT set it
-serves its own /metrics on that port (compose: on the internal network only).
+serves its own /metrics on that port (compose: on the internal network only). With
+PYSANDBOX_WORKER_ALIVE_FILE set it touches that file every ALIVE_EVERY_S once its jail passed
+the self-test: Kubernetes' exec probes read its age (docs/operating.md, "Probes"). A thread
+beats, not the RQ loop: the loop blocks in Redis (BLPOP, up to minutes) or in a job, whose own
+timeout RQ enforces; and a Redis outage must not fail the probe.
 """
 import logging
 import sys
+import threading
 import time
+from pathlib import Path
 
 from prometheus_client import start_http_server
 from redis import Redis
@@ -24,6 +30,7 @@ from shared.settings import load, warn_unknown
 from worker import jobs
 
 RECONNECT_S = 1.0
+ALIVE_EVERY_S = 5.0
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 """A worker's Redis when REDIS_URL is unset (an API without it has no queue at all)."""
 log = logging.getLogger("worker")
@@ -50,6 +57,17 @@ def wait_for(redis: Redis) -> None:
             pass
 
 
+def beat_alive(path: Path) -> None:
+    """Touch `path` now, then every ALIVE_EVERY_S from a daemon thread until the process exits."""
+    def beat() -> None:
+        while True:
+            path.touch()
+            time.sleep(ALIVE_EVERY_S)
+
+    path.touch()
+    threading.Thread(target=beat, name="alive-file", daemon=True).start()
+
+
 def main() -> int:
     """Self-test the jail, then work the queue until told to stop."""
     settings = load()
@@ -62,6 +80,8 @@ def main() -> int:
         log.error("worker: the jail failed its self-test (%s); not starting", verdict.failures)
         return 1
     jobs.run_in(sandbox, settings.memory_ledger_for(warm_jails))
+    if settings.worker_alive_file:
+        beat_alive(Path(settings.worker_alive_file))
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)
     redis = Redis.from_url(settings.redis_url or LOCAL_REDIS_URL)

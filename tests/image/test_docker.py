@@ -362,14 +362,57 @@ def test_one_scrape_counts_the_runs_of_gunicorn_and_the_workers(supervised: tupl
     assert moved("pysandbox_queue_wait_seconds_count") == 1, delta
     assert moved("pysandbox_http_requests_total", route="/execute", status="202") == 1, delta
     assert after[("pysandbox_warm_jails", (("state", "total"),))] >= DEFAULT_WORKERS
-    # gunicorn's, nginx's access and the workers' lines are JSON; only the supervisor, the
-    # entrypoint, redis-server and nginx's error log write plain text ("supervise: ...",
-    # "entrypoint: ...", "<pid>:<role> ...", "2026/12/02 17:54:19 [error] ...").
-    logs = docker("logs", container)
-    for line in (logs.stdout + logs.stderr).splitlines():
-        if re.match(r"(supervise|entrypoint): |\d+:[CMSX] |\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[", line):
-            continue
-        assert isinstance(json.loads(line)["severity"], str), line
+    log_lines(container)  # every line JSON with a severity
+
+
+SEVERITIES = {"DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL", "ALERT", "EMERGENCY"}
+"""Cloud Logging's severity names (DEFAULT aside): what shared/logs.py (Python's level names) and
+docker/supervise.py (relaying redis-server's and nginx's levels) write."""
+
+
+def log_lines(container: str) -> list[dict]:
+    """Every line of `docker logs` (stdout and stderr), each of which must be one JSON object with
+    a severity; the objects."""
+    logs = docker("logs", container, check=False)
+    lines = []
+    for stream in (logs.stdout, logs.stderr):
+        for line in stream.splitlines():
+            try:
+                found = json.loads(line)
+            except ValueError:
+                pytest.fail(f"a line that is not JSON: {line!r}")
+            assert isinstance(found, dict) and found.get("severity") in SEVERITIES, line
+            lines.append(found)
+    return lines
+
+
+def supervisor_says(container: str, pattern: str) -> bool:
+    """Whether one of the supervisor's lines matches `pattern` (re.search on its message)."""
+    return any(re.search(pattern, line["message"]) for line in log_lines(container)
+               if line.get("logger") == "supervise")
+
+
+def test_every_line_of_a_used_and_stopped_container_is_json_with_a_severity(
+        image: str, run_flags: list[str]) -> None:
+    """Started, used (sync, async, a body over nginx's cap: an [error] line of nginx's) and
+    stopped: every line `docker logs` shows is a JSON object with a severity, redis-server's,
+    the supervisor's, the entrypoint's and nginx's error log included."""
+    with running(image, run_flags) as (container, base):
+        wait_workers(base, DEFAULT_WORKERS, container)
+        assert execute(base, "def main(): return 1")["result"] == 1
+        assert poll_job(base, submit_async(base, "def main(): return 2"))["result"] == 2
+        cap = json.loads(in_image(image, "cd /app && /opt/venv/bin/python -m api.proxy"))["MAX_BODY_BYTES"]
+        too_large = requests.post(f"{base}/execute", data=b"x" * (cap + 1),
+                                  headers={"Content-Type": "application/json"}, timeout=30)
+        assert too_large.status_code == 413, too_large.text
+        docker("stop", "-t", str(DOCKER_STOP_S), container, timeout=DOCKER_STOP_S + 30)
+        lines = log_lines(container)
+    by_logger = collections.Counter(line.get("logger") for line in lines)
+    assert {"supervise", "redis", "nginx", "gunicorn.access", "worker.jobs"} <= set(by_logger), by_logger
+    assert any(line["logger"] == "redis" and "Redis" in line["message"] for line in lines), by_logger
+    nginx = [line for line in lines if line.get("logger") == "nginx"]
+    assert any(line["severity"] == "ERROR" and "too large body" in line["message"] for line in nginx), nginx
+    assert any(line["logger"] == "supervise" and line["message"] == "stopped" for line in lines)
 
 
 def test_a_volume_at_var_lib_redis_keeps_the_jobs(image: str, run_flags: list[str]) -> None:
@@ -452,8 +495,7 @@ def test_container_exits_1_when_a_part_dies(image: str, run_flags: list[str], pa
         took = time.monotonic() - started
         logs = container_logs(container)
         assert waited.stdout.strip() == "1", f"exit {waited.stdout.strip()}, not 1; logs:\n{logs}"
-        full = docker("logs", container, check=False).stderr  # the supervisor's line may be early
-        assert re.search(rf"^supervise: {part}\b.*unexpectedly", full, re.M), logs
+        assert supervisor_says(container, rf"^{part}\b.*unexpectedly"), logs
         print(f"{part} {sig}: container exited 1 after {took:.1f} s")
 
 
@@ -469,7 +511,8 @@ def test_docker_stop_exits_0_within_the_timeout(image: str, run_flags: list[str]
         logs = container_logs(container)
         assert code == "0", f"exit {code} after docker stop; logs:\n{logs}"
         assert took < DOCKER_STOP_S - 1, f"docker stop took {took:.1f} s; logs:\n{logs}"
-        assert "supervise: SIGTERM: stopping" in logs and "supervise: stopped" in logs, logs
+        assert supervisor_says(container, "^SIGTERM: stopping"), logs
+        assert supervisor_says(container, "^stopped$"), logs
         print(f"docker stop: exit 0 after {took:.1f} s")
 
 
