@@ -380,7 +380,7 @@ def log_lines(container: str) -> list[dict]:
             try:
                 found = json.loads(line)
             except ValueError:
-                pytest.fail(f"a line that is not JSON: {line!r}")
+                pytest.fail(f"a line that is not JSON: {line!r}; the whole stream:\n{stream[-6000:]}")
             assert isinstance(found, dict) and found.get("severity") in SEVERITIES, line
             lines.append(found)
     return lines
