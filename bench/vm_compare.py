@@ -61,16 +61,17 @@ def main() -> None:
         try:
             machine.start()
             machine.wait_ssh()
+            for image in args.images:  # all loaded first: a docker load starves a starting service
+                machine.load_image(image)
             urls = []
             for image, port in zip(args.images, GUEST_PORTS, strict=True):
-                machine.load_image(image)
                 machine.ssh(shlex.join(["docker", "run", "-d", "-p", f"{port}:8080", *run_flags(), image]))
                 urls.append(f"http://127.0.0.1:{machine.ports[port]}")
-            for url, port in zip(urls, GUEST_PORTS, strict=True):
-                try:
-                    wait_healthy(url)
+                try:  # one at a time: under TCG two starting at once may miss their start-up bounds
+                    wait_healthy(urls[-1])
                 except RuntimeError:
-                    logs = machine.ssh(f"docker logs --tail 60 $(docker ps -qf publish={port})", check=False)
+                    logs = machine.ssh(f"docker logs --tail 80 $(docker ps -aqf publish={port})",
+                                       check=False)
                     print(logs.stdout[-6000:], logs.stderr[-3000:])
                     raise
             print("cgroup v2 VM (qemu " + machine.accel + "): " + ", ".join(
