@@ -242,16 +242,16 @@ class McpEndpoint:
 
     def end_session(self, arguments: dict[str, Any], caller: Caller) -> dict[str, Any]:
         """End the caller's session, as DELETE /sessions/<id> does."""
-        return sessions.end_session(self.service, parse_arguments(SessionRef, arguments).session_id,
-                           caller.client).body()
+        session_id = parse_arguments(SessionRef, arguments).session_id
+        return sessions.end_session(self.service, session_id, caller.client).body()
 
 
 def tool_result(body: dict[str, Any], is_error: bool) -> types.CallToolResult:
     """/execute's answer as MCP content: its JSON without the files' bytes (as text and as
     structured content), then each file, images as ImageContent."""
     files = body.get("files") or []
-    summary = {**body, "files": [{k: v for k, v in f.items() if k != "content"} for f in files]} \
-        if "files" in body else body
+    summary = body if "files" not in body else \
+        {**body, "files": [{k: v for k, v in f.items() if k != "content"} for f in files]}
     content: list[types.ContentBlock] = [types.TextContent(type="text", text=json.dumps(summary))]
     for file in files:
         media_type = file["media_type"]

@@ -11,6 +11,9 @@ Calls of one session run one at a time: a call while another runs is 409 session
 waiting: a call may run for minutes, and a waiting request would hold a gunicorn thread).
 Session calls take no run slot: a session's memory is already reserved, and its CPU is one core
 at most (its cgroup, or RLIMIT_CPU over its lifetime).
+
+The routes and MCP's session tools (api/mcp_endpoint.py) go through the same functions
+(start_session, call_session, end_session), given the Service and the client: no Flask in them.
 """
 import logging
 import threading

@@ -281,6 +281,8 @@ def test_a_session_is_its_clients_over_http_and_mcp_alike(service: str) -> None:
 @pytest.mark.parametrize(("name", "arguments", "code"), [
     ("run_in_session", {"script": "1"}, "invalid_request"),
     ("run_in_session", {"session_id": "no-such-session", "script": "1"}, "session_not_found"),
+    ("run_in_session", {"session_id": "x", "script": "1", "callback_url": "http://127.0.0.1/"},
+     "callback_not_allowed"),
     ("end_session", {"session_id": 7}, "invalid_request"),
     ("create_session", {"memory_mb": "a lot"}, "invalid_request"),
     ("create_session", {"unknown": 1}, "invalid_request"),
