@@ -1,11 +1,15 @@
 """/mcp: the Model Context Protocol for agents (Streamable HTTP), on the official `mcp` SDK.
 
-One tool, `run_python`: its arguments are POST /execute's body (the JSON Schema of
+The tool `run_python`: its arguments are POST /execute's body (the JSON Schema of
 api/schemas.py's ExecuteRequest, as in the OpenAPI document), its answer what /execute answers,
 as MCP content: the answer's JSON as text (and as structured content) without the files' bytes,
 then each file under out/: images as ImageContent, the others as embedded blobs. A script's
 failure, a refusal (busy, memory_unavailable, payload_too_large, ...) and a bad argument are a
 tool error (`isError`) whose JSON carries our code, never a transport failure.
+The session tools are the HTTP session routes (api/sessions.py) through the same functions:
+`create_session` (POST /sessions' body), `run_in_session` (a call's body and its `session_id`,
+answered as run_python with the session's state) and `end_session` (DELETE). A session belongs
+to the client of the key, over HTTP and MCP alike.
 
 How it is served. /mcp is a view of the Flask app (api/routes.py) that hands its request to the
 SDK's ASGI app through a2wsgi; not a second server, and not werkzeug's DispatcherMiddleware in
@@ -30,7 +34,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 from a2wsgi import ASGIMiddleware
@@ -39,12 +43,14 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import BaseModel, ConfigDict, Field
 
+from api import sessions
 from api.errors import INTERNAL_ERROR, ApiError, invalid
 from api.job_queue import QueueError
 from api.responses import outcome_body, queue_error
 from api.run_request import from_body
-from api.schemas import ExecuteRequest, parse_json
+from api.schemas import ExecuteRequest, SessionRequest, parse_json
 from shared.metrics import ERRORS
 
 if TYPE_CHECKING:
@@ -53,11 +59,37 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def tool_schema() -> dict[str, Any]:
-    """ExecuteRequest's JSON Schema without `callback_url`, which only queued runs take."""
-    schema = ExecuteRequest.model_json_schema()
-    del schema["properties"]["callback_url"]
+M = TypeVar("M", bound=BaseModel)
+SESSION_ID = "The session's `id`, as create_session (or POST /sessions) answered it."
+
+
+class SessionCall(ExecuteRequest):
+    """run_in_session's arguments: a session call's body (POST /sessions/{session_id}/execute's)
+    and the session's id."""
+
+    model_config = ConfigDict(title="SessionCall")
+
+    session_id: str = Field(description=SESSION_ID)
+
+
+class SessionRef(BaseModel):
+    """end_session's arguments."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="SessionRef")
+
+    session_id: str = Field(description=SESSION_ID)
+
+
+def tool_schema(model: type[BaseModel] = ExecuteRequest) -> dict[str, Any]:
+    """The model's JSON Schema without `callback_url`, which only queued runs take."""
+    schema = model.model_json_schema()
+    schema["properties"].pop("callback_url", None)
     return schema
+
+
+def parse_arguments(model: type[M], arguments: dict[str, Any]) -> M:
+    """A tool's arguments validated as the HTTP body they stand for (400 invalid_request)."""
+    return parse_json(model, json.dumps(arguments).encode())
 
 
 CALLER = "pysandbox.mcp.caller"
@@ -78,6 +110,43 @@ RUN_PYTHON = types.Tool(
     annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=False,
                                       idempotent_hint=False, open_world_hint=False),
 )
+CREATE_SESSION = types.Tool(
+    name="create_session",
+    title="Create a Python session",
+    description=(
+        "Start a session: one Python interpreter in a sandbox of its own whose state (variables, "
+        "imports, files in /tmp) lasts from call to call, like a notebook's kernel. Answers its "
+        "state as JSON: `id` (give it to run_in_session and end_session), `memory_mb` (for the "
+        "whole session), `idle_timeout_s`, `max_lifetime_s`, `expires_at`. Errors: "
+        "`too_many_sessions`, `sessions_full`, `busy`, `sessions_unavailable`."),
+    input_schema=tool_schema(SessionRequest),
+    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=False,
+                                      idempotent_hint=False, open_world_hint=False),
+)
+RUN_IN_SESSION = types.Tool(
+    name="run_in_session",
+    title="Run Python in a session",
+    description=(
+        "Run a script in a session made by create_session, with what earlier calls defined. The "
+        "result is `main()`'s value when the script defines `main`, else the value of its last "
+        "expression (like a notebook cell). Arguments as run_python's plus `session_id` "
+        "(`memory_mb` is the session's). Answers as run_python, with `session` (its state and usage). "
+        "Errors as run_python's, and `session_ended` (with `reason`), `session_not_found`, "
+        "`session_busy` (a call is running)."),
+    input_schema=tool_schema(SessionCall),
+    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=False,
+                                      idempotent_hint=False, open_world_hint=False),
+)
+END_SESSION = types.Tool(
+    name="end_session",
+    title="End a Python session",
+    description="End a session now (its interpreter is killed). Answers its state, ended. Errors: "
+                "`session_ended`, `session_not_found`.",
+    input_schema=tool_schema(SessionRef),
+    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=True,
+                                      idempotent_hint=False, open_world_hint=False),
+)
+TOOLS = (RUN_PYTHON, CREATE_SESSION, RUN_IN_SESSION, END_SESSION)
 
 
 @dataclass(frozen=True)
@@ -126,39 +195,63 @@ class McpEndpoint:
 
     async def _list_tools(self, ctx: ServerRequestContext[Any],
                           params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[RUN_PYTHON])
+        return types.ListToolsResult(tools=list(TOOLS))
 
     async def _call_tool(self, ctx: ServerRequestContext[Any],
                          params: types.CallToolRequestParams) -> types.CallToolResult:
-        if params.name != RUN_PYTHON.name:
-            return tool_error(invalid(f"unknown tool {params.name!r}: this server has {RUN_PYTHON.name!r}"))
+        tools: dict[str, Callable[[dict[str, Any], Caller], dict[str, Any]]] = {
+            RUN_PYTHON.name: self.run_python, CREATE_SESSION.name: self.create_session,
+            RUN_IN_SESSION.name: self.run_in_session, END_SESSION.name: self.end_session}
+        tool = tools.get(params.name)
+        if tool is None:
+            return tool_error(invalid(f"unknown tool {params.name!r}: this server has {sorted(tools)}"))
         assert ctx.request is not None, "a request over HTTP"
         caller = ctx.request.scope["wsgi_environ"][CALLER]
-        return await anyio.to_thread.run_sync(self.run_python, params.arguments or {}, caller)
+        return await anyio.to_thread.run_sync(self.answer, params.name, tool, params.arguments or {}, caller)
 
-    def run_python(self, arguments: dict[str, Any], caller: Caller) -> types.CallToolResult:
-        """Run the tool's arguments as POST /execute runs its body (blocking)."""
-        settings = self.service.settings
+    def answer(self, name: str, tool: Callable[[dict[str, Any], Caller], dict[str, Any]],
+               arguments: dict[str, Any], caller: Caller) -> types.CallToolResult:
+        """The tool's answer as MCP content, or its failure as a tool error with our code (blocking)."""
         try:
-            body = parse_json(ExecuteRequest, json.dumps(arguments).encode())
-            asked = from_body(body, settings, queued=False)
-            outcome, _ = self.service.mode.execute(asked.script, asked.limits, asked.inputs,
-                                                   caller.client, caller.request_id)
-            return tool_result(outcome_body(outcome), is_error=False)
+            return tool_result(tool(arguments, caller), is_error=False)
         except ApiError as exc:
             return tool_error(exc)
         except QueueError as exc:
-            return tool_error(queue_error(exc, settings.retry_after_s))
+            return tool_error(queue_error(exc, self.service.settings.retry_after_s))
         except Exception:
-            log.exception("run_python failed")
+            log.exception("%s failed", name)
             return tool_error(INTERNAL_ERROR("the service failed; the error was logged"))
+
+    def run_python(self, arguments: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Run the tool's arguments as POST /execute runs its body."""
+        asked = from_body(parse_arguments(ExecuteRequest, arguments), self.service.settings, queued=False)
+        outcome, _ = self.service.mode.execute(asked.script, asked.limits, asked.inputs,
+                                               caller.client, caller.request_id)
+        return outcome_body(outcome)
+
+    def create_session(self, arguments: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """A new session of the caller's client, as POST /sessions makes it."""
+        body = parse_arguments(SessionRequest, arguments)
+        return sessions.start_session(self.service, caller.client, body).body()
+
+    def run_in_session(self, arguments: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """A call in the caller's session, as POST /sessions/<id>/execute runs it."""
+        body = parse_arguments(SessionCall, arguments)
+        asked = from_body(body, self.service.settings, queued=False)
+        return sessions.call_session(self.service, body.session_id, caller.client, asked)
+
+    def end_session(self, arguments: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """End the caller's session, as DELETE /sessions/<id> does."""
+        session_id = parse_arguments(SessionRef, arguments).session_id
+        return sessions.end_session(self.service, session_id, caller.client).body()
 
 
 def tool_result(body: dict[str, Any], is_error: bool) -> types.CallToolResult:
     """/execute's answer as MCP content: its JSON without the files' bytes (as text and as
     structured content), then each file, images as ImageContent."""
     files = body.get("files") or []
-    summary = {**body, "files": [{k: v for k, v in f.items() if k != "content"} for f in files]}
+    summary = body if "files" not in body else \
+        {**body, "files": [{k: v for k, v in f.items() if k != "content"} for f in files]}
     content: list[types.ContentBlock] = [types.TextContent(type="text", text=json.dumps(summary))]
     for file in files:
         media_type = file["media_type"]

@@ -11,6 +11,9 @@ Calls of one session run one at a time: a call while another runs is 409 session
 waiting: a call may run for minutes, and a waiting request would hold a gunicorn thread).
 Session calls take no run slot: a session's memory is already reserved, and its CPU is one core
 at most (its cgroup, or RLIMIT_CPU over its lifetime).
+
+The routes and MCP's session tools (api/mcp_endpoint.py) go through the same functions
+(start_session, call_session, end_session), given the Service and the client: no Flask in them.
 """
 import logging
 import threading
@@ -40,9 +43,9 @@ from api.errors import (
 )
 from api.logs import annotate
 from api.responses import outcome_body, outcome_error
-from api.run_request import parse_run_request
+from api.run_request import RunRequest, parse_run_request
 from api.schemas import SessionRequest, parse_json
-from api.service import service
+from api.service import Service, service
 from jail import Limits, Outcome, RunInput, SandboxError
 from jail.admission import MemoryLedger
 from jail.session import Session, SessionBusy, SessionEnded
@@ -296,26 +299,55 @@ def ended_error(record: Record) -> ApiError:
                          extra={"session": record.body()})
 
 
-bp = Blueprint("sessions", __name__)
-
-
-def _sessions() -> Sessions:
-    sessions = service().sessions
-    if sessions is None:
+def sessions_of(svc: Service) -> Sessions:
+    """The service's sessions; 501 sessions_unavailable on an API that only enqueues runs."""
+    if svc.sessions is None:
         raise SESSIONS_UNAVAILABLE("sessions need an API that runs jails; this one only enqueues runs "
                                    "(PYSANDBOX_EXECUTE_VIA_QUEUE)")
-    return sessions
+    return svc.sessions
+
+
+def start_session(svc: Service, client: str, body: SessionRequest) -> Record:
+    """A new session of client once the sandbox has passed its self-test (POST /sessions, and
+    MCP's create_session)."""
+    sessions = sessions_of(svc)
+    if svc.mode.selftest is None or not svc.mode.selftest.passed:
+        raise SANDBOX_UNAVAILABLE("the sandbox failed its self-test; no session is started until it passes")
+    return sessions.create(client, body)
+
+
+def call_session(svc: Service, session_id: str, client: str, asked: RunRequest) -> dict[str, Any]:
+    """One call in client's session, answered as POST /execute is with the session's state; a
+    failed call is the ApiError of its outcome with that state (POST /sessions/<id>/execute, and
+    MCP's run_in_session)."""
+    sessions = sessions_of(svc)
+    record = sessions.open_record(session_id, client)
+    outcome = sessions.execute(record, asked.script, asked.limits, asked.inputs)
+    state = {"session": record.body()}
+    if not outcome.ok:
+        error = outcome_error(outcome)
+        error.extra.update(state)
+        raise error
+    return {**outcome_body(outcome), **state}
+
+
+def end_session(svc: Service, session_id: str, client: str) -> Record:
+    """End client's open session now (DELETE /sessions/<id>, and MCP's end_session)."""
+    sessions = sessions_of(svc)
+    record = sessions.open_record(session_id, client)
+    sessions.end(record, "deleted")
+    return record
+
+
+bp = Blueprint("sessions", __name__)
 
 
 @bp.post("/sessions")
 def create_session() -> tuple[Response, int]:
     """Start a session: its own jail, whose state lasts from call to call."""
-    sessions = _sessions()
-    mode = service().mode
-    if mode.selftest is None or not mode.selftest.passed:
-        raise SANDBOX_UNAVAILABLE("the sandbox failed its self-test; no session is started until it passes")
+    sessions_of(service())  # 501 in queue mode, before the body is read
     body = parse_json(SessionRequest, request.get_data(cache=False) or b"{}")
-    record = sessions.create(client_id(), body)
+    record = start_session(service(), client_id(), body)
     response = jsonify(record.body())
     response.headers["Location"] = url_for("sessions.get_session", session_id=record.id)
     return response, 201
@@ -324,30 +356,20 @@ def create_session() -> tuple[Response, int]:
 @bp.get("/sessions/<session_id>")
 def get_session(session_id: str) -> Response:
     """An open session's state, limits, usage and expiry; 410 (with its last state) once ended."""
-    return jsonify(_sessions().open_record(session_id, client_id()).body())
+    return jsonify(sessions_of(service()).open_record(session_id, client_id()).body())
 
 
 @bp.delete("/sessions/<session_id>")
 def delete_session(session_id: str) -> Response:
     """End a session now: its jail is killed. Answers its state, ended (`deleted`)."""
-    sessions = _sessions()
-    record = sessions.open_record(session_id, client_id())
-    sessions.end(record, "deleted")
-    return jsonify(record.body())
+    return jsonify(end_session(service(), session_id, client_id()).body())
 
 
 @bp.post("/sessions/<session_id>/execute")
 def execute_in_session(session_id: str) -> Response:
     """Run a call in the session; answered as POST /execute is, with the session's state."""
-    sessions = _sessions()
+    sessions_of(service())  # 501 in queue mode, before the body is read
     asked = parse_run_request(request, service().settings)
     if asked.queued:
         raise invalid("?async=1 is not supported on a session's calls: they run at once, in order")
-    record = sessions.open_record(session_id, client_id())
-    outcome = sessions.execute(record, asked.script, asked.limits, asked.inputs)
-    state = {"session": record.body()}
-    if not outcome.ok:
-        error = outcome_error(outcome)
-        error.extra.update(state)
-        raise error
-    return jsonify({**outcome_body(outcome), **state})
+    return jsonify(call_session(service(), session_id, client_id(), asked))
