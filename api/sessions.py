@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
-import prometheus_client
 from flask import Blueprint, Response, jsonify, request, url_for
 from redis import Redis
 from redis.exceptions import RedisError
@@ -57,7 +56,13 @@ from jail import Limits, Outcome, RunInput, SandboxError
 from jail.admission import MemoryLedger
 from jail.session import START_TIMEOUT_S, Session, SessionBusy, SessionEnded
 from shared.logs import run_fields
-from shared.metrics import RUN_BUCKETS_S
+from shared.metrics import (
+    SESSION_CALL_SECONDS,
+    SESSION_CALLS,
+    SESSIONS_CREATED,
+    SESSIONS_ENDED,
+    SESSIONS_OPEN,
+)
 from shared.session_queue import (
     ANSWER_MARGIN_S,
     NEW_SESSIONS_KEY,
@@ -79,15 +84,6 @@ R = TypeVar("R")
 REAP_INTERVAL_S = 1.0
 """How often the reaper looks for idle and expired sessions."""
 
-SESSIONS_OPEN = prometheus_client.Gauge("pysandbox_sessions_open", "Sessions open in the API process",
-                                        multiprocess_mode="livesum")
-SESSIONS_CREATED = prometheus_client.Counter("pysandbox_sessions_created", "Sessions created")
-SESSIONS_ENDED = prometheus_client.Counter("pysandbox_sessions_ended", "Sessions ended, by reason",
-                                           ["reason"])
-SESSION_CALLS = prometheus_client.Counter("pysandbox_session_calls", "Calls to sessions, by how they "
-                                          "ended", ["outcome"])
-SESSION_CALL_SECONDS = prometheus_client.Histogram("pysandbox_session_call_duration_seconds", "Wall time "
-                                                   "of a session call in its jail", buckets=RUN_BUCKETS_S)
 
 
 @dataclass

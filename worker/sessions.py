@@ -23,6 +23,7 @@ from jail import SandboxError
 from jail.admission import MemoryLedger
 from jail.session import Session, SessionBusy, SessionEnded
 from shared.logs import run_fields
+from shared.metrics import SESSIONS_ENDED, SESSIONS_OPEN
 from shared.session_queue import (
     NEW_SESSIONS_KEY,
     WORKER_ALIVE_TTL_S,
@@ -117,6 +118,7 @@ class SessionHost:
         record.worker = self.name
         with self._lock:
             self._held[record.id] = Held(session, record, token)
+        SESSIONS_OPEN.inc()
         record.save(self.redis, self.record_ttl_s)
         log.info("session started", extra={"session_id": record.id, "client": record.client})
         return {"record": asdict(record)}
@@ -167,6 +169,8 @@ class SessionHost:
                 return
         held.session.close(reason)
         self._release(held.token)
+        SESSIONS_OPEN.dec()
+        SESSIONS_ENDED.labels(reason).inc()
         usage = held.session.usage()
         record = held.record
         record.ended, record.ended_at = reason, time.time()

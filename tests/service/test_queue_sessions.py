@@ -13,7 +13,7 @@ from redis import Redis
 
 from shared.session_queue import SessionRecord, worker_key
 from tests.service.test_queue import kill_tree
-from tests.support.servers import gunicorn, redis_server, workers
+from tests.support.servers import free_port, gunicorn, redis_server, workers
 
 KEYS = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef"}
 ALICE = {"Authorization": f"Bearer {KEYS['alice']}"}
@@ -33,11 +33,12 @@ def served(tmp_path_factory) -> Iterator[tuple[str, str]]:
 
 
 @contextmanager
-def session_workers(redis_url: str, count: int, log_path: Path) -> Iterator[list[subprocess.Popen]]:
+def session_workers(redis_url: str, count: int, log_path: Path,
+                    env: dict[str, str] | None = None) -> Iterator[list[subprocess.Popen]]:
     """workers(), once exactly `count` of them serve sessions (RQ's registry may still list the
     workers of an earlier test)."""
     redis = Redis.from_url(redis_url)
-    with workers(redis_url, count, log_path=log_path) as procs:
+    with workers(redis_url, count, env, log_path=log_path) as procs:
         deadline = time.monotonic() + 30
         while len(list(redis.scan_iter(match=worker_key("*")))) != count:
             assert time.monotonic() < deadline, "the workers do not serve sessions"
@@ -65,7 +66,9 @@ def test_without_a_worker_serving_sessions_it_is_501(served):
 
 def test_state_is_kept_from_call_to_call_and_delete_ends_it(served, tmp_path):
     url, redis_url = served
-    with session_workers(redis_url, 1, tmp_path / "workers.log"):
+    metrics_port = free_port()
+    with session_workers(redis_url, 1, tmp_path / "workers.log",
+                         {"PYSANDBOX_WORKER_METRICS_PORT": str(metrics_port)}):
         session = create(url)
         assert session["state"] == "open" and session["usage"]["calls"] == 0
         first = call(url, session["id"], "import json\nx = 41\nopen('f.txt', 'w').write('kept')")
@@ -82,6 +85,9 @@ def test_state_is_kept_from_call_to_call_and_delete_ends_it(served, tmp_path):
         assert deleted.status_code == 200 and deleted.json()["reason"] == "deleted"
         after = call(url, session["id"], "x")
         assert after.status_code == 410 and after.json()["error"]["reason"] == "deleted"
+        metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert 'pysandbox_sessions_ended_total{reason="deleted"} 1.0' in metrics
+        assert "pysandbox_sessions_open 0.0" in metrics
 
 
 def test_a_session_is_its_clients_alone(served, tmp_path):
