@@ -227,7 +227,7 @@ class Sessions:
             raise ended_error(record)
         return record
 
-    def execute(self, record: "Record | SessionRecord", script: str, limits: Limits,
+    def execute(self, record: Record | SessionRecord, script: str, limits: Limits,
                 inputs: RunInput | None) -> Outcome:
         """One call in the session (409 busy, 410 ended); ends the record if the call ended it."""
         assert isinstance(record, Record), "a record of this process's sessions"
@@ -251,7 +251,7 @@ class Sessions:
             self.end(record, record.session.ended)
         return outcome
 
-    def end(self, record: "Record | SessionRecord", reason: str) -> None:
+    def end(self, record: Record | SessionRecord, reason: str) -> None:
         """End the session (once): kill its jail, give its memory back, count and log it."""
         assert isinstance(record, Record), "a record of this process's sessions"
         with self._lock:
