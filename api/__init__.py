@@ -87,11 +87,12 @@ def run_mode(settings: Settings, jobs: JobQueue | None) -> RunMode:
     return RunHere(sandbox, capacity, jobs, warmed)
 
 
-def open_sessions(settings: Settings, mode: RunMode) -> sessions.Sessions | None:
+def open_sessions(settings: Settings, mode: RunMode) -> sessions.Sessions | sessions.QueueSessions:
     """Sessions where this process runs jails, their memory in its ledger, all ended when it
-    stops (a graceful stop: gunicorn's worker exits); None in a mode that only enqueues."""
-    if not isinstance(mode, RunHere):
-        return None
+    stops (a graceful stop: gunicorn's worker exits); in a mode that only enqueues, the
+    workers' sessions, routed through the queue's Redis."""
+    if isinstance(mode, EnqueueOnly):
+        return sessions.QueueSessions(settings, mode.jobs.redis)
     opened = sessions.Sessions(settings, mode.capacity.memory)
     atexit.register(opened.close)
     return opened

@@ -134,7 +134,8 @@ SESSION_ENDED = _declare("session_ended", 410, "the session is over; `error.reas
 TOO_MANY_SESSIONS = _declare("too_many_sessions", 429, "this client has PYSANDBOX_MAX_SESSIONS_PER_CLIENT "
                              "sessions open: delete one (or let one expire) first")
 SESSIONS_UNAVAILABLE = _declare("sessions_unavailable", 501, "this API only enqueues runs "
-                                "(PYSANDBOX_EXECUTE_VIA_QUEUE): sessions need an API that runs jails")
+                                "(PYSANDBOX_EXECUTE_VIA_QUEUE) and no worker serves sessions now (none "
+                                "running, or workers of a version without sessions)")
 SESSIONS_FULL = _declare("sessions_full", 503, "PYSANDBOX_MAX_SESSIONS sessions are open; `Retry-After` "
                          "says when to retry")
 

@@ -216,7 +216,7 @@ def _session_paths(access: Access) -> dict[str, Any]:
                   headers=("Retry-After", *(RATE_HEADERS if access.rate_limits else ())))
     known = {"404": _error(404, "session_not_found"), "410": _error(410, "session_ended"),
              "500": _error(500, "internal_error"),
-             "501": _error(501, "sessions_unavailable")}
+             "503": _error(503, "queue_unavailable", headers=("Retry-After",))}
     request_id = [_ref("RequestId", "parameters")]
     return {
         "/sessions": {"post": {
@@ -236,7 +236,7 @@ def _session_paths(access: Access) -> dict[str, Any]:
                           "400": _error(400, "invalid_request"), "415": _error(415),
                           "500": _error(500, "internal_error"), "501": _error(501, "sessions_unavailable"),
                           "503": _error(503, "busy", "memory_unavailable", "sandbox_unavailable",
-                                        "sessions_full", headers=("Retry-After",))}}},
+                                        "sessions_full", "queue_unavailable", headers=("Retry-After",))}}},
         "/sessions/{session_id}": {
             "parameters": [session_id],
             "get": {"operationId": "getSession", "summary": "A session's state, limits, usage and expiry",

@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # these modules read the Service of their app
     from api.job_queue import JobQueue
     from api.mcp_endpoint import McpEndpoint
     from api.modes import RunMode
-    from api.sessions import Sessions
+    from api.sessions import QueueSessions, Sessions
     from shared.settings import Settings
 
 EXTENSION = "pysandbox"
@@ -32,8 +32,8 @@ class Service:
     """The OpenAPI document, built at its first request."""
     mcp: McpEndpoint | None = None
     """/mcp's server (api/mcp_endpoint.py); its event loop starts at its first request."""
-    sessions: Sessions | None = None
-    """The sessions this process holds (api/sessions.py); None where no jail runs here."""
+    sessions: Sessions | QueueSessions | None = None
+    """The sessions this process holds, or routes to the workers (api/sessions.py)."""
     draining: threading.Event = field(default_factory=threading.Event)
     """Set once this process was told to stop (SIGTERM): /readyz answers 503 from then on."""
 

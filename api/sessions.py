@@ -1,5 +1,8 @@
 """Sessions over HTTP: POST /sessions, POST /sessions/<id>/execute, GET and DELETE /sessions/<id>.
 
+Where this process runs jails, Sessions holds them; in queue mode (PYSANDBOX_EXECUTE_VIA_QUEUE)
+QueueSessions routes them to the workers that hold them (worker/sessions.py).
+
 Each session is a jail of its own (jail/session.py) held by this process (gunicorn runs one
 worker: api/gunicorn.conf.py), with its memory limit reserved in the memory ledger runs are
 admitted against (jail/admission.py) for as long as it is open. A Sessions registry keeps
@@ -15,21 +18,26 @@ at most (its cgroup, or RLIMIT_CPU over its lifetime).
 The routes and MCP's session tools (api/mcp_endpoint.py) go through the same functions
 (start_session, call_session, end_session), given the Service and the client: no Flask in them.
 """
+import functools
 import logging
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-import prometheus_client
 from flask import Blueprint, Response, jsonify, request, url_for
+from redis import Redis
+from redis.exceptions import RedisError
 
 from api.clients import client_id
 from api.errors import (
+    CATALOG,
     INTERNAL_ERROR,
     MEMORY_UNAVAILABLE,
+    QUEUE_UNAVAILABLE,
     SANDBOX_UNAVAILABLE,
     SESSION_BUSY,
     SESSION_ENDED,
@@ -41,6 +49,7 @@ from api.errors import (
     busy,
     invalid,
 )
+from api.job_queue import unreachable
 from api.logs import annotate
 from api.responses import outcome_body, outcome_error
 from api.run_request import RunRequest, parse_run_request
@@ -48,25 +57,36 @@ from api.schemas import SessionRequest, parse_json
 from api.service import Service, service
 from jail import Limits, Outcome, RunInput, SandboxError
 from jail.admission import MemoryLedger
-from jail.session import Session, SessionBusy, SessionEnded
+from jail.session import START_TIMEOUT_S, Session, SessionBusy, SessionEnded
 from shared.logs import run_fields
-from shared.metrics import RUN_BUCKETS_S
+from shared.metrics import (
+    SESSION_CALL_SECONDS,
+    SESSION_CALLS,
+    SESSIONS_CREATED,
+    SESSIONS_ENDED,
+    SESSIONS_OPEN,
+)
+from shared.session_queue import (
+    ANSWER_MARGIN_S,
+    NEW_SESSIONS_KEY,
+    OPEN_SESSIONS_KEY,
+    Request,
+    SessionRecord,
+    calls_key,
+    send,
+    session_state,
+    wait_answer,
+    worker_key,
+)
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 REAP_INTERVAL_S = 1.0
 """How often the reaper looks for idle and expired sessions."""
 
-SESSIONS_OPEN = prometheus_client.Gauge("pysandbox_sessions_open", "Sessions open in the API process",
-                                        multiprocess_mode="livesum")
-SESSIONS_CREATED = prometheus_client.Counter("pysandbox_sessions_created", "Sessions created")
-SESSIONS_ENDED = prometheus_client.Counter("pysandbox_sessions_ended", "Sessions ended, by reason",
-                                           ["reason"])
-SESSION_CALLS = prometheus_client.Counter("pysandbox_session_calls", "Calls to sessions, by how they "
-                                          "ended", ["outcome"])
-SESSION_CALL_SECONDS = prometheus_client.Histogram("pysandbox_session_call_duration_seconds", "Wall time "
-                                                   "of a session call in its jail", buckets=RUN_BUCKETS_S)
 
 
 @dataclass
@@ -87,13 +107,10 @@ class Record:
     def body(self) -> dict[str, Any]:
         """As api/schemas.py's SessionState."""
         usage = self.session.usage()
-        return {"id": self.id, "state": "open" if self.ended is None else "ended", "reason": self.ended,
-                "memory_mb": self.session.limits.memory_mb, "idle_timeout_s": self.idle_timeout_s,
-                "max_lifetime_s": self.max_lifetime_s, "created_at": round(self.created_at, 3),
-                "expires_at": round(min(self.last_used + self.idle_timeout_s,
-                                        self.created_at + self.max_lifetime_s), 3),
-                "usage": {"calls": usage.calls, "cpu_ms": usage.cpu_ms,
-                          "peak_memory_mb": usage.peak_memory_mb}}
+        return session_state(self.id, self.ended, self.session.limits.memory_mb, self.idle_timeout_s,
+                             self.max_lifetime_s, self.created_at, self.last_used,
+                             {"calls": usage.calls, "cpu_ms": usage.cpu_ms,
+                              "peak_memory_mb": usage.peak_memory_mb})
 
 
 class Sessions:
@@ -213,8 +230,10 @@ class Sessions:
             raise ended_error(record)
         return record
 
-    def execute(self, record: Record, script: str, limits: Limits, inputs: RunInput | None) -> Outcome:
+    def execute(self, record: Record | SessionRecord, script: str, limits: Limits,
+                inputs: RunInput | None) -> Outcome:
         """One call in the session (409 busy, 410 ended); ends the record if the call ended it."""
+        assert isinstance(record, Record), "a record of this process's sessions"
         try:
             outcome = record.session.execute(script, limits, inputs)
         except SessionBusy:
@@ -235,8 +254,9 @@ class Sessions:
             self.end(record, record.session.ended)
         return outcome
 
-    def end(self, record: Record, reason: str) -> None:
+    def end(self, record: Record | SessionRecord, reason: str) -> None:
         """End the session (once): kill its jail, give its memory back, count and log it."""
+        assert isinstance(record, Record), "a record of this process's sessions"
         with self._lock:
             if record.ended is not None:
                 return
@@ -293,25 +313,187 @@ class Sessions:
             self.end(record, reason)
 
 
-def ended_error(record: Record) -> ApiError:
+def _reaching_redis(method: Callable[P, R]) -> Callable[P, R]:
+    """A QueueSessions method whose RedisError becomes 503 queue_unavailable."""
+    @functools.wraps(method)
+    def reaching(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except RedisError as exc:
+            raise QUEUE_UNAVAILABLE(str(unreachable(exc))) from None
+    return reaching
+
+
+class QueueSessions:
+    """Sessions held by the workers (PYSANDBOX_EXECUTE_VIA_QUEUE; shared/session_queue.py): this
+    API replica keeps nothing of them but reads and routes through Redis, so any replica answers.
+
+    Caps are counted over the records in Redis: two replicas creating at the same instant may
+    pass a cap by one. A session whose worker stopped serving is ended `lost` by the first
+    request that sees it (or by the caps' count)."""
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings, self.redis = settings, redis
+
+    @_reaching_redis
+    def create(self, client: str, body: SessionRequest) -> SessionRecord:
+        """A new session in whichever worker takes it first (429/503 past the caps; 501 when no
+        worker serves sessions; 503 busy when none took it within PYSANDBOX_QUEUE_WAIT_S)."""
+        limits, idle_s, lifetime_s = self.settings.session_limits(body.memory_mb, body.idle_timeout_s,
+                                                                  body.max_lifetime_s)
+        open_ = Counter(record.client for record in self._open_records())
+        if open_[client] >= self.settings.max_sessions_per_client:
+            raise TOO_MANY_SESSIONS(f"this client has {self.settings.max_sessions_per_client} sessions "
+                                    "open (PYSANDBOX_MAX_SESSIONS_PER_CLIENT); delete one first",
+                                    retry_after_s=self.settings.retry_after_s)
+        if open_.total() >= self.settings.max_sessions:
+            raise SESSIONS_FULL(f"{self.settings.max_sessions} sessions are open (PYSANDBOX_MAX_SESSIONS)"
+                                "; retry later", retry_after_s=self.settings.retry_after_s)
+        if next(self.redis.scan_iter(match=worker_key("*"), count=1000), None) is None:
+            raise SESSIONS_UNAVAILABLE("no worker serves sessions now (none is running, or they are of a "
+                                       "version without sessions)")
+        record = SessionRecord(str(uuid.uuid4()), client, "", limits.memory_mb, idle_s, lifetime_s)
+        request = Request("create", record.id, limits=limits, record=record)
+        payload = send(self.redis, NEW_SESSIONS_KEY, request)
+        reply = wait_answer(self.redis, request, self.settings.queue_wait_s, None)
+        if reply is None:
+            if self.redis.lrem(NEW_SESSIONS_KEY, 1, payload):  # type: ignore[arg-type]
+                raise busy("no worker took the new session", self.settings.retry_after_s)
+            reply = wait_answer(self.redis, request, START_TIMEOUT_S + ANSWER_MARGIN_S, None)
+        if reply is None:
+            log.error("a worker took a new session and did not answer", extra={"session_id": record.id})
+            raise INTERNAL_ERROR("the worker that took the session did not answer; the error was logged")
+        record = self._answered(record, reply)
+        SESSIONS_CREATED.inc()
+        annotate(session_id=record.id)
+        return record
+
+    def _open_records(self) -> list[SessionRecord]:
+        """The open sessions' records (those whose worker is gone are ended `lost`)."""
+        found = []
+        for member in self.redis.smembers(OPEN_SESSIONS_KEY):
+            session_id = member.decode()  # type: ignore[union-attr]
+            record = SessionRecord.load(self.redis, session_id)
+            if record is None:
+                self.redis.srem(OPEN_SESSIONS_KEY, session_id)
+            elif record.ended is None and not self._lost(record):
+                found.append(record)
+        return found
+
+    def _lost(self, record: SessionRecord) -> bool:
+        """True, and the record ended `lost`, if its worker no longer serves sessions."""
+        if self.redis.exists(worker_key(record.worker)):
+            return False
+        self._end_lost(record)
+        return True
+
+    def _end_lost(self, record: SessionRecord) -> None:
+        record.ended, record.ended_at = "lost", time.time()
+        record.save(self.redis, self.settings.session_record_ttl_s)
+        log.warning("session lost: its worker stopped answering", extra={
+            "session_id": record.id, "client": record.client, "worker": record.worker})
+
+    @_reaching_redis
+    def find(self, session_id: str, client: str) -> SessionRecord:
+        """The client's session record (open or ended); 404 for any other id."""
+        record = SessionRecord.load(self.redis, session_id)
+        if record is None or record.client != client:
+            raise SESSION_NOT_FOUND("no such session of this client (or its record has expired)")
+        return record
+
+    @_reaching_redis
+    def open_record(self, session_id: str, client: str) -> SessionRecord:
+        """As find(), and 410 session_ended if it is over (or its worker is gone: `lost`)."""
+        record = self.find(session_id, client)
+        if record.ended is not None or self._lost(record):
+            raise ended_error(record)
+        return record
+
+    @_reaching_redis
+    def execute(self, record: Record | SessionRecord, script: str, limits: Limits,
+                inputs: RunInput | None) -> Outcome:
+        """One call in the session, in its worker: answered within the call's time limit plus
+        ANSWER_MARGIN_S, or the session is ended `lost` (and its worker told to end it)."""
+        assert isinstance(record, SessionRecord), "a record of the workers' sessions"
+        request = Request("execute", record.id, limits=limits, script=script, inputs=inputs)
+        send(self.redis, calls_key(record.worker), request)
+        reply = wait_answer(self.redis, request, limits.timeout_s + ANSWER_MARGIN_S, record.worker)
+        if reply is None:
+            send(self.redis, calls_key(record.worker), Request("end", record.id, reason="lost"))
+            raise self._gone(record)
+        self._answered(record, reply)
+        outcome = Outcome.from_dict(reply["outcome"])
+        SESSION_CALLS.labels(outcome.status.value).inc()
+        SESSION_CALL_SECONDS.observe(outcome.duration_ms / 1000)
+        annotate(session_id=record.id, **run_fields(outcome))
+        return outcome
+
+    @_reaching_redis
+    def end(self, record: Record | SessionRecord, reason: str) -> None:
+        """End the session in its worker (its jail is killed there)."""
+        assert isinstance(record, SessionRecord), "a record of the workers' sessions"
+        request = Request("end", record.id, reason=reason)
+        send(self.redis, calls_key(record.worker), request)
+        reply = wait_answer(self.redis, request, ANSWER_MARGIN_S, record.worker)
+        if reply is None:
+            raise self._gone(record)
+        self._answered(record, reply)
+
+    def _gone(self, record: SessionRecord) -> ApiError:
+        """410 for a session its worker no longer holds or answers for: the end its record says
+        (a graceful stop's `shutdown`, an expiry), else `lost`."""
+        stored = SessionRecord.load(self.redis, record.id)
+        if stored is not None and stored.ended is not None:
+            return ended_error(stored)
+        self._end_lost(record)
+        return ended_error(record)
+
+    def _answered(self, record: SessionRecord, reply: dict[str, Any]) -> SessionRecord:
+        """The record as the worker's answer has it; the answer's error raised as the API's."""
+        if "record" in reply:
+            vars(record).update(reply["record"])
+        error = reply.get("error")
+        if error == "session_ended":
+            raise self._gone(record)
+        if error == "session_busy":
+            raise SESSION_BUSY("the session is running another call; send this one when it has answered")
+        if error == "busy":
+            raise busy(reply["message"], self.settings.retry_after_s)
+        if error is not None:
+            raise CATALOG[error](reply["message"])
+        return record
+
+    def counts(self) -> dict[str, int]:
+        """For /health: sessions open (in every worker; left out while Redis is away) and their caps."""
+        caps = {"max": self.settings.max_sessions, "max_per_client": self.settings.max_sessions_per_client,
+                "spare": 0}
+        try:
+            return {"open": len(self._open_records()), **caps}
+        except RedisError:
+            return caps
+
+    def close(self, reason: str = "shutdown") -> None:
+        """Nothing to end here: the sessions are the workers' (a worker's graceful stop ends its own)."""
+
+
+def ended_error(record: Record | SessionRecord) -> ApiError:
     """410 session_ended with its reason, and the session's last state beside the error."""
     return SESSION_ENDED(f"the session ended: {record.ended}", detail={"reason": record.ended},
                          extra={"session": record.body()})
 
 
-def sessions_of(svc: Service) -> Sessions:
-    """The service's sessions; 501 sessions_unavailable on an API that only enqueues runs."""
-    if svc.sessions is None:
-        raise SESSIONS_UNAVAILABLE("sessions need an API that runs jails; this one only enqueues runs "
-                                   "(PYSANDBOX_EXECUTE_VIA_QUEUE)")
+def sessions_of(svc: Service) -> Sessions | QueueSessions:
+    """The service's sessions: held in this process, or (an API that only enqueues) routed to the
+    workers that hold them."""
+    assert svc.sessions is not None, "create_app opens sessions in every run mode"
     return svc.sessions
 
 
-def start_session(svc: Service, client: str, body: SessionRequest) -> Record:
+def start_session(svc: Service, client: str, body: SessionRequest) -> Record | SessionRecord:
     """A new session of client once the sandbox has passed its self-test (POST /sessions, and
     MCP's create_session)."""
     sessions = sessions_of(svc)
-    if svc.mode.selftest is None or not svc.mode.selftest.passed:
+    if isinstance(sessions, Sessions) and (svc.mode.selftest is None or not svc.mode.selftest.passed):
         raise SANDBOX_UNAVAILABLE("the sandbox failed its self-test; no session is started until it passes")
     return sessions.create(client, body)
 
@@ -331,7 +513,7 @@ def call_session(svc: Service, session_id: str, client: str, asked: RunRequest) 
     return {**outcome_body(outcome), **state}
 
 
-def end_session(svc: Service, session_id: str, client: str) -> Record:
+def end_session(svc: Service, session_id: str, client: str) -> Record | SessionRecord:
     """End client's open session now (DELETE /sessions/<id>, and MCP's end_session)."""
     sessions = sessions_of(svc)
     record = sessions.open_record(session_id, client)
@@ -345,7 +527,6 @@ bp = Blueprint("sessions", __name__)
 @bp.post("/sessions")
 def create_session() -> tuple[Response, int]:
     """Start a session: its own jail, whose state lasts from call to call."""
-    sessions_of(service())  # 501 in queue mode, before the body is read
     body = parse_json(SessionRequest, request.get_data(cache=False) or b"{}")
     record = start_session(service(), client_id(), body)
     response = jsonify(record.body())
@@ -368,7 +549,6 @@ def delete_session(session_id: str) -> Response:
 @bp.post("/sessions/<session_id>/execute")
 def execute_in_session(session_id: str) -> Response:
     """Run a call in the session; answered as POST /execute is, with the session's state."""
-    sessions_of(service())  # 501 in queue mode, before the body is read
     asked = parse_run_request(request, service().settings)
     if asked.queued:
         raise invalid("?async=1 is not supported on a session's calls: they run at once, in order")

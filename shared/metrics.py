@@ -66,5 +66,10 @@ def observe_warm_jails(idle: int, total: int) -> None:
     """The WarmPool's change hook: this process's idle and total warm jails."""
     _IDLE_JAILS.set(idle)
     _ALL_JAILS.set(total)
-
-
+SESSIONS_OPEN = Gauge("pysandbox_sessions_open", "Sessions open in this process (the API's; in queue mode "
+                      "a worker's)", multiprocess_mode="livesum")
+SESSIONS_CREATED = Counter("pysandbox_sessions_created", "Sessions created")
+SESSIONS_ENDED = Counter("pysandbox_sessions_ended", "Sessions ended, by reason", ["reason"])
+SESSION_CALLS = Counter("pysandbox_session_calls", "Calls to sessions, by how they ended", ["outcome"])
+SESSION_CALL_SECONDS = Histogram("pysandbox_session_call_duration_seconds", "Wall time of a session "
+                                 "call in its jail", buckets=RUN_BUCKETS_S)

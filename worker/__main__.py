@@ -1,6 +1,8 @@
 """`python -m worker`: an RQ worker on $REDIS_URL that refuses to start if the jail is unsafe.
 
-It runs one job at a time, in a warm jail of its own (PYSANDBOX_WARM_JAILS=0: one-off jails).
+It runs one job at a time, in a warm jail of its own (PYSANDBOX_WARM_JAILS=0: one-off jails),
+and holds the sessions it creates (worker/sessions.py: queue mode's sessions), all ended
+(`shutdown`) when it stops gracefully.
 When Redis goes away, RQ's worker quits its loop; this one waits for Redis to answer again and
 works on with a new RQ worker, without a restart. With PYSANDBOX_WORKER_METRICS_PORT set it
 serves its own /metrics on that port (compose: on the internal network only). With
@@ -28,6 +30,7 @@ from shared.metrics import observe_warm_jails
 from shared.queue import QUEUE_NAME
 from shared.settings import load, warn_unknown
 from worker import jobs
+from worker.sessions import SessionHost
 
 RECONNECT_S = 1.0
 ALIVE_EVERY_S = 5.0
@@ -79,13 +82,24 @@ def main() -> int:
     if not verdict.passed:
         log.error("worker: the jail failed its self-test (%s); not starting", verdict.failures)
         return 1
-    jobs.run_in(sandbox, settings.memory_ledger_for(warm_jails))
+    memory = settings.memory_ledger_for(warm_jails)
+    jobs.run_in(sandbox, memory)
     if settings.worker_alive_file:
         beat_alive(Path(settings.worker_alive_file))
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)
     redis = Redis.from_url(settings.redis_url or LOCAL_REDIS_URL)
     callbacks.start(redis, settings)  # the delivery loop, when callbacks are on
+    sessions = SessionHost(redis, memory, settings.session_record_ttl_s)
+    sessions.start()
+    try:
+        return work(redis)
+    finally:
+        sessions.close("shutdown")
+
+
+def work(redis: Redis) -> int:
+    """Work the queue until told to stop (0), through Redis outages."""
     while True:
         # Jobs run in this process (not a forked work-horse), where the warm jail lives.
         worker = StoppableWorker([Queue(QUEUE_NAME, connection=redis)], connection=redis,

@@ -244,7 +244,7 @@ class TooManySessionsError(ClientError):
 
 
 class SessionsUnavailableError(ServerError):
-    """This service only enqueues runs: it has no sessions."""
+    """Queue mode, and no worker serves sessions now."""
 
     CODE = "sessions_unavailable"
 

@@ -286,3 +286,30 @@ def test_sigkill_of_redis_mid_burst_loses_no_accepted_job(compose: Compose) -> N
     assert all(inspect(worker)["RestartCount"] == 0 for worker in workers), compose.logs()
     assert set(counts) <= {"finished", "failed worker_lost"}, counts
     assert counts["finished"] >= BURST // 2, counts
+
+
+def test_sessions_live_in_the_workers_and_a_killed_ones_are_lost_quickly(compose: Compose) -> None:
+    """Sessions spread over both workers, each call reaching its own; a worker's container
+    SIGKILLed: its sessions answer 410 lost within 5 s, the other's keep their state. Last in
+    this module: it kills a worker."""
+    wait_health(compose, WORKERS)
+    sessions = []
+    for n in range(4):  # PYSANDBOX_MAX_SESSIONS_PER_CLIENT's default; new ones go to each worker in turn
+        answer = requests.post(f"{compose.base}/sessions", json={}, timeout=30)
+        assert answer.status_code == 201, (answer.text, compose.logs())
+        sessions.append(answer.json()["id"])
+        call = requests.post(f"{compose.base}/sessions/{sessions[-1]}/execute",
+                             json={"script": f"n = {n}"}, timeout=30)
+        assert call.status_code == 200, call.text
+    docker("kill", "-s", "KILL", compose.containers("worker")[0])
+    started, answers = time.monotonic(), []
+    for n, session_id in enumerate(sessions):
+        answer = requests.post(f"{compose.base}/sessions/{session_id}/execute", json={"script": "n"},
+                               timeout=30)
+        assert answer.status_code in (200, 410), answer.text
+        answers.append(answer.json()["result"] == n if answer.status_code == 200
+                       else answer.json()["error"]["reason"])
+    elapsed = time.monotonic() - started
+    print(f"\nsessions after a worker's SIGKILL: {answers} in {elapsed:.1f} s")
+    assert set(answers) == {True, "lost"}, answers  # spread over both; the live one's keep their state
+    assert elapsed < 5 + 1, elapsed

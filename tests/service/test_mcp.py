@@ -324,8 +324,9 @@ def test_too_many_sessions_then_sessions_full(service: str) -> None:
             call_tool(service, "end_session", {"session_id": session_id}, key)
 
 
-def test_an_api_that_only_enqueues_answers_sessions_unavailable() -> None:
-    """Through the app's /mcp view and the SDK's server (stateless: one tools/call, no initialize)."""
+def test_an_api_that_only_enqueues_without_redis_answers_queue_unavailable() -> None:
+    """Through the app's /mcp view and the SDK's server (stateless: one tools/call, no initialize):
+    in queue mode sessions live in the workers, reached through Redis, which is away here."""
     app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "EXECUTE_VIA_QUEUE": True})
     for name, arguments in [("create_session", {}), ("run_in_session", {"session_id": "x", "script": "1"}),
                             ("end_session", {"session_id": "x"})]:
@@ -335,4 +336,4 @@ def test_an_api_that_only_enqueues_answers_sessions_unavailable() -> None:
         assert reply.status_code == 200, reply.text
         result = (reply.json or {})["result"]
         assert result["isError"] is True
-        assert result["structuredContent"]["error"]["code"] == "sessions_unavailable"
+        assert result["structuredContent"]["error"]["code"] == "queue_unavailable"

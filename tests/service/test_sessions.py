@@ -208,7 +208,9 @@ def wait_for_spare(url: str) -> set[int]:
     return jails()
 
 
-def test_an_api_that_only_enqueues_answers_501_sessions_unavailable():
-    app = create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "EXECUTE_VIA_QUEUE": True})
-    answer = app.test_client().post("/sessions", json={})
-    assert answer.status_code == 501 and (answer.json or {})["error"]["code"] == "sessions_unavailable"
+def test_an_api_that_only_enqueues_without_redis_answers_503_queue_unavailable():
+    """Queue mode's sessions (tests/service/test_queue_sessions.py) are routed through Redis."""
+    client = create_app({"REDIS_URL": "redis://127.0.0.1:1/0", "EXECUTE_VIA_QUEUE": True}).test_client()
+    for answer in (client.post("/sessions", json={}), client.get("/sessions/some-id")):
+        assert answer.status_code == 503 and (answer.json or {})["error"]["code"] == "queue_unavailable"
+    assert "open" not in (client.get("/health").json or {})["sessions"]

@@ -1,0 +1,214 @@
+"""The sessions a worker holds (queue mode: shared/session_queue.py is the contract).
+
+A SessionHost thread serves this process's list of session requests and the list of new
+sessions; each request is handled in a thread of its own (a call may run for minutes; calls of
+one session run one at a time: jail/session.py answers the second `session_busy`). It refreshes
+this worker's key, ends sessions idle or past their lifetime, and on a graceful stop ends every
+session (`shutdown`). Each session's memory is reserved in the worker's ledger while it is open.
+"""
+import logging
+import os
+import pickle
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from jail import SandboxError
+from jail.admission import MemoryLedger
+from jail.session import Session, SessionBusy, SessionEnded
+from shared.logs import run_fields
+from shared.metrics import SESSIONS_ENDED, SESSIONS_OPEN
+from shared.session_queue import (
+    NEW_SESSIONS_KEY,
+    WORKER_ALIVE_TTL_S,
+    WORKER_BEAT_S,
+    Request,
+    SessionRecord,
+    answer,
+    calls_key,
+    worker_key,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Held:
+    """One session this worker holds, its record and its memory's token."""
+
+    session: Session
+    record: SessionRecord
+    token: str | None
+
+
+class SessionHost:
+    """This worker process's sessions, served from Redis by a thread of their own."""
+
+    def __init__(self, redis: Redis, memory: MemoryLedger | None, record_ttl_s: float) -> None:
+        self.redis, self.memory, self.record_ttl_s = redis, memory, record_ttl_s
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._held: dict[str, Held] = {}
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="session-host", daemon=True)
+
+    def start(self) -> None:
+        """Start serving (its thread sets this worker's key, and keeps trying while Redis is away)."""
+        self._thread.start()
+
+    def _serve(self) -> None:
+        keys = [calls_key(self.name), NEW_SESSIONS_KEY]
+        beat_at = 0.0
+        while not self._stopped.is_set():
+            try:
+                if time.monotonic() >= beat_at:
+                    self.redis.set(worker_key(self.name), 1, ex=WORKER_ALIVE_TTL_S)
+                    beat_at = time.monotonic() + WORKER_BEAT_S
+                    self._reap()
+                popped = self.redis.blpop(keys, timeout=WORKER_BEAT_S / 2)
+            except RedisError:
+                log.warning("session host: Redis is away")
+                self._stopped.wait(WORKER_BEAT_S)
+                continue
+            if popped is None:
+                continue
+            request: Request = pickle.loads(popped[1])  # type: ignore[arg-type]  # noqa: S301 - written by the API, over our Redis
+            threading.Thread(target=self._handle, args=(request,), name=f"session-{request.op}",
+                             daemon=True).start()
+
+    def _handle(self, request: Request) -> None:
+        try:
+            handler = {"create": self._create, "execute": self._execute, "end": self._end_request}[request.op]
+            reply = handler(request)
+        except Exception:  # noqa: BLE001 - the sender must get an answer, whatever happened
+            log.exception("session request failed", extra={"session_id": request.session_id})
+            reply = {"error": "internal_error",
+                     "message": "the session's worker failed; the error was logged"}
+        try:
+            answer(self.redis, request, reply)
+        except RedisError:
+            log.warning("session answer lost: Redis is away", extra={"session_id": request.session_id})
+
+    def _create(self, request: Request) -> dict[str, Any]:
+        record, limits = request.record, request.limits
+        assert record is not None and limits is not None
+        token = None
+        if self.memory is not None:
+            need = self.memory.cost(limits.memory_mb)
+            if self.memory.never_fits(need):
+                return {"error": "memory_unavailable", "message": f"the session's {limits.memory_mb} MB "
+                        "cannot fit beside what this worker holds: ask for less memory"}
+            token = self.memory.try_reserve(need)
+            if token is None:
+                return {"error": "busy", "message": f"no memory free for the session's {limits.memory_mb} "
+                        "MB limit"}
+        try:
+            session = Session(limits, record.max_lifetime_s)
+        except SandboxError:
+            self._release(token)
+            log.exception("a session's jail did not start")
+            return {"error": "internal_error", "message": "the sandbox failed to start the session; "
+                    "the error was logged"}
+        record.worker = self.name
+        with self._lock:
+            self._held[record.id] = Held(session, record, token)
+        SESSIONS_OPEN.inc()
+        record.save(self.redis, self.record_ttl_s)
+        log.info("session started", extra={"session_id": record.id, "client": record.client})
+        return {"record": asdict(record)}
+
+    def _execute(self, request: Request) -> dict[str, Any]:
+        held = self._held.get(request.session_id)
+        if held is None:
+            return {"error": "session_ended", "reason": "lost"}
+        assert request.limits is not None
+        try:
+            outcome = held.session.execute(request.script, request.limits, request.inputs)
+        except SessionBusy:
+            return {"error": "session_busy"}
+        except SessionEnded as exc:
+            self._end(held, exc.reason)
+            return {"error": "session_ended", "reason": exc.reason}
+        except SandboxError:
+            log.exception("a session's jail failed", extra={"session_id": request.session_id})
+            self._end(held, "lost")
+            return {"error": "internal_error", "message": "the sandbox failed; the session ended; the error "
+                    "was logged"}
+        log.info("session call: %s", outcome.status.value,
+                 extra={"session_id": held.record.id, **run_fields(outcome)})
+        held.record.last_used = time.time()
+        if held.session.ended is not None:
+            self._end(held, held.session.ended)
+        else:
+            self._save_usage(held)
+        return {"outcome": outcome.to_dict(), "record": asdict(held.record)}
+
+    def _end_request(self, request: Request) -> dict[str, Any]:
+        held = self._held.get(request.session_id)
+        if held is not None:
+            self._end(held, request.reason)
+            return {"record": asdict(held.record)}
+        return {"error": "session_ended", "reason": "lost"}
+
+    def _save_usage(self, held: Held) -> None:
+        usage = held.session.usage()
+        held.record.calls, held.record.cpu_ms, held.record.peak_memory_mb = \
+            usage.calls, usage.cpu_ms, usage.peak_memory_mb
+        held.record.save(self.redis, self.record_ttl_s)
+
+    def _end(self, held: Held, reason: str) -> None:
+        """End a session (once): kill its jail, give its memory back, store its record, log it."""
+        with self._lock:
+            if self._held.pop(held.record.id, None) is None:
+                return
+        held.session.close(reason)
+        self._release(held.token)
+        SESSIONS_OPEN.dec()
+        SESSIONS_ENDED.labels(reason).inc()
+        usage = held.session.usage()
+        record = held.record
+        record.ended, record.ended_at = reason, time.time()
+        record.calls, record.cpu_ms, record.peak_memory_mb = usage.calls, usage.cpu_ms, None
+        try:
+            record.save(self.redis, self.record_ttl_s)
+        except RedisError:
+            log.warning("session's end not stored: Redis is away", extra={"session_id": record.id})
+        log.info("session ended: %s", reason, extra={
+            "session_id": record.id, "client": record.client, "reason": reason, "calls": usage.calls,
+            "cpu_ms": usage.cpu_ms, "lifetime_s": round(record.ended_at - record.created_at, 3)})
+
+    def _release(self, token: str | None) -> None:
+        if token is not None and self.memory is not None:
+            self.memory.release(token)
+
+    def _reap(self) -> None:
+        """End sessions idle or past their lifetime."""
+        now = time.time()
+        with self._lock:
+            held = list(self._held.values())
+        for one in held:
+            record = one.record
+            if now >= record.created_at + record.max_lifetime_s:
+                self._end(one, "lifetime")
+            elif not one.session.busy and now >= record.last_used + record.idle_timeout_s:
+                self._end(one, "idle")
+
+    def close(self, reason: str = "shutdown") -> None:
+        """Stop serving and end every session (a graceful stop)."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        with self._lock:
+            held = list(self._held.values())
+        for one in held:
+            self._end(one, reason)
+        try:
+            self.redis.delete(worker_key(self.name))
+        except RedisError:
+            pass
