@@ -270,7 +270,8 @@ def _session_paths(access: Access) -> dict[str, Any]:
                             "headers": _headers(),
                             "content": _json(_ref("SessionRunResult"), {"cell": {
                                 "result": 3, **RUN_FIELDS, "session": SESSION_EXAMPLE}})},
-                    "400": _error(400, "invalid_request", "invalid_file"), "409": _error(409, "session_busy"),
+                    "400": _error(400, "invalid_request", "invalid_file", "callback_not_allowed"),
+                    "409": _error(409, "session_busy"),
                     "413": _error(413), "415": _error(415),
                     "422": _session_error_422(),
                     **known}}},
