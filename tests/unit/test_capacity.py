@@ -2,6 +2,7 @@
 bounded waits. The flood through the real service is tests/image/test_fairness.py."""
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 
 import pytest
@@ -34,7 +35,18 @@ class Holder:
 
 
 def settle() -> None:
+    """Give threads time to reach their wait: for what must *not* happen (a loaded machine only
+    makes such a check weaker, never false)."""
     time.sleep(0.1)
+
+
+def until(condition: Callable[[], bool]) -> None:
+    """Wait for what must happen, however loaded the machine (threads woken by a release append
+    in the order the scheduler runs them, so each grant is awaited before the next release)."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "not granted within 10 s"
+        time.sleep(0.005)
 
 
 def test_a_client_alone_may_hold_every_slot():
@@ -50,14 +62,14 @@ def test_a_client_alone_may_hold_every_slot():
 def test_another_client_present_gets_the_next_slot_and_a_free_one_from_then_on():
     capacity, granted = Capacity(4, 1.0, 1), list[str]()
     a = [Holder(capacity, "a", granted) for _ in range(4)]
-    settle()
+    until(lambda: len(granted) == 4)
     a_waiting = Holder(capacity, "a", granted)
     settle()
     b = Holder(capacity, "b", granted)
     settle()
     assert granted == ["a"] * 4 and b.outcome == "waiting"
     a[0].done()
-    settle()
+    until(lambda: len(granted) == 5)
     assert granted[-1] == "b"  # before a's older request: a is at its cap (3) while b is about
     assert b.done() == "granted"
     assert a_waiting.done() == "busy"  # a slot is free, but kept for b
@@ -69,14 +81,15 @@ def test_another_client_present_gets_the_next_slot_and_a_free_one_from_then_on()
 def test_waiting_clients_are_served_in_turn_not_first_come():
     capacity, granted = Capacity(8, 2.0, 1), list[str]()
     held = [Holder(capacity, "x", granted) for _ in range(8)]  # x alone: every slot
-    settle()
+    until(lambda: len(granted) == 8)
     waiting = [Holder(capacity, "a", granted) for _ in range(3)]
     settle()
     waiting.append(Holder(capacity, "c", granted))
     settle()
     held[0].done()
+    until(lambda: len(granted) == 9)
     held[1].done()
-    settle()
+    until(lambda: len(granted) == 10)
     assert granted[8:] == ["a", "c"], granted  # first come would be a, a
     for holder in held[2:] + waiting:
         holder.done()
@@ -85,17 +98,18 @@ def test_waiting_clients_are_served_in_turn_not_first_come():
 def test_a_light_client_needing_two_slots_gets_the_next_one_freed():
     capacity, granted = Capacity(4, 2.0, 1), list[str]()
     heavy = [Holder(capacity, "a", granted) for _ in range(4)]
-    settle()
+    until(lambda: len(granted) == 4)
     light = [Holder(capacity, "b", granted), Holder(capacity, "b", granted)]
     settle()
     heavy_waiting = Holder(capacity, "a", granted)
+    settle()
     heavy[0].done()
     heavy[1].done()
-    settle()
+    until(lambda: len(granted) == 6)
     assert granted[4:] == ["b", "b"], granted  # a is down to 2: half, while b needs two
     for holder in heavy[2:] + light:
         holder.done()
-    settle()
+    until(lambda: len(granted) == 7)
     assert granted[-1] == "a" and heavy_waiting.done() == "granted"
 
 
@@ -103,12 +117,12 @@ def test_a_client_waits_with_few_requests_and_the_rest_are_refused_at_once():
     capacity, granted = Capacity(2, 2.0, 1), list[str]()
     held = [Holder(capacity, "a", granted) for _ in range(2)]
     waiting = [Holder(capacity, "a", granted) for _ in range(2)]
-    settle()
+    until(lambda: len(granted) == 2 and len(capacity._waiting.get("a", ())) == 2)
     started = time.monotonic()
     with pytest.raises(ApiError):
         with capacity.slot("a"):
             pass
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 1.0  # at once, not after the 2 s wait
     for holder in held + waiting:
         holder.done()
 
@@ -116,7 +130,7 @@ def test_a_client_waits_with_few_requests_and_the_rest_are_refused_at_once():
 def test_with_fair_sharing_off_one_client_holds_every_slot():
     capacity, granted = Capacity(2, 0.3, 1, fair=False), list[str]()
     held = [Holder(capacity, "a", granted) for _ in range(2)]
-    settle()
+    until(lambda: len(granted) == 2)
     assert Holder(capacity, "b", granted).done() == "busy"
     for holder in held:
         holder.done()
@@ -139,16 +153,17 @@ def test_a_newcomer_finding_every_slot_held_runs_at_once_in_the_slot_beyond():
     `slots`; a client alone still holds every slot; one beyond is all there is."""
     capacity, granted = Capacity(4, 0.3, 1, reserved=1), list[str]()
     a = [Holder(capacity, "a", granted) for _ in range(5)]
+    until(lambda: len(granted) == 4)
     settle()
     assert granted == ["a"] * 4 and a[4].outcome == "waiting"  # a alone: every slot, none beyond
     b = Holder(capacity, "b", granted)
-    settle()
+    until(lambda: len(granted) == 5)
     assert granted == ["a"] * 4 + ["b"] and b.outcome == "granted"
     c = Holder(capacity, "c", granted)
     settle()
     assert c.outcome == "waiting"  # the one beyond is b's
     b.done()
-    settle()
+    until(lambda: len(granted) == 6)
     assert c.outcome == "granted"  # c holds none either: the slot beyond passes to it
     assert a[4].done() == "busy"  # a holds slots: it waits for its own turn (and its wait ended)
     for holder in (*a[:4], c):
