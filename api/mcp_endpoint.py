@@ -94,58 +94,50 @@ def parse_arguments(model: type[M], arguments: dict[str, Any]) -> M:
 
 CALLER = "pysandbox.mcp.caller"
 """The WSGI environ entry where the view leaves who asks (a Caller) for the tool."""
-RUN_PYTHON = types.Tool(
-    name="run_python",
-    title="Run Python",
-    description=(
-        "Run a Python script in a sandbox (no network, a read-only filesystem but /tmp, limits on "
-        "time and memory) and answer what its `main()` returned. The script defines a top-level "
-        "`main()`, or `main(input)` when `input` is given. numpy and pandas are installed. Files "
-        "given in `files` are in the working directory /tmp; files the script writes under `out/` "
-        "come back (images as image content). The answer's text is JSON: `result`, `stdout`, "
-        "`stderr`, usage (`duration_ms`, `cpu_ms`, `peak_memory_mb`) and `files`; on failure "
-        "`error` with `code` (e.g. `main_error` with the `traceback`, `timeout`, `memory_limit`, "
-        "`busy`) and `message`."),
-    input_schema=tool_schema(),
-    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=False,
-                                      idempotent_hint=False, open_world_hint=False),
-)
-CREATE_SESSION = types.Tool(
-    name="create_session",
-    title="Create a Python session",
-    description=(
-        "Start a session: one Python interpreter in a sandbox of its own whose state (variables, "
-        "imports, files in /tmp) lasts from call to call, like a notebook's kernel. Answers its "
-        "state as JSON: `id` (give it to run_in_session and end_session), `memory_mb` (for the "
-        "whole session), `idle_timeout_s`, `max_lifetime_s`, `expires_at`. Errors: "
-        "`too_many_sessions`, `sessions_full`, `busy`, `sessions_unavailable`."),
-    input_schema=tool_schema(SessionRequest),
-    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=False,
-                                      idempotent_hint=False, open_world_hint=False),
-)
-RUN_IN_SESSION = types.Tool(
-    name="run_in_session",
-    title="Run Python in a session",
-    description=(
-        "Run a script in a session made by create_session, with what earlier calls defined. The "
-        "result is `main()`'s value when the script defines `main`, else the value of its last "
-        "expression (like a notebook cell). Arguments as run_python's plus `session_id` "
-        "(`memory_mb` is the session's). Answers as run_python, with `session` (its state and usage). "
-        "Errors as run_python's, and `session_ended` (with `reason`), `session_not_found`, "
-        "`session_busy` (a call is running)."),
-    input_schema=tool_schema(SessionCall),
-    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=False,
-                                      idempotent_hint=False, open_world_hint=False),
-)
-END_SESSION = types.Tool(
-    name="end_session",
-    title="End a Python session",
-    description="End a session now (its interpreter is killed). Answers its state, ended. Errors: "
-                "`session_ended`, `session_not_found`.",
-    input_schema=tool_schema(SessionRef),
-    annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=True,
-                                      idempotent_hint=False, open_world_hint=False),
-)
+
+
+def _tool(name: str, title: str, description: str, model: type[BaseModel] = ExecuteRequest,
+          destructive: bool = False) -> types.Tool:
+    """A tool whose arguments are `model`'s: none is read-only, idempotent or reaches outside
+    the sandbox."""
+    return types.Tool(
+        name=name, title=title, description=description, input_schema=tool_schema(model),
+        annotations=types.ToolAnnotations(read_only_hint=False, destructive_hint=destructive,
+                                          idempotent_hint=False, open_world_hint=False))
+
+
+RUN_PYTHON = _tool(
+    "run_python", "Run Python",
+    "Run a Python script in a sandbox (no network, a read-only filesystem but /tmp, limits on "
+    "time and memory) and answer what its `main()` returned. The script defines a top-level "
+    "`main()`, or `main(input)` when `input` is given. numpy and pandas are installed. Files "
+    "given in `files` are in the working directory /tmp; files the script writes under `out/` "
+    "come back (images as image content). The answer's text is JSON: `result`, `stdout`, "
+    "`stderr`, usage (`duration_ms`, `cpu_ms`, `peak_memory_mb`) and `files`; on failure "
+    "`error` with `code` (e.g. `main_error` with the `traceback`, `timeout`, `memory_limit`, "
+    "`busy`) and `message`.")
+CREATE_SESSION = _tool(
+    "create_session", "Create a Python session",
+    "Start a session: one Python interpreter in a sandbox of its own whose state (variables, "
+    "imports, files in /tmp) lasts from call to call, like a notebook's kernel. Answers its "
+    "state as JSON: `id` (give it to run_in_session and end_session), `memory_mb` (for the "
+    "whole session), `idle_timeout_s`, `max_lifetime_s`, `expires_at`. Errors: "
+    "`too_many_sessions`, `sessions_full`, `busy`, `sessions_unavailable`.",
+    SessionRequest)
+RUN_IN_SESSION = _tool(
+    "run_in_session", "Run Python in a session",
+    "Run a script in a session made by create_session, with what earlier calls defined. The "
+    "result is `main()`'s value when the script defines `main`, else the value of its last "
+    "expression (like a notebook cell). Arguments as run_python's plus `session_id` "
+    "(`memory_mb` is the session's). Answers as run_python, with `session` (its state and usage). "
+    "Errors as run_python's, and `session_ended` (with `reason`), `session_not_found`, "
+    "`session_busy` (a call is running).",
+    SessionCall)
+END_SESSION = _tool(
+    "end_session", "End a Python session",
+    "End a session now (its interpreter is killed). Answers its state, ended. Errors: "
+    "`session_ended`, `session_not_found`.",
+    SessionRef, destructive=True)
 TOOLS = (RUN_PYTHON, CREATE_SESSION, RUN_IN_SESSION, END_SESSION)
 
 

@@ -52,14 +52,9 @@ MPL_CONFIG = JAIL_SITE + "/.matplotlib"
 """Only in images built with matplotlib: its font cache, made at build time (Dockerfile.api)."""
 
 
-def send(text: str) -> NoReturn:
-    """Write the one report on the result channel and end the run at once.
-
-    os._exit skips atexit hooks and the wait for the user's non-daemon threads. A process
-    the script forked that reaches here (its copy of main() raised) just ends.
-    """
-    if os.getpid() != HARNESS_PID:
-        os._exit(1)
+def write_report(text: str) -> None:
+    """Flush the script's streams, then write the report and the files it left on the result
+    channel (a session's calls write theirs the same way: jail/session_harness.py)."""
     try:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -72,6 +67,17 @@ def send(text: str) -> NoReturn:
     view = memoryview(text.encode() + files)
     while view:
         view = view[os.write(REPORT_FD, view):]
+
+
+def send(text: str) -> NoReturn:
+    """Write the one report on the result channel and end the run at once.
+
+    os._exit skips atexit hooks and the wait for the user's non-daemon threads. A process
+    the script forked that reaches here (its copy of main() raised) just ends.
+    """
+    if os.getpid() != HARNESS_PID:
+        os._exit(1)
+    write_report(text)
     for fd in (1, 2, REPORT_FD):  # EOF now, not after the kernel tears down this process
         try:
             os.close(fd)

@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # checkers only: at run time this text follows jail/harness.p
         REPORT_FD,
         SCRIPT_NAME,
         TMP,
-        collect,
         describe,
         encode,
         fail,
@@ -46,6 +45,7 @@ if TYPE_CHECKING:  # checkers only: at run time this text follows jail/harness.p
         signature_problem,
         sys,
         unpack,
+        write_report,
     )
 
 CALL_FDS = 4
@@ -66,18 +66,7 @@ def send(text: str) -> "NoReturn":  # replaces the harness's send(), which ends 
     IN_CALL = False
     if os.getpid() != HARNESS_PID:  # a fork the call made, whose copy of main() raised
         os._exit(1)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-    try:
-        files = collect()
-    except BaseException:  # noqa: BLE001 - the call may have broken anything; the result still goes
-        files = b""
-    view = memoryview(text.encode() + files)
-    while view:
-        view = view[os.write(REPORT_FD, view):]
+    write_report(text)
     raise Reported
 
 
