@@ -87,6 +87,7 @@ def pump(pipes: RunPipes, source: bytes, limits: Limits, stop: Callable[[], None
     pending = memoryview(source)
     os.set_blocking(pipes.stdin_w, False)
     sel.register(pipes.stdin_w, selectors.EVENT_WRITE)
+    pending = _feed(sel, pipes, pending)  # the pipe is empty: most scripts fit in it at once
     for fd in sinks:
         sel.register(fd, selectors.EVENT_READ)
     try:

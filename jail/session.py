@@ -120,6 +120,9 @@ class Session:
         if ready != {"ready": True}:
             raise SandboxError(f"the session's interpreter did not start: {self.log_tail()}")
         self.pid = self._interpreter_pid()
+        self._cpu_mark = self._cpu_now(self.cgroup.usage())
+        """The session's CPU time when its last call ended (or it became ready): between calls
+        its interpreter waits, so a call's CPU time is what it adds to this."""
 
     def _interpreter_pid(self) -> int:
         """The interpreter's pid here: nsjail's only child."""
@@ -154,7 +157,6 @@ class Session:
             self._lock.release()
 
     def _call(self, script: str, limits: Limits, inputs: RunInput | None) -> Outcome:
-        cpu_before = self._cpu_now()
         header = json.dumps({"FILES_OUT": limits.max_files_out,
                              "FILES_OUT_BYTES": limits.max_files_out_bytes}).encode()
         watch = None if "memory" in self.cgroup.cgroups.available else MemoryWatch(
@@ -170,13 +172,13 @@ class Session:
             pipes.close(*pipes.jail_ends)
             raw = pump(pipes, jail_stdin(script, inputs or RunInput()), limits, self._interrupt, watch)
         self._finish(start + limits.timeout_s, watch is not None and raw.killed_for is Status.MEMORY_LIMIT)
-        cpu_after = self._cpu_now()
-        if cpu_after is not None and cpu_before is not None:
-            self._cpu_ns += max(0, cpu_after - cpu_before)
         kernel = self.cgroup.usage()
+        cpu_now = self._cpu_now(kernel)
+        cpu = None if cpu_now is None or self._cpu_mark is None else max(0, cpu_now - self._cpu_mark)
+        self._cpu_mark = cpu_now
+        self._cpu_ns += cpu or 0
         peak = kernel.peak_memory_bytes if watch is None else watch.peak_bytes
-        raw.usage = cgroups.Usage(peak, None if cpu_after is None or cpu_before is None
-                                  else max(0, cpu_after - cpu_before), kernel.oom_killed)
+        raw.usage = cgroups.Usage(peak, cpu, kernel.oom_killed)
         if self.ended is not None and not raw.report:
             raw.exit = parse_exit(self._read_log())
             if raw.exit is None and not ran_out_of_memory(raw, limits):
@@ -247,10 +249,10 @@ class Session:
             return "memory_limit"
         return "exited"
 
-    def _cpu_now(self) -> int | None:
-        """CPU time the session has used so far: its cgroup's, else its interpreter's."""
-        cpu = self.cgroup.usage().cpu_ns
-        return cpu if cpu is not None else process_cpu_ns(self.pid)
+    def _cpu_now(self, kernel: cgroups.Usage) -> int | None:
+        """CPU time the session has used so far: its cgroup's (read in `kernel`), else its
+        interpreter's."""
+        return kernel.cpu_ns if kernel.cpu_ns is not None else process_cpu_ns(self.pid)
 
     def usage(self) -> SessionUsage:
         """Calls, CPU time and memory peak so far."""
