@@ -2,7 +2,7 @@
 #
 #   make test-unit  the tests that need no root, jail or service (tests/unit: seconds)
 #   make test     venv + jail site-packages, then every test (the Docker tests build the image)
-#   make test-vm  only the cgroup v2 tier: the image in a Debian 12 VM (qemu, .ci/vm/build-disk)
+#   make test-vm  only the VM tier (tests/vm): cgroup v2, two hosts; a Debian 12 VM (qemu, .ci/vm/build-disk)
 #   make image    build the API image (IMAGE=pysandbox:latest) from Dockerfile.api;
 #                 JAIL_PACKAGES="pkg==1.0 ..." adds pinned packages to the jail's site-packages
 #   make image-plot     the image with matplotlib in the jail (PLOT_IMAGE=$(IMAGE)-matplotlib)
@@ -103,7 +103,7 @@ test: venv jail-site
 	PYSANDBOX_JAIL_SITE=$(JAIL_SITE) $(VENV)/bin/pytest tests/ $(PYTEST_ARGS)
 
 test-vm: venv
-	$(VENV)/bin/pytest tests/vm/test_cgroup_v2.py $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/vm $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(JAIL_SITE) $(JAIL_SITE).new $(JAIL_SITE).old .pytest_cache

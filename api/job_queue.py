@@ -72,6 +72,8 @@ class JobState:
     """None while it has not ended."""
     callback: dict[str, Any] | None = None
     """Its callback's state (shared/callbacks.py), when it has one."""
+    worker: str | None = None
+    """The name of the worker that took it (worker/__main__.py's worker_name); None while queued."""
 
 
 class QueueError(Exception):
@@ -310,8 +312,11 @@ class JobQueue:
 
     def _describe(self, job: Job) -> JobState:
         status, ended = self._resolve(job)
+        worker = job.worker_name
+        if worker is None and status != "queued":  # a worker took it after it was fetched
+            worker = (self.redis.hget(job.key, "worker_name") or b"").decode() or None  # type: ignore[union-attr]
         return JobState(job.id, status, job.meta.get("request_id"), ended,
-                        callbacks.state(self.redis, job.id))
+                        callbacks.state(self.redis, job.id), worker)
 
     def _resolve(self, job: Job) -> tuple[str, Ended | None]:
         """The job's public status, and how it ended (None while it has not)."""
@@ -336,14 +341,17 @@ class JobQueue:
         return "failed", Fault.SANDBOX_FAILED
 
     def _running(self, job: Job) -> bool:
-        """A started job is running while its worker keeps its liveness key (or just began)."""
+        """A started job is running while its worker keeps its liveness key (or just began, or
+        Redis itself has just come back: a worker that outlived Redis's outage refreshes its key
+        within a beat, so its job is lost only once Redis has been up for ALIVE_TTL_S)."""
         started = job.started_at
         if started is None:
             return True
         if started.tzinfo is None:
             started = started.replace(tzinfo=UTC)
         age_s = (datetime.now(UTC) - started).total_seconds()
-        return age_s < ALIVE_TTL_S or is_alive(self.redis, job.id)
+        return (age_s < ALIVE_TTL_S or is_alive(self.redis, job.id)
+                or int(self.redis.info("server")["uptime_in_seconds"]) < ALIVE_TTL_S)
 
     def persistent(self) -> bool:
         """True when Redis writes an append-only file (jobs outlive a Redis restart)."""

@@ -64,7 +64,7 @@ def ended_error(ended: Ended) -> ApiError:
 
 def job_body(state: JobState) -> dict[str, Any]:
     """{"id", "status", "request_id", ...}: with its result, or its error, once it has ended."""
-    head = {"id": state.id, "status": state.status, "request_id": state.request_id}
+    head = {"id": state.id, "status": state.status, "request_id": state.request_id, "worker": state.worker}
     callback = {"callback": state.callback} if state.callback is not None else {}
     if state.ended is None:
         return {**head, **callback}

@@ -201,6 +201,8 @@ class JobState(BaseModel):
     request_id: str | None = Field(
         description="The X-Request-ID of the POST that queued the job (null for jobs queued before ids "
                     "were kept).")
+    worker: str | None = Field(
+        None, description="The worker that took the job: `<host name>.<pid>.<token>` (null while queued).")
     result: Any = Field(None, description="finished: what main() returned.")
     error: ErrorDetail | None = Field(None, description="failed and canceled: why.")
     stdout: str | None = None

@@ -19,10 +19,11 @@ def output_fields(outcome: Outcome) -> dict[str, Any]:
             "enforcement": outcome.enforcement or None}
 
 
-def ended_job(job_id: str, request_id: str | None, outcome: Outcome | None) -> dict[str, Any]:
-    """GET /jobs/<id>'s JSON of a job that ended in the worker: with its outcome, or (None) after
+def ended_job(job_id: str, request_id: str | None, outcome: Outcome | None,
+              worker: str | None = None) -> dict[str, Any]:
+    """GET /jobs/<id>'s JSON of a job that ended in `worker`: with its outcome, or (None) after
     its sandbox failed. api/responses.py's job_body renders the same for the API."""
-    head = {"id": job_id, "request_id": request_id}
+    head = {"id": job_id, "request_id": request_id, "worker": worker}
     if outcome is None:
         return {**head, "status": "failed", "error": {"code": "internal_error", "message": SANDBOX_FAILED}}
     if outcome.ok:

@@ -4,24 +4,32 @@ It runs one job at a time, in a warm jail of its own (PYSANDBOX_WARM_JAILS=0: on
 and holds the sessions it creates (worker/sessions.py: queue mode's sessions), all ended
 (`shutdown`) when it stops gracefully.
 When Redis goes away, RQ's worker quits its loop; this one waits for Redis to answer again and
-works on with a new RQ worker, without a restart. With PYSANDBOX_WORKER_METRICS_PORT set it
-serves its own /metrics on that port (compose: on the internal network only). With
-PYSANDBOX_WORKER_ALIVE_FILE set it touches that file every ALIVE_EVERY_S once its jail passed
-the self-test: Kubernetes' exec probes read its age (docs/operating.md, "Probes"). A thread
+works on with a new RQ worker, without a restart; a run that ended meanwhile has its outcome stored
+once Redis answers. Its RQ name starts with the host's name (a job's `worker` in GET /jobs/<id>).
+With PYSANDBOX_WORKER_METRICS_PORT set it serves its own /metrics on that port (compose: on the
+internal network only). With PYSANDBOX_WORKER_ALIVE_FILE set it touches that file every
+ALIVE_EVERY_S once its jail passed the self-test: Kubernetes' exec probes read its age
+(docs/operating.md, "Probes"). A thread
 beats, not the RQ loop: the loop blocks in Redis (BLPOP, up to minutes) or in a job, whose own
 timeout RQ enforces; and a Redis outage must not fail the probe.
 """
 import logging
+import os
+import secrets
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import start_http_server
-from redis import Redis
+from redis import ConnectionPool, Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
+from rq.executions import Execution
+from rq.job import Job
 
 from jail import Sandbox
 from jail.selftest import self_test
@@ -33,6 +41,7 @@ from worker import jobs
 from worker.sessions import SessionHost
 
 RECONNECT_S = 1.0
+PROBE_TIMEOUT_S = 5.0
 ALIVE_EVERY_S = 5.0
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 """A worker's Redis when REDIS_URL is unset (an API without it has no queue at all)."""
@@ -48,16 +57,47 @@ class StoppableWorker(SimpleWorker):
         self.stopping = True
         super().request_stop(signum, frame)
 
+    def _finalize_success(self, job: Job, queue: Queue, execution: Execution, return_value: Any) -> None:
+        """RQ's storing of a run's outcome (a private method of RQ's, pinned in pyproject.toml),
+        through a Redis outage: it waits for Redis and stores it then, so that a run that ended
+        while Redis was away (a restart, a failover, the host of Redis lost) is answered, not
+        dropped as `worker_lost`."""
+        while True:
+            try:
+                super()._finalize_success(job, queue, execution, return_value)
+                return
+            except RedisError as exc:
+                log.warning("worker: Redis went away before a job's outcome was stored (%s); "
+                            "storing it once Redis answers", type(exc).__name__, extra={"job_id": job.id})
+                wait_for(self.connection)
+
+
+def worker_name() -> str:
+    """This worker's name in RQ, which each job it takes keeps (GET /jobs/<id>'s `worker`): the
+    host's name and the pid, for an operator to find it, and a token, so that the registration made
+    after a Redis outage never meets the old one."""
+    return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
+
 
 def wait_for(redis: Redis) -> None:
-    """Until Redis answers a PING (at least RECONNECT_S: never a busy loop)."""
-    while True:
-        time.sleep(RECONNECT_S)
-        try:
-            redis.ping()
-            return
-        except RedisError:
-            pass
+    """Until Redis answers a PING (at least RECONNECT_S: never a busy loop). The PING goes on a
+    connection of its own with short timeouts: RQ gives the worker's connections a read timeout
+    of minutes (for BLPOP), and a port whose far end is not up yet (a forwarded port of a host
+    still booting) may accept a connection and never answer."""
+    pool = redis.connection_pool
+    short = {"socket_timeout": PROBE_TIMEOUT_S, "socket_connect_timeout": PROBE_TIMEOUT_S}
+    probe = Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class,
+                                                 **{**pool.connection_kwargs, **short}))
+    try:
+        while True:
+            time.sleep(RECONNECT_S)
+            try:
+                probe.ping()
+                return
+            except RedisError:
+                pass
+    finally:
+        probe.close()
 
 
 def beat_alive(path: Path) -> None:
@@ -102,8 +142,8 @@ def work(redis: Redis) -> int:
     """Work the queue until told to stop (0), through Redis outages."""
     while True:
         # Jobs run in this process (not a forked work-horse), where the warm jail lives.
-        worker = StoppableWorker([Queue(QUEUE_NAME, connection=redis)], connection=redis,
-                        job_monitoring_interval=5, log_job_description=False)
+        worker = StoppableWorker([Queue(QUEUE_NAME, connection=redis)], connection=redis, name=worker_name(),
+                                 job_monitoring_interval=5, log_job_description=False)
         try:
             worker.work(with_scheduler=False)
         except RedisError as exc:  # raised by RQ's teardown once its loop quit for the same cause

@@ -81,7 +81,8 @@ def _call_back(job: Job, outcome: Outcome | None) -> None:
     """The job has ended (None: its sandbox failed): its callback, if any, is due
     (shared/callbacks.py; this process's delivery loop, or another worker's, sends it)."""
     try:
-        callbacks.ended(job.connection, job.id, ended_job(job.id, job.meta.get("request_id"), outcome))
+        callbacks.ended(job.connection, job.id, ended_job(job.id, job.meta.get("request_id"), outcome,
+                                                      job.worker_name))
     except RedisError:
         log.warning("job's callback not made due: Redis is away", extra={"job_id": job.id})
 

@@ -146,6 +146,7 @@ class JobState(BaseModel):
     id: str
     status: JobStatus
     request_id: str | None
+    worker: str | None = None
     result: Any = None
     error: ErrorDetail | None = None
     stdout: str | None = None

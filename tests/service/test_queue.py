@@ -1,16 +1,18 @@
 """Async runs through a real redis-server and real RQ workers (python -m worker)."""
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 from redis import Redis
 
 from api import create_app
 from shared.storage import DUE, JOB_OVERHEAD_BYTES, Ledger
-from tests.support.servers import redis_server, workers
+from tests.support.servers import free_port, redis_server, workers
 
 
 @pytest.fixture
@@ -131,6 +133,33 @@ def test_a_worker_killed_mid_job_leaves_the_job_failed_worker_lost(redis_url):
     redis = Redis.from_url(redis_url)  # its storage comes down to its record once it is looked at
     redis.zadd(DUE, {job_id: 0})
     assert Ledger(redis).held()[0] == JOB_OVERHEAD_BYTES
+
+
+def test_a_job_that_ends_while_redis_is_away_is_answered_and_its_worker_works_on(tmp_path):
+    """Redis (append-only, as compose runs it) stops while a worker runs a job, and comes back on
+    the same port after the run ended: the worker stored the outcome once Redis answered (not
+    worker_lost), the job names that worker, and the worker takes the next job without a restart."""
+    port, durable = free_port(), ("--appendonly", "yes", "--appendfsync", "always")
+    log = tmp_path / "worker.log"
+    with ExitStack() as first_redis:
+        url = first_redis.enter_context(redis_server(tmp_path, port, *durable))
+        client = create_app({"REDIS_URL": url}).test_client()
+        with workers(url, 1, log_path=log) as (proc,):
+            job_id = submit(client, "import time\ndef main():\n    time.sleep(2)\n    return 7", timeout=10)
+            deadline = time.monotonic() + 15
+            while (body := client.get(f"/jobs/{job_id}").get_json())["status"] != "running":
+                assert time.monotonic() < deadline, body
+                time.sleep(0.05)
+            assert body["worker"].startswith(f"{socket.gethostname()}."), body
+            first_redis.close()  # Redis stops mid-run
+            time.sleep(3)  # the run ends while it is away
+            with redis_server(tmp_path, port, *durable):
+                ended = poll(client, job_id)
+                assert (ended["status"], ended.get("result")) == ("finished", 7), (ended, log.read_text())
+                assert ended["worker"] == body["worker"], ended
+                after = poll(client, submit(client, "def main(): return 8"))
+                assert (after["status"], after["result"]) == ("finished", 8), after
+                assert proc.poll() is None
 
 
 def test_without_redis_async_is_503_queue_unavailable():

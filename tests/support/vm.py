@@ -4,7 +4,9 @@ The guest runs systemd with the unified cgroup hierarchy and Debian's docker.io,
 cgroup v2 host does. It has no way out (qemu user networking with restrict=on); the host
 reaches its ssh and chosen ports through loopback-only forwards. Docker images go in as
 read-only virtio disks holding `docker save` output, so they must be named before boot.
-The disk in the cache is never written: the guest writes to a throwaway qcow2 overlay.
+The disk in the cache is never written: the guest writes to a throwaway qcow2 overlay, which
+a restart (start(fresh=False), after power_cut()) boots again, as a host
+boots its own disk after a power cut.
 """
 import os
 import shlex
@@ -66,6 +68,7 @@ class VM:
         self.serial_log = workdir / "serial.log"
         self.accel = "kvm" if kvm_usable() else "tcg,thread=multi"
         self.qemu: subprocess.Popen | None = None
+        self.image_files: list[Path] = []
 
     def _save_images(self) -> list[Path]:
         """`docker save` each image into a file padded to whole MiB (a raw disk for qemu)."""
@@ -79,23 +82,29 @@ class VM:
             files.append(path)
         return files
 
-    def start(self) -> None:
-        """Boot the VM (returns at once; wait_ssh() waits for it)."""
+    def start(self, fresh: bool = True) -> None:
+        """Boot the VM (returns at once; wait_ssh() waits for it): on a new overlay, or with
+        fresh=False on the one it had (its disk as the last boot left it; the same ports and
+        image disks)."""
         qemu = shutil.which(QEMU)
         if qemu is None:
             raise FileNotFoundError(f"{QEMU} (apt-get install qemu-system-x86)")
         overlay = self.workdir / "overlay.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
-                        "-b", str(self.disk_dir / "disk.raw"), str(overlay)], check=True)
+        if fresh or not overlay.exists():
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+                            "-b", str(self.disk_dir / "disk.raw"), str(overlay)], check=True)
+            self.image_files = self._save_images()
         forwards = [f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"] + [
             f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in self.ports.items()]
         # The root disk first (/dev/vda), then one read-only disk per image, which the guest
         # finds by its serial (/dev/disk/by-id/virtio-image<N>).
-        # cache=unsafe: the overlay is thrown away, so the guest's many fsyncs (docker load,
-        # containerd) need not reach the host's disk.
+        # cache=unsafe: the guest's many fsyncs (docker load, containerd) need not reach the
+        # host's disk. qemu still writes what the guest flushed (its qcow2 metadata too) to the
+        # host's page cache, so a killed qemu (power_cut) loses only what the guest had not
+        # flushed, as a host that loses power does; the overlay outlives only this host's uptime.
         disks = [(f"file={overlay},format=qcow2,cache=unsafe", "root")] + [
             (f"file={path},format=raw,readonly=on", f"image{index}")
-            for index, path in enumerate(self._save_images())]
+            for index, path in enumerate(self.image_files)]
         drives = [arg for drive, serial in disks for arg in (
             "-drive", f"{drive},if=none,id={serial}",
             "-device", f"virtio-blk-pci,drive={serial},serial={serial}")]
@@ -163,6 +172,12 @@ class VM:
             stderr = ""
         return f"--- serial console (tail) ---\n{self.serial_tail()}\n--- qemu stderr ---\n{stderr}"
 
+    def power_cut(self) -> None:
+        """Kill qemu (SIGKILL): the guest loses power, with no shutdown of any kind."""
+        if self.qemu is not None and self.qemu.poll() is None:
+            os.killpg(self.qemu.pid, signal.SIGKILL)
+            self.qemu.wait(timeout=30)
+
     def stop(self) -> None:
         """Power the guest off (qemu is killed when it does not go within 30 s); then delete
         the overlay and the image files, keeping the logs."""
@@ -171,7 +186,6 @@ class VM:
                 self.ssh("systemctl poweroff --no-block", timeout=20, check=False)
                 self.qemu.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.qemu.pid, signal.SIGKILL)
-                self.qemu.wait(timeout=30)
+                self.power_cut()
         for path in [self.workdir / "overlay.qcow2", *self.workdir.glob("image*.tar")]:
             path.unlink(missing_ok=True)
