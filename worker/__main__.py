@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import start_http_server
 from redis import ConnectionPool, Redis
@@ -44,6 +45,11 @@ RECONNECT_S = 1.0
 PROBE_TIMEOUT_S = 5.0
 ALIVE_EVERY_S = 5.0
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEAD_PEER_OPTIONS = {socket.TCP_KEEPIDLE: 5, socket.TCP_KEEPINTVL: 2, socket.TCP_KEEPCNT: 3,
+                     socket.TCP_USER_TIMEOUT: 15_000}
+"""A Redis on another host that is lost (a power cut: no reset ever comes back) ends the
+worker's connections within ~15 s: keepalive probes on an idle one (blocked in BLPOP) and a
+user timeout on one with data unacknowledged, where RQ's read timeout is ~415 s."""
 """A worker's Redis when REDIS_URL is unset (an API without it has no queue at all)."""
 log = logging.getLogger("worker")
 
@@ -77,6 +83,13 @@ def worker_name() -> str:
     host's name and the pid, for an operator to find it, and a token, so that the registration made
     after a Redis outage never meets the old one."""
     return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
+
+
+def connect(url: str) -> Redis:
+    """The worker's Redis; over TCP, with DEAD_PEER_OPTIONS (a unix socket has no peer host)."""
+    if urlsplit(url).scheme in ("redis", "rediss"):
+        return Redis.from_url(url, socket_keepalive=True, socket_keepalive_options=DEAD_PEER_OPTIONS)
+    return Redis.from_url(url)
 
 
 def wait_for(redis: Redis) -> None:
@@ -128,7 +141,7 @@ def main() -> int:
         beat_alive(Path(settings.worker_alive_file))
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port)
-    redis = Redis.from_url(settings.redis_url or LOCAL_REDIS_URL)
+    redis = connect(settings.redis_url or LOCAL_REDIS_URL)
     callbacks.start(redis, settings)  # the delivery loop, when callbacks are on
     sessions = SessionHost(redis, memory, settings.session_record_ttl_s)
     sessions.start()

@@ -13,6 +13,7 @@ from redis import Redis
 from api import create_app
 from shared.storage import DUE, JOB_OVERHEAD_BYTES, Ledger
 from tests.support.servers import free_port, redis_server, workers
+from worker.__main__ import DEAD_PEER_OPTIONS, connect
 
 
 @pytest.fixture
@@ -210,3 +211,19 @@ def test_async_jobs_carry_input_stdin_and_files_in_and_out(redis_url):
     assert body["files"] == [{"name": "r.txt", "size": 2, "media_type": "text/plain", "encoding": "base64",
                               "content": "aGk="}] and body["files_truncated"] is False
     assert failed["status"] == "failed" and failed["error"]["code"] == "main_signature"
+
+
+def test_a_workers_redis_connection_notices_a_lost_redis_host(redis_url):
+    """A Redis host lost to a power cut sends no reset: the worker's TCP connections carry
+    keepalive probes and a user timeout, so they end within ~15 s, not RQ's ~415 s read timeout."""
+    redis = connect(redis_url)
+    assert redis.ping()
+    connection = redis.connection_pool.get_connection()
+    try:
+        sock = connection._sock
+        assert sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert {option: sock.getsockopt(socket.IPPROTO_TCP, option)
+                for option in DEAD_PEER_OPTIONS} == DEAD_PEER_OPTIONS
+    finally:
+        redis.connection_pool.release(connection)
+        redis.close()
