@@ -132,8 +132,9 @@ class Budget:
     client_bytes: int
 
 
-def _reaching_redis(method: Callable[P, R]) -> Callable[P, R]:
-    """A JobQueue method whose RedisError becomes QueueUnavailable."""
+def reaching_redis(method: Callable[P, R]) -> Callable[P, R]:
+    """A method that talks to Redis (JobQueue's, api/sessions.py's QueueSessions'), whose
+    RedisError becomes QueueUnavailable (503 queue_unavailable)."""
     @functools.wraps(method)
     def reaching(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -154,7 +155,7 @@ class JobQueue:
         self.max_queued, self.max_queued_per_client = max_queued, max_queued_per_client
         self.result_ttl_s = result_ttl_s
 
-    @_reaching_redis
+    @reaching_redis
     def submit(self, script: str, limits: Limits, inputs: RunInput | None, request_id: str,
                client: str, callback_url: str | None = None) -> Job:
         """Enqueue one run of client's, which keeps its request's id; QueueFull when the queue is
@@ -229,7 +230,7 @@ class JobQueue:
             self.redis.srem(key, *gone)
         return len(ids) - len(gone)
 
-    @_reaching_redis
+    @reaching_redis
     def wait(self, job: Job, queue_wait_s: float, run_s: float) -> Outcome:
         """Block until the job ends; its Outcome if main() returned, else JobFailed.
 
@@ -253,12 +254,12 @@ class JobQueue:
         log.error("job %s outlived its limits by %d s", job.id, RQ_BACKSTOP_S)
         raise JobOverran(job.id)
 
-    @_reaching_redis
+    @reaching_redis
     def state(self, job_id: str, client: str) -> JobState:
         """client's job: its status, and how it ended once it has."""
         return self._describe(self._fetch(job_id, client))
 
-    @_reaching_redis
+    @reaching_redis
     def cancel(self, job_id: str, client: str) -> JobState:
         """Cancel client's queued or running job and answer its state (canceled, once its worker
         has killed the jail); a canceled job's state again; JobFinished for one that ended."""

@@ -21,7 +21,7 @@ def _queue() -> JobQueue:
     return jobs
 
 
-@bp.errorhandler(QueueError)
+@bp.app_errorhandler(QueueError)
 def _queue_refused(exc: QueueError) -> Response:
     return respond(queue_error(exc, service().settings.retry_after_s))
 

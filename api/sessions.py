@@ -18,15 +18,13 @@ at most (its cgroup, or RLIMIT_CPU over its lifetime).
 The routes and MCP's session tools (api/mcp_endpoint.py) go through the same functions
 (start_session, call_session, end_session), given the Service and the client: no Flask in them.
 """
-import functools
 import logging
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 from redis import Redis
@@ -37,7 +35,6 @@ from api.errors import (
     CATALOG,
     INTERNAL_ERROR,
     MEMORY_UNAVAILABLE,
-    QUEUE_UNAVAILABLE,
     SANDBOX_UNAVAILABLE,
     SESSION_BUSY,
     SESSION_ENDED,
@@ -49,7 +46,7 @@ from api.errors import (
     busy,
     invalid,
 )
-from api.job_queue import unreachable
+from api.job_queue import reaching_redis
 from api.logs import annotate
 from api.responses import outcome_body, outcome_error
 from api.run_request import RunRequest, parse_run_request
@@ -81,8 +78,6 @@ from shared.session_queue import (
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-P = ParamSpec("P")
-R = TypeVar("R")
 
 REAP_INTERVAL_S = 1.0
 """How often the reaper looks for idle and expired sessions."""
@@ -313,17 +308,6 @@ class Sessions:
             self.end(record, reason)
 
 
-def _reaching_redis(method: Callable[P, R]) -> Callable[P, R]:
-    """A QueueSessions method whose RedisError becomes 503 queue_unavailable."""
-    @functools.wraps(method)
-    def reaching(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except RedisError as exc:
-            raise QUEUE_UNAVAILABLE(str(unreachable(exc))) from None
-    return reaching
-
-
 class QueueSessions:
     """Sessions held by the workers (PYSANDBOX_EXECUTE_VIA_QUEUE; shared/session_queue.py): this
     API replica keeps nothing of them but reads and routes through Redis, so any replica answers.
@@ -335,7 +319,7 @@ class QueueSessions:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings, self.redis = settings, redis
 
-    @_reaching_redis
+    @reaching_redis
     def create(self, client: str, body: SessionRequest) -> SessionRecord:
         """A new session in whichever worker takes it first (429/503 past the caps; 501 when no
         worker serves sessions; 503 busy when none took it within PYSANDBOX_QUEUE_WAIT_S)."""
@@ -393,7 +377,7 @@ class QueueSessions:
         log.warning("session lost: its worker stopped answering", extra={
             "session_id": record.id, "client": record.client, "worker": record.worker})
 
-    @_reaching_redis
+    @reaching_redis
     def find(self, session_id: str, client: str) -> SessionRecord:
         """The client's session record (open or ended); 404 for any other id."""
         record = SessionRecord.load(self.redis, session_id)
@@ -401,7 +385,7 @@ class QueueSessions:
             raise SESSION_NOT_FOUND("no such session of this client (or its record has expired)")
         return record
 
-    @_reaching_redis
+    @reaching_redis
     def open_record(self, session_id: str, client: str) -> SessionRecord:
         """As find(), and 410 session_ended if it is over (or its worker is gone: `lost`)."""
         record = self.find(session_id, client)
@@ -409,7 +393,7 @@ class QueueSessions:
             raise ended_error(record)
         return record
 
-    @_reaching_redis
+    @reaching_redis
     def execute(self, record: Record | SessionRecord, script: str, limits: Limits,
                 inputs: RunInput | None) -> Outcome:
         """One call in the session, in its worker: answered within the call's time limit plus
@@ -428,7 +412,7 @@ class QueueSessions:
         annotate(session_id=record.id, **run_fields(outcome))
         return outcome
 
-    @_reaching_redis
+    @reaching_redis
     def end(self, record: Record | SessionRecord, reason: str) -> None:
         """End the session in its worker (its jail is killed there)."""
         assert isinstance(record, SessionRecord), "a record of the workers' sessions"
