@@ -19,11 +19,13 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.utils import now
 
 from jail import Limits, Outcome, RunInput, Status
 from jail.admission import ADMIT_WAIT_S
 from shared import callbacks
 from shared.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
+from shared.session_calls import ENDED, HOLDER_KEY, SESSION, fail_ended
 from shared.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, worst_result_bytes
 
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -54,6 +56,8 @@ class Fault(str, Enum):
     failed, never silently re-run."""
     SANDBOX_FAILED = "sandbox_failed"
     """The sandbox failed to run it (logged)."""
+    SESSION_ENDED = "session_ended"
+    """A session's queued call whose session ended before its turn (JobState.session_ended says why)."""
 
 
 Ended = Outcome | Fault
@@ -72,6 +76,19 @@ class JobState:
     """None while it has not ended."""
     callback: dict[str, Any] | None = None
     """Its callback's state (shared/callbacks.py), when it has one."""
+    session: dict[str, Any] | None = None
+    """A session's call: its session's state once the call ended."""
+    session_ended: str | None = None
+    """A session's call failed `session_ended`: why the session ended."""
+
+
+@dataclass(frozen=True)
+class SessionCall:
+    """A queued call of a session (shared/session_calls.py): its id, and the Redis key that exists
+    while the process holding the session lives."""
+
+    session_id: str
+    holder_key: str
 
 
 class QueueError(Exception):
@@ -157,15 +174,16 @@ class JobQueue:
 
     @reaching_redis
     def submit(self, script: str, limits: Limits, inputs: RunInput | None, request_id: str,
-               client: str, callback_url: str | None = None) -> Job:
+               client: str, callback_url: str | None = None, session: SessionCall | None = None) -> Job:
         """Enqueue one run of client's, which keeps its request's id; QueueFull when the queue is
         full, or when this client already has its share of it waiting; OverBudget when it would
         take the client's or everyone's storage over budget. Its input goes to a key of its own,
-        which the worker deletes; the job carries only its id."""
+        which the worker deletes; the job carries only its id. A session's call (`session`) is
+        not put on the queue's list: its session's holder runs it (shared/session_calls.py)."""
         payload = pickle.dumps((script, limits, inputs), protocol=pickle.HIGHEST_PROTOCOL)
         need = allocated(len(payload)) + worst_result_bytes(limits) + JOB_OVERHEAD_BYTES
         job_id = str(uuid.uuid4())
-        if self.queue.count >= self.max_queued:
+        if session is None and self.queue.count >= self.max_queued:
             raise QueueFull(f"the queue holds {self.max_queued} jobs")
         waiting = self._waiting_of(client)
         if waiting >= self.max_queued_per_client:
@@ -176,7 +194,7 @@ class JobQueue:
             raise OverBudget(refusal, need, self.budget)
         if callback_url is not None:  # before the job exists: its worker may end it at once
             callbacks.register(self.redis, job_id, callback_url, self.result_ttl_s)
-        return self._enqueue(job_id, payload, limits, request_id, client)
+        return self._enqueue(job_id, payload, limits, request_id, client, session)
 
     def ended(self, state: JobState, body: dict[str, Any]) -> None:
         """A job this API saw end (a cancel of a job no worker had taken): its callback is due.
@@ -188,16 +206,25 @@ class JobQueue:
                 raise unreachable(exc) from None
 
     def _enqueue(self, job_id: str, payload: bytes, limits: Limits, request_id: str,
-                 client: str) -> Job:
+                 client: str, session: SessionCall | None) -> Job:
         """Store the payload and enqueue the job in one transaction; on failure, release the
-        job's reservation (or, if Redis is gone, the ledger does once it sees no such job)."""
+        job's reservation (or, if Redis is gone, the ledger does once it sees no such job).
+        A session's call is only recorded, queued, for its session's holder to run."""
+        meta: dict[str, Any] = {"request_id": request_id, "client": client}
+        timeout_s = int(limits.timeout_s) + RQ_BACKSTOP_S + ADMIT_WAIT_S
+        ttls: dict[str, Any] = {"result_ttl": self.result_ttl_s, "failure_ttl": self.result_ttl_s,
+                                "ttl": None}
         try:
             with self.redis.pipeline() as pipe:
-                job = self.queue.enqueue(
-                    JOB_FUNCTION, job_id=job_id,
-                    job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S + ADMIT_WAIT_S,
-                    result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None,
-                    meta={"request_id": request_id, "client": client}, pipeline=pipe)
+                if session is None:
+                    job = self.queue.enqueue(JOB_FUNCTION, job_id=job_id, job_timeout=timeout_s, meta=meta,
+                                             pipeline=pipe, **ttls)
+                else:
+                    meta.update({SESSION: session.session_id, HOLDER_KEY: session.holder_key})
+                    job = Job.create(JOB_FUNCTION, id=job_id, connection=self.redis, origin=QUEUE_NAME,
+                                     status=JobStatus.QUEUED, timeout=timeout_s, meta=meta, **ttls)
+                    job.enqueued_at = now()
+                    job.save(pipeline=pipe)
                 pipe.set(payload_key(job_id), payload)
                 pipe.sadd(client_jobs_key(client), job_id)
                 pipe.expire(client_jobs_key(client), self.result_ttl_s)
@@ -311,14 +338,22 @@ class JobQueue:
 
     def _describe(self, job: Job) -> JobState:
         status, ended = self._resolve(job)
+        state = job.meta.get(SESSION)
         return JobState(job.id, status, job.meta.get("request_id"), ended,
-                        callbacks.state(self.redis, job.id))
+                        callbacks.state(self.redis, job.id), state if isinstance(state, dict) else None,
+                        job.meta.get(ENDED))
 
     def _resolve(self, job: Job) -> tuple[str, Ended | None]:
         """The job's public status, and how it ended (None while it has not)."""
         status = job.get_status()
         if status is JobStatus.CANCELED:
             return "canceled", Fault.CANCELED
+        if ENDED in job.meta:
+            return "failed", Fault.SESSION_ENDED
+        if (status in WAITING or status is JobStatus.STARTED) and HOLDER_KEY in job.meta \
+                and not self.redis.exists(job.meta[HOLDER_KEY]):
+            fail_ended(job, "lost", self.result_ttl_s)  # its session's holder is gone
+            return "failed", Fault.SESSION_ENDED
         if status in WAITING:
             return "queued", None
         if status is JobStatus.STARTED:

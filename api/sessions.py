@@ -10,15 +10,20 @@ them, per client (another client's id is 404, as an unknown one), within caps pe
 in all; a reaper thread ends those idle or past their lifetime. An ended session's record is
 kept PYSANDBOX_SESSION_RECORD_TTL_S: it answers 410 session_ended with its reason, then 404.
 
-Calls of one session run one at a time: a call while another runs is 409 session_busy (no
-waiting: a call may run for minutes, and a waiting request would hold a gunicorn thread).
+Calls of one session run one at a time, in the order they were accepted (shared/session_calls.py's
+CallLine): `?async=1` queues a call as a job (GET /jobs/<id>) behind those accepted before; a sync
+call while another runs or waits is 409 session_busy (no waiting: a call may run for minutes, and
+a waiting request would hold a gunicorn thread).
 Session calls take no run slot: a session's memory is already reserved, and its CPU is one core
 at most (its cgroup, or RLIMIT_CPU over its lifetime).
 
 The routes and MCP's session tools (api/mcp_endpoint.py) go through the same functions
 (start_session, call_session, end_session), given the Service and the client: no Flask in them.
 """
+import functools
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -29,6 +34,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.job import Job
 
 from api.clients import client_id
 from api.errors import (
@@ -44,17 +50,17 @@ from api.errors import (
     TOO_MANY_SESSIONS,
     ApiError,
     busy,
-    invalid,
 )
-from api.job_queue import reaching_redis
+from api.job_queue import JobQueue, SessionCall, reaching_redis
 from api.logs import annotate
-from api.responses import outcome_body, outcome_error
+from api.request_ids import request_id
+from api.responses import accepted, outcome_body, outcome_error
 from api.run_request import RunRequest, parse_run_request
 from api.schemas import SessionRequest, parse_json
 from api.service import Service, service
 from jail import Limits, Outcome, RunInput, SandboxError
 from jail.admission import MemoryLedger
-from jail.session import START_TIMEOUT_S, Session, SessionBusy, SessionEnded
+from jail.session import START_TIMEOUT_S, Session, SessionEnded
 from shared.logs import run_fields
 from shared.metrics import (
     SESSION_CALL_SECONDS,
@@ -63,10 +69,12 @@ from shared.metrics import (
     SESSIONS_ENDED,
     SESSIONS_OPEN,
 )
+from shared.session_calls import CallLine, LineClosed, holder_key, interruptible, run_queued_call
 from shared.session_queue import (
     ANSWER_MARGIN_S,
     NEW_SESSIONS_KEY,
     OPEN_SESSIONS_KEY,
+    WORKER_ALIVE_TTL_S,
     Request,
     SessionRecord,
     calls_key,
@@ -81,6 +89,8 @@ log = logging.getLogger(__name__)
 
 REAP_INTERVAL_S = 1.0
 """How often the reaper looks for idle and expired sessions."""
+BUSY_MESSAGE = ("the session has a call running or queued; send this one once they have answered (a "
+                "queued one's at GET /jobs/<id>), or queue it with ?async=1")
 
 
 
@@ -94,6 +104,8 @@ class Record:
     idle_timeout_s: float
     max_lifetime_s: float
     token: str | None
+    line: CallLine
+    """Its calls, in the order they were accepted (shared/session_calls.py)."""
     created_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     ended: str | None = None
@@ -111,8 +123,11 @@ class Record:
 class Sessions:
     """The sessions of this process, their caps, their memory, their reaper."""
 
-    def __init__(self, settings: Settings, memory: MemoryLedger | None) -> None:
-        self.settings, self.memory = settings, memory
+    def __init__(self, settings: Settings, memory: MemoryLedger | None, redis: Redis | None = None) -> None:
+        self.settings, self.memory, self.redis = settings, memory, redis
+        self.holder_key = holder_key(f"api-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        """Refreshed by the reaper while this process holds sessions: their queued calls (in Redis,
+        `redis`) fail `session_ended` (`lost`) once it is gone (shared/session_calls.py)."""
         self._records: dict[str, Record] = {}
         self._starting: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -152,7 +167,8 @@ class Sessions:
         finally:
             with self._lock:
                 self._starting[client] -= 1
-        record = Record(str(uuid.uuid4()), client, session, idle_s, lifetime_s, token)
+        session_id = str(uuid.uuid4())
+        record = Record(session_id, client, session, idle_s, lifetime_s, token, CallLine(session_id))
         with self._lock:
             self._records[record.id] = record
         SESSIONS_CREATED.inc()
@@ -227,24 +243,70 @@ class Sessions:
 
     def execute(self, record: Record | SessionRecord, script: str, limits: Limits,
                 inputs: RunInput | None) -> Outcome:
-        """One call in the session (409 busy, 410 ended); ends the record if the call ended it."""
+        """One call in the session, once no other runs or waits (409 busy, 410 ended)."""
         assert isinstance(record, Record), "a record of this process's sessions"
         try:
-            outcome = record.session.execute(script, limits, inputs)
-        except SessionBusy:
-            raise SESSION_BUSY("the session is running another call; send this one when it has "
-                               "answered") from None
+            future = record.line.submit(functools.partial(self._run, record, script, limits, inputs, None),
+                                        alone=True)
+        except LineClosed:
+            raise ended_error(record) from None
+        if future is None:
+            raise SESSION_BUSY(BUSY_MESSAGE)
+        try:
+            outcome: Outcome = future.result()
+        except SessionEnded:
+            raise ended_error(record) from None
+        except SandboxError:
+            raise INTERNAL_ERROR("the sandbox failed; the session ended; the error was logged") from None
+        annotate(session_id=record.id, **run_fields(outcome))
+        return outcome
+
+    def submit(self, record: Record | SessionRecord, asked: RunRequest, jobs: JobQueue,
+               request_id: str) -> Job:
+        """Queue a call behind the session's others, as a job (shared/session_calls.py)."""
+        assert isinstance(record, Record), "a record of this process's sessions"
+        self._beat()  # the holder key exists before its first job does
+        job = jobs.submit(asked.script, asked.limits, asked.inputs, request_id, record.client,
+                          asked.callback_url, SessionCall(record.id, self.holder_key))
+        work = functools.partial(run_queued_call, jobs.redis, job.id, functools.partial(self._queued, record),
+                                 self.settings.result_ttl_s)
+        try:
+            record.line.submit(work, alone=False)
+        except LineClosed:
+            work()  # the session ended meanwhile: the job fails session_ended at once
+        return job
+
+    def _queued(self, record: Record, script: str, limits: Limits, inputs: RunInput | None,
+                canceled: threading.Event) -> tuple[Outcome | None, dict[str, Any]]:
+        """A queued call's turn (shared/session_calls.Call): its outcome, or None if the session ended."""
+        try:
+            outcome = self._run(record, script, limits, inputs, canceled)
+        except (SessionEnded, SandboxError):
+            return None, record.body()
+        log.info("session call: %s", outcome.status.value,
+                 extra={"session_id": record.id, **run_fields(outcome)})
+        return outcome, record.body()
+
+    def _run(self, record: Record, script: str, limits: Limits, inputs: RunInput | None,
+             canceled: threading.Event | None) -> Outcome:
+        """One call, in the session's line; ends the record if the call ended the session
+        (SessionEnded if it had ended before; SandboxError, logged, if the sandbox failed)."""
+        if record.ended is not None:
+            raise SessionEnded(record.ended)
+        try:
+            outcome = interruptible(record.session, script, limits, inputs, canceled)
         except SessionEnded as exc:
             self.end(record, exc.reason)
-            raise ended_error(record) from None
+            raise
         except SandboxError:
             self.end(record, "lost")
             log.exception("a session's jail failed")
-            raise INTERNAL_ERROR("the sandbox failed; the session ended; the error was logged") from None
+            raise
+        if record.ended is not None:  # ended meanwhile from outside (DELETE, an expiry, a stop)
+            raise SessionEnded(record.ended)
         record.last_used = time.time()
         SESSION_CALLS.labels(outcome.status.value).inc()
         SESSION_CALL_SECONDS.observe(outcome.duration_ms / 1000)
-        annotate(session_id=record.id, **run_fields(outcome))
         if record.session.ended is not None:
             self.end(record, record.session.ended)
         return outcome
@@ -256,6 +318,7 @@ class Sessions:
             if record.ended is not None:
                 return
             record.ended, record.ended_at = reason, time.time()
+        record.line.close()
         record.session.close(reason)
         self._release(record.token)
         SESSIONS_OPEN.dec()
@@ -273,7 +336,7 @@ class Sessions:
         for record in records:
             if record.ended is None and now >= record.created_at + record.max_lifetime_s:
                 self.end(record, "lifetime")
-            elif record.ended is None and not record.session.busy \
+            elif record.ended is None and record.line.idle \
                     and now >= record.last_used + record.idle_timeout_s:
                 self.end(record, "idle")
             elif record.ended_at is not None and now >= record.ended_at + self.settings.session_record_ttl_s:
@@ -283,9 +346,21 @@ class Sessions:
     def _reap_loop(self) -> None:
         while not self._stopped.wait(REAP_INTERVAL_S):
             try:
+                self._beat()
                 self.reap()
             except Exception:  # noqa: BLE001 - the reaper must outlive any one failure
                 log.exception("the session reaper failed")
+
+    def _beat(self) -> None:
+        """Refresh this process's holder key while it holds sessions (Redis away: at the next beat;
+        sync calls need no Redis)."""
+        with self._lock:
+            holding = any(record.ended is None for record in self._records.values())
+        if self.redis is not None and holding:
+            try:
+                self.redis.set(self.holder_key, 1, ex=WORKER_ALIVE_TTL_S)
+            except RedisError:
+                pass
 
     def counts(self) -> dict[str, int]:
         """For /health: sessions open and their caps."""
@@ -413,6 +488,16 @@ class QueueSessions:
         return outcome
 
     @reaching_redis
+    def submit(self, record: Record | SessionRecord, asked: RunRequest, jobs: JobQueue,
+               request_id: str) -> Job:
+        """Queue a call as a job (shared/session_calls.py), behind the session's others in its worker."""
+        assert isinstance(record, SessionRecord), "a record of the workers' sessions"
+        job = jobs.submit(asked.script, asked.limits, asked.inputs, request_id, record.client,
+                          asked.callback_url, SessionCall(record.id, worker_key(record.worker)))
+        send(self.redis, calls_key(record.worker), Request("submit", record.id, job_id=job.id))
+        return job
+
+    @reaching_redis
     def end(self, record: Record | SessionRecord, reason: str) -> None:
         """End the session in its worker (its jail is killed there)."""
         assert isinstance(record, SessionRecord), "a record of the workers' sessions"
@@ -440,7 +525,7 @@ class QueueSessions:
         if error == "session_ended":
             raise self._gone(record)
         if error == "session_busy":
-            raise SESSION_BUSY("the session is running another call; send this one when it has answered")
+            raise SESSION_BUSY(BUSY_MESSAGE)
         if error == "busy":
             raise busy(reply["message"], self.settings.retry_after_s)
         if error is not None:
@@ -497,6 +582,14 @@ def call_session(svc: Service, session_id: str, client: str, asked: RunRequest) 
     return {**outcome_body(outcome), **state}
 
 
+def queue_call(svc: Service, session_id: str, client: str, asked: RunRequest, request_id: str) -> Job:
+    """Queue a call in client's session as a job, polled at GET /jobs/<id> (?async=1; 503
+    queue_unavailable without Redis, as POST /execute?async=1)."""
+    jobs = svc.job_queue()
+    sessions = sessions_of(svc)
+    return sessions.submit(sessions.open_record(session_id, client), asked, jobs, request_id)
+
+
 def end_session(svc: Service, session_id: str, client: str) -> Record | SessionRecord:
     """End client's open session now (DELETE /sessions/<id>, and MCP's end_session)."""
     sessions = sessions_of(svc)
@@ -532,8 +625,10 @@ def delete_session(session_id: str) -> Response:
 
 @bp.post("/sessions/<session_id>/execute")
 def execute_in_session(session_id: str) -> Response:
-    """Run a call in the session; answered as POST /execute is, with the session's state."""
+    """Run a call in the session; answered as POST /execute is, with the session's state; or
+    queue it (?async=1), answered as POST /execute?async=1 is."""
     asked = parse_run_request(request, service().settings)
     if asked.queued:
-        raise invalid("?async=1 is not supported on a session's calls: they run at once, in order")
+        job = queue_call(service(), session_id, client_id(), asked, request_id())
+        return accepted(job.id)
     return jsonify(call_session(service(), session_id, client_id(), asked))
