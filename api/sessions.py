@@ -69,12 +69,12 @@ from shared.metrics import (
     SESSIONS_ENDED,
     SESSIONS_OPEN,
 )
+from shared.queue import ALIVE_TTL_S
 from shared.session_calls import CallLine, LineClosed, holder_key, interruptible, run_queued_call
 from shared.session_queue import (
     ANSWER_MARGIN_S,
     NEW_SESSIONS_KEY,
     OPEN_SESSIONS_KEY,
-    WORKER_ALIVE_TTL_S,
     Request,
     SessionRecord,
     calls_key,
@@ -358,7 +358,7 @@ class Sessions:
             holding = any(record.ended is None for record in self._records.values())
         if self.redis is not None and holding:
             try:
-                self.redis.set(self.holder_key, 1, ex=WORKER_ALIVE_TTL_S)
+                self.redis.set(self.holder_key, 1, ex=ALIVE_TTL_S)  # a run's: a busy reaper is not a death
             except RedisError:
                 pass
 

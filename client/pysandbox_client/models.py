@@ -158,6 +158,8 @@ class JobState(BaseModel):
     files_truncated: bool | None = None
     enforcement: str | None = None
     callback: CallbackState | None = None
+    session: "SessionState | None" = None
+    """A session's queued call, once it ended: the session's state then."""
 
     @property
     def ended(self) -> bool:
@@ -187,6 +189,9 @@ class SessionState(BaseModel):
     created_at: float
     expires_at: float
     usage: SessionUsage
+
+
+JobState.model_rebuild()  # its `session` is a SessionState
 
 
 class SessionRunResult(RunResult):

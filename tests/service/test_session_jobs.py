@@ -54,8 +54,9 @@ def submit(url: str, session_id: str, script: str, **body) -> str:
     """Queue a call; its job's id."""
     answer = call(url, session_id, script, queued=True, **body)
     assert answer.status_code == 202, answer.text
-    assert answer.json()["status"] == "queued" and answer.headers["Location"] == f"/jobs/{answer.json()['id']}"
-    return answer.json()["id"]
+    job_id = answer.json()["id"]
+    assert answer.json()["status"] == "queued" and answer.headers["Location"] == f"/jobs/{job_id}"
+    return job_id
 
 
 def job(url: str, job_id: str, headers: dict[str, str] = ALICE) -> dict:
@@ -73,8 +74,8 @@ def ended(url: str, job_id: str, within_s: float = 30) -> dict:
 
 def test_queued_calls_run_in_order_and_a_sync_call_waits_for_none(url, session):
     assert call(url, session, "seen = []").status_code == 200
-    ids = [submit(url, session, f"import time\ntime.sleep({0.6 if n == 0 else 0})\nseen.append({n})\nlist(seen)")
-           for n in range(3)]
+    ids = [submit(url, session, f"import time\ntime.sleep({0.6 if n == 0 else 0})\n"
+                                f"seen.append({n})\nlist(seen)") for n in range(3)]
     assert job(url, ids[2])["status"] == "queued"
     busy = call(url, session, "seen")  # a sync call while calls wait: at once, 409
     assert busy.status_code == 409 and busy.json()["error"]["code"] == "session_busy"
@@ -87,7 +88,8 @@ def test_queued_calls_run_in_order_and_a_sync_call_waits_for_none(url, session):
 
 
 def test_a_dataframe_built_by_a_queued_call_is_used_by_the_next(url, session):
-    built = submit(url, session, "import pandas as pd\nframe = pd.DataFrame({'k': ['a', 'b', 'a'], 'v': [1, 2, 3]})")
+    built = submit(url, session, "import pandas as pd\n"
+                                 "frame = pd.DataFrame({'k': ['a', 'b', 'a'], 'v': [1, 2, 3]})")
     used = submit(url, session, "frame.groupby('k')['v'].sum().to_dict()")
     assert ended(url, built)["status"] == "finished"
     assert ended(url, used)["result"] == {"a": 4, "b": 2}
