@@ -66,10 +66,9 @@ from shared.metrics import (
     SESSION_CALL_SECONDS,
     SESSION_CALLS,
     SESSIONS_CREATED,
-    SESSIONS_ENDED,
-    SESSIONS_OPEN,
 )
 from shared.queue import ALIVE_TTL_S
+from shared.session_books import MemoryBusy, MemoryNeverFits, SessionBooks, expired
 from shared.session_calls import CallLine, LineClosed, holder_key, interruptible, run_queued_call
 from shared.session_queue import (
     ANSWER_MARGIN_S,
@@ -92,6 +91,18 @@ REAP_INTERVAL_S = 1.0
 BUSY_MESSAGE = ("the session has a call running or queued; send this one once they have answered (a "
                 "queued one's at GET /jobs/<id>), or queue it with ?async=1")
 
+
+
+def check_session_caps(settings: Settings, counts: Counter[str], client: str) -> None:
+    """429 too_many_sessions when client has its PYSANDBOX_MAX_SESSIONS_PER_CLIENT open, 503
+    sessions_full when PYSANDBOX_MAX_SESSIONS are; counts: the open sessions, by client."""
+    if counts[client] >= settings.max_sessions_per_client:
+        raise TOO_MANY_SESSIONS(f"this client has {settings.max_sessions_per_client} sessions open "
+                                "(PYSANDBOX_MAX_SESSIONS_PER_CLIENT); delete one first",
+                                retry_after_s=settings.retry_after_s)
+    if counts.total() >= settings.max_sessions:
+        raise SESSIONS_FULL(f"{settings.max_sessions} sessions are open (PYSANDBOX_MAX_SESSIONS); "
+                            "retry later", retry_after_s=settings.retry_after_s)
 
 
 @dataclass
@@ -124,7 +135,8 @@ class Sessions:
     """The sessions of this process, their caps, their memory, their reaper."""
 
     def __init__(self, settings: Settings, memory: MemoryLedger | None, redis: Redis | None = None) -> None:
-        self.settings, self.memory, self.redis = settings, memory, redis
+        self.settings, self.redis = settings, redis
+        self.books = SessionBooks(memory)
         self.holder_key = holder_key(f"api-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         """Refreshed by the reaper while this process holds sessions: their queued calls (in Redis,
         `redis`) fail `session_ended` (`lost`) once it is gone (shared/session_calls.py)."""
@@ -147,21 +159,15 @@ class Sessions:
         limits, idle_s, lifetime_s = self.settings.session_limits(body.memory_mb, body.idle_timeout_s,
                                                                   body.max_lifetime_s)
         with self._lock:
-            open_ = Counter(r.client for r in self._records.values() if r.ended is None) + self._starting
-            if open_[client] >= self.settings.max_sessions_per_client:
-                raise TOO_MANY_SESSIONS(f"this client has {self.settings.max_sessions_per_client} sessions "
-                                        "open (PYSANDBOX_MAX_SESSIONS_PER_CLIENT); delete one first",
-                                        retry_after_s=self.settings.retry_after_s)
-            if open_.total() >= self.settings.max_sessions:
-                raise SESSIONS_FULL(f"{self.settings.max_sessions} sessions are open (PYSANDBOX_MAX_SESSIONS)"
-                                    "; retry later", retry_after_s=self.settings.retry_after_s)
+            check_session_caps(self.settings, Counter(r.client for r in self._records.values()
+                                                      if r.ended is None) + self._starting, client)
             token = self._reserve(limits.memory_mb)
             session = self._take_spare(limits)
             self._starting[client] += 1  # counts against the caps while its jail starts
         try:
             session = session or Session(limits, lifetime_s)
         except SandboxError:
-            self._release(token)
+            self.books.release(token)
             log.exception("a session's jail did not start")
             raise INTERNAL_ERROR("the sandbox failed to start the session; the error was logged") from None
         finally:
@@ -172,7 +178,7 @@ class Sessions:
         with self._lock:
             self._records[record.id] = record
         SESSIONS_CREATED.inc()
-        SESSIONS_OPEN.inc()
+        self.books.opened()
         annotate(session_id=record.id)
         return record
 
@@ -211,20 +217,12 @@ class Sessions:
 
     def _reserve(self, memory_mb: int) -> str | None:
         """The session's memory in the ledger, held while it is open (503 if it cannot fit now)."""
-        if self.memory is None:
-            return None
-        need = self.memory.cost(memory_mb)
-        if self.memory.never_fits(need):
-            raise MEMORY_UNAVAILABLE(f"the session's {memory_mb} MB cannot fit beside what this service "
-                                     "holds: ask for less memory")
-        token = self.memory.try_reserve(need)
-        if token is None:
-            raise busy(f"no memory free for the session's {memory_mb} MB limit", self.settings.retry_after_s)
-        return token
-
-    def _release(self, token: str | None) -> None:
-        if token is not None and self.memory is not None:
-            self.memory.release(token)
+        try:
+            return self.books.reserve(memory_mb)
+        except MemoryNeverFits as exc:
+            raise MEMORY_UNAVAILABLE(str(exc)) from None
+        except MemoryBusy as exc:
+            raise busy(str(exc), self.settings.retry_after_s) from None
 
     def find(self, session_id: str, client: str) -> Record:
         """The client's session record (open or ended); 404 for any other id."""
@@ -318,15 +316,8 @@ class Sessions:
             if record.ended is not None:
                 return
             record.ended, record.ended_at = reason, time.time()
-        record.line.close()
-        record.session.close(reason)
-        self._release(record.token)
-        SESSIONS_OPEN.dec()
-        SESSIONS_ENDED.labels(reason).inc()
-        usage = record.session.usage()
-        log.info("session ended: %s", reason, extra={
-            "session_id": record.id, "client": record.client, "reason": reason, "calls": usage.calls,
-            "cpu_ms": usage.cpu_ms, "lifetime_s": round(record.ended_at - record.created_at, 3)})
+        self.books.end(record.session, record.line, record.token, reason, record.id, record.client,
+                       record.created_at)
 
     def reap(self) -> None:
         """End sessions idle or past their lifetime; forget ended ones past the record TTL."""
@@ -334,11 +325,11 @@ class Sessions:
         with self._lock:
             records = list(self._records.values())
         for record in records:
-            if record.ended is None and now >= record.created_at + record.max_lifetime_s:
-                self.end(record, "lifetime")
-            elif record.ended is None and record.line.idle \
-                    and now >= record.last_used + record.idle_timeout_s:
-                self.end(record, "idle")
+            reason = None if record.ended is not None else expired(
+                now, record.created_at, record.max_lifetime_s, record.last_used, record.idle_timeout_s,
+                record.line)
+            if reason is not None:
+                self.end(record, reason)
             elif record.ended_at is not None and now >= record.ended_at + self.settings.session_record_ttl_s:
                 with self._lock:
                     self._records.pop(record.id, None)
@@ -400,14 +391,7 @@ class QueueSessions:
         worker serves sessions; 503 busy when none took it within PYSANDBOX_QUEUE_WAIT_S)."""
         limits, idle_s, lifetime_s = self.settings.session_limits(body.memory_mb, body.idle_timeout_s,
                                                                   body.max_lifetime_s)
-        open_ = Counter(record.client for record in self._open_records())
-        if open_[client] >= self.settings.max_sessions_per_client:
-            raise TOO_MANY_SESSIONS(f"this client has {self.settings.max_sessions_per_client} sessions "
-                                    "open (PYSANDBOX_MAX_SESSIONS_PER_CLIENT); delete one first",
-                                    retry_after_s=self.settings.retry_after_s)
-        if open_.total() >= self.settings.max_sessions:
-            raise SESSIONS_FULL(f"{self.settings.max_sessions} sessions are open (PYSANDBOX_MAX_SESSIONS)"
-                                "; retry later", retry_after_s=self.settings.retry_after_s)
+        check_session_caps(self.settings, Counter(record.client for record in self._open_records()), client)
         if next(self.redis.scan_iter(match=worker_key("*"), count=1000), None) is None:
             raise SESSIONS_UNAVAILABLE("no worker serves sessions now (none is running, or they are of a "
                                        "version without sessions)")

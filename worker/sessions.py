@@ -26,7 +26,7 @@ from jail import Limits, Outcome, RunInput, SandboxError
 from jail.admission import MemoryLedger
 from jail.session import Session, SessionEnded
 from shared.logs import run_fields
-from shared.metrics import SESSIONS_ENDED, SESSIONS_OPEN
+from shared.session_books import MemoryBusy, MemoryNeverFits, SessionBooks, expired
 from shared.session_calls import CallLine, LineClosed, interruptible, run_queued_call
 from shared.session_queue import (
     NEW_SESSIONS_KEY,
@@ -57,7 +57,7 @@ class SessionHost:
 
     def __init__(self, redis: Redis, memory: MemoryLedger | None, record_ttl_s: float,
                  result_ttl_s: int) -> None:
-        self.redis, self.memory, self.record_ttl_s = redis, memory, record_ttl_s
+        self.redis, self.books, self.record_ttl_s = redis, SessionBooks(memory), record_ttl_s
         self.result_ttl_s = result_ttl_s
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._held: dict[str, Held] = {}
@@ -149,27 +149,23 @@ class SessionHost:
     def _create(self, request: Request) -> dict[str, Any]:
         record, limits = request.record, request.limits
         assert record is not None and limits is not None
-        token = None
-        if self.memory is not None:
-            need = self.memory.cost(limits.memory_mb)
-            if self.memory.never_fits(need):
-                return {"error": "memory_unavailable", "message": f"the session's {limits.memory_mb} MB "
-                        "cannot fit beside what this worker holds: ask for less memory"}
-            token = self.memory.try_reserve(need)
-            if token is None:
-                return {"error": "busy", "message": f"no memory free for the session's {limits.memory_mb} "
-                        "MB limit"}
+        try:
+            token = self.books.reserve(limits.memory_mb)
+        except MemoryNeverFits as exc:
+            return {"error": "memory_unavailable", "message": str(exc)}
+        except MemoryBusy as exc:
+            return {"error": "busy", "message": str(exc)}
         try:
             session = Session(limits, record.max_lifetime_s)
         except SandboxError:
-            self._release(token)
+            self.books.release(token)
             log.exception("a session's jail did not start")
             return {"error": "internal_error", "message": "the sandbox failed to start the session; "
                     "the error was logged"}
         record.worker = self.name
         with self._lock:
             self._held[record.id] = Held(session, record, token, CallLine(record.id))
-        SESSIONS_OPEN.inc()
+        self.books.opened()
         record.save(self.redis, self.record_ttl_s)
         log.info("session started", extra={"session_id": record.id, "client": record.client})
         return {"record": asdict(record)}
@@ -219,26 +215,15 @@ class SessionHost:
         with self._lock:
             if self._held.pop(held.record.id, None) is None:
                 return
-        held.line.close()
-        held.session.close(reason)
-        self._release(held.token)
-        SESSIONS_OPEN.dec()
-        SESSIONS_ENDED.labels(reason).inc()
-        usage = held.session.usage()
         record = held.record
+        usage = self.books.end(held.session, held.line, held.token, reason, record.id, record.client,
+                               record.created_at)
         record.ended, record.ended_at = reason, time.time()
         record.calls, record.cpu_ms, record.peak_memory_mb = usage.calls, usage.cpu_ms, None
         try:
             record.save(self.redis, self.record_ttl_s)
         except RedisError:
             log.warning("session's end not stored: Redis is away", extra={"session_id": record.id})
-        log.info("session ended: %s", reason, extra={
-            "session_id": record.id, "client": record.client, "reason": reason, "calls": usage.calls,
-            "cpu_ms": usage.cpu_ms, "lifetime_s": round(record.ended_at - record.created_at, 3)})
-
-    def _release(self, token: str | None) -> None:
-        if token is not None and self.memory is not None:
-            self.memory.release(token)
 
     def _reap(self) -> None:
         """End sessions idle or past their lifetime."""
@@ -247,10 +232,10 @@ class SessionHost:
             held = list(self._held.values())
         for one in held:
             record = one.record
-            if now >= record.created_at + record.max_lifetime_s:
-                self._end(one, "lifetime")
-            elif one.line.idle and now >= record.last_used + record.idle_timeout_s:
-                self._end(one, "idle")
+            reason = expired(now, record.created_at, record.max_lifetime_s, record.last_used,
+                             record.idle_timeout_s, one.line)
+            if reason is not None:
+                self._end(one, reason)
 
     def close(self, reason: str = "shutdown") -> None:
         """Stop serving and end every session (a graceful stop)."""
