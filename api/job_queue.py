@@ -1,7 +1,8 @@
 """Queued runs on RQ/Redis: enqueue a script, report a job's state by id.
 
 The API's client of the queue: it answers in domain values (a JobState, an Outcome, a Fault)
-and raises QueueError subclasses; the HTTP edge (api/responses.py) renders both."""
+and raises QueueError subclasses; the HTTP edge (api/responses.py) renders both. A session's
+queued call is a job too, recorded here and run by its session's holder (shared/session_calls.py)."""
 import functools
 import logging
 import pickle
