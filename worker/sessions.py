@@ -216,9 +216,9 @@ class SessionHost:
             if self._held.pop(held.record.id, None) is None:
                 return
         record = held.record
+        record.ended, record.ended_at = reason, time.time()  # before its call (if any) comes back
         usage = self.books.end(held.session, held.line, held.token, reason, record.id, record.client,
                                record.created_at)
-        record.ended, record.ended_at = reason, time.time()
         record.calls, record.cpu_ms, record.peak_memory_mb = usage.calls, usage.cpu_ms, None
         try:
             record.save(self.redis, self.record_ttl_s)
