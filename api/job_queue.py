@@ -347,6 +347,8 @@ class JobQueue:
     def _resolve(self, job: Job) -> tuple[str, Ended | None]:
         """The job's public status, and how it ended (None while it has not)."""
         status = job.get_status()
+        if SESSION in job.meta and status not in WAITING and status is not JobStatus.STARTED:
+            job.get_meta()  # written with the status just read: newer than the fetched meta
         if status is JobStatus.CANCELED:
             return "canceled", Fault.CANCELED
         if ENDED in job.meta:
