@@ -93,7 +93,7 @@ def open_sessions(settings: Settings, mode: RunMode) -> sessions.Sessions | sess
     workers' sessions, routed through the queue's Redis."""
     if isinstance(mode, EnqueueOnly):
         return sessions.QueueSessions(settings, mode.jobs.redis)
-    opened = sessions.Sessions(settings, mode.capacity.memory)
+    opened = sessions.Sessions(settings, mode.capacity.memory, None if mode.jobs is None else mode.jobs.redis)
     atexit.register(opened.close)
     return opened
 

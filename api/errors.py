@@ -126,8 +126,9 @@ _declare("upstream_timeout", 504, "gunicorn did not answer within the longest ru
 _declare("http_version_not_supported", 505, "not HTTP/1.0 or 1.1 (nginx)", answered_by="nginx")
 SESSION_NOT_FOUND = _declare("session_not_found", 404, "unknown session id, another client's, or an "
                              "ended one whose record has expired (PYSANDBOX_SESSION_RECORD_TTL_S)")
-SESSION_BUSY = _declare("session_busy", 409, "a call to a session that is running another call: a "
-                        "session runs its calls one at a time; send the next when the last has answered")
+SESSION_BUSY = _declare("session_busy", 409, "a call to a session that is running another call, or has "
+                        "calls queued (`?async=1`): a session runs its calls one at a time, in the order "
+                        "accepted; send the next when the last has answered, or queue it")
 SESSION_ENDED = _declare("session_ended", 410, "the session is over; `error.reason` says why: `idle`, "
                          "`lifetime`, `timeout` (a call ignored its interrupt), `memory_limit`, `exited`, "
                          "`deleted`, `shutdown` or `lost`")

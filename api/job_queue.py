@@ -1,7 +1,8 @@
 """Queued runs on RQ/Redis: enqueue a script, report a job's state by id.
 
 The API's client of the queue: it answers in domain values (a JobState, an Outcome, a Fault)
-and raises QueueError subclasses; the HTTP edge (api/responses.py) renders both."""
+and raises QueueError subclasses; the HTTP edge (api/responses.py) renders both. A session's
+queued call is a job too, recorded here and run by its session's holder (shared/session_calls.py)."""
 import functools
 import logging
 import pickle
@@ -19,11 +20,13 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.utils import now
 
 from jail import Limits, Outcome, RunInput, Status
 from jail.admission import ADMIT_WAIT_S
 from shared import callbacks
 from shared.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
+from shared.session_calls import ENDED, HOLDER_KEY, SESSION, fail_ended
 from shared.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, worst_result_bytes
 
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -54,6 +57,8 @@ class Fault(str, Enum):
     failed, never silently re-run."""
     SANDBOX_FAILED = "sandbox_failed"
     """The sandbox failed to run it (logged)."""
+    SESSION_ENDED = "session_ended"
+    """A session's queued call whose session ended before its turn (JobState.session_ended says why)."""
 
 
 Ended = Outcome | Fault
@@ -74,6 +79,19 @@ class JobState:
     """Its callback's state (shared/callbacks.py), when it has one."""
     worker: str | None = None
     """The name of the worker that took it (worker/__main__.py's worker_name); None while queued."""
+    session: dict[str, Any] | None = None
+    """A session's call: its session's state once the call ended."""
+    session_ended: str | None = None
+    """A session's call failed `session_ended`: why the session ended."""
+
+
+@dataclass(frozen=True)
+class SessionCall:
+    """A queued call of a session (shared/session_calls.py): its id, and the Redis key that exists
+    while the process holding the session lives."""
+
+    session_id: str
+    holder_key: str
 
 
 class QueueError(Exception):
@@ -134,8 +152,9 @@ class Budget:
     client_bytes: int
 
 
-def _reaching_redis(method: Callable[P, R]) -> Callable[P, R]:
-    """A JobQueue method whose RedisError becomes QueueUnavailable."""
+def reaching_redis(method: Callable[P, R]) -> Callable[P, R]:
+    """A method that talks to Redis (JobQueue's, api/sessions.py's QueueSessions'), whose
+    RedisError becomes QueueUnavailable (503 queue_unavailable)."""
     @functools.wraps(method)
     def reaching(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -156,17 +175,18 @@ class JobQueue:
         self.max_queued, self.max_queued_per_client = max_queued, max_queued_per_client
         self.result_ttl_s = result_ttl_s
 
-    @_reaching_redis
+    @reaching_redis
     def submit(self, script: str, limits: Limits, inputs: RunInput | None, request_id: str,
-               client: str, callback_url: str | None = None) -> Job:
+               client: str, callback_url: str | None = None, session: SessionCall | None = None) -> Job:
         """Enqueue one run of client's, which keeps its request's id; QueueFull when the queue is
         full, or when this client already has its share of it waiting; OverBudget when it would
         take the client's or everyone's storage over budget. Its input goes to a key of its own,
-        which the worker deletes; the job carries only its id."""
+        which the worker deletes; the job carries only its id. A session's call (`session`) is
+        not put on the queue's list: its session's holder runs it (shared/session_calls.py)."""
         payload = pickle.dumps((script, limits, inputs), protocol=pickle.HIGHEST_PROTOCOL)
         need = allocated(len(payload)) + worst_result_bytes(limits) + JOB_OVERHEAD_BYTES
         job_id = str(uuid.uuid4())
-        if self.queue.count >= self.max_queued:
+        if session is None and self.queue.count >= self.max_queued:
             raise QueueFull(f"the queue holds {self.max_queued} jobs")
         waiting = self._waiting_of(client)
         if waiting >= self.max_queued_per_client:
@@ -177,7 +197,7 @@ class JobQueue:
             raise OverBudget(refusal, need, self.budget)
         if callback_url is not None:  # before the job exists: its worker may end it at once
             callbacks.register(self.redis, job_id, callback_url, self.result_ttl_s)
-        return self._enqueue(job_id, payload, limits, request_id, client)
+        return self._enqueue(job_id, payload, limits, request_id, client, session)
 
     def ended(self, state: JobState, body: dict[str, Any]) -> None:
         """A job this API saw end (a cancel of a job no worker had taken): its callback is due.
@@ -189,16 +209,25 @@ class JobQueue:
                 raise unreachable(exc) from None
 
     def _enqueue(self, job_id: str, payload: bytes, limits: Limits, request_id: str,
-                 client: str) -> Job:
+                 client: str, session: SessionCall | None) -> Job:
         """Store the payload and enqueue the job in one transaction; on failure, release the
-        job's reservation (or, if Redis is gone, the ledger does once it sees no such job)."""
+        job's reservation (or, if Redis is gone, the ledger does once it sees no such job).
+        A session's call is only recorded, queued, for its session's holder to run."""
+        meta: dict[str, Any] = {"request_id": request_id, "client": client}
+        timeout_s = int(limits.timeout_s) + RQ_BACKSTOP_S + ADMIT_WAIT_S
+        ttls: dict[str, Any] = {"result_ttl": self.result_ttl_s, "failure_ttl": self.result_ttl_s,
+                                "ttl": None}
         try:
             with self.redis.pipeline() as pipe:
-                job = self.queue.enqueue(
-                    JOB_FUNCTION, job_id=job_id,
-                    job_timeout=int(limits.timeout_s) + RQ_BACKSTOP_S + ADMIT_WAIT_S,
-                    result_ttl=self.result_ttl_s, failure_ttl=self.result_ttl_s, ttl=None,
-                    meta={"request_id": request_id, "client": client}, pipeline=pipe)
+                if session is None:
+                    job = self.queue.enqueue(JOB_FUNCTION, job_id=job_id, job_timeout=timeout_s, meta=meta,
+                                             pipeline=pipe, **ttls)
+                else:
+                    meta.update({SESSION: session.session_id, HOLDER_KEY: session.holder_key})
+                    job = Job.create(JOB_FUNCTION, id=job_id, connection=self.redis, origin=QUEUE_NAME,
+                                     status=JobStatus.QUEUED, timeout=timeout_s, meta=meta, **ttls)
+                    job.enqueued_at = now()
+                    job.save(pipeline=pipe)
                 pipe.set(payload_key(job_id), payload)
                 pipe.sadd(client_jobs_key(client), job_id)
                 pipe.expire(client_jobs_key(client), self.result_ttl_s)
@@ -231,7 +260,7 @@ class JobQueue:
             self.redis.srem(key, *gone)
         return len(ids) - len(gone)
 
-    @_reaching_redis
+    @reaching_redis
     def wait(self, job: Job, queue_wait_s: float, run_s: float) -> Outcome:
         """Block until the job ends; its Outcome if main() returned, else JobFailed.
 
@@ -255,12 +284,12 @@ class JobQueue:
         log.error("job %s outlived its limits by %d s", job.id, RQ_BACKSTOP_S)
         raise JobOverran(job.id)
 
-    @_reaching_redis
+    @reaching_redis
     def state(self, job_id: str, client: str) -> JobState:
         """client's job: its status, and how it ended once it has."""
         return self._describe(self._fetch(job_id, client))
 
-    @_reaching_redis
+    @reaching_redis
     def cancel(self, job_id: str, client: str) -> JobState:
         """Cancel client's queued or running job and answer its state (canceled, once its worker
         has killed the jail); a canceled job's state again; JobFinished for one that ended."""
@@ -315,14 +344,25 @@ class JobQueue:
         worker = job.worker_name
         if worker is None and status != "queued":  # a worker took it after it was fetched
             worker = (self.redis.hget(job.key, "worker_name") or b"").decode() or None  # type: ignore[union-attr]
+        session = job.meta.get(SESSION)
         return JobState(job.id, status, job.meta.get("request_id"), ended,
-                        callbacks.state(self.redis, job.id), worker)
+                        callbacks.state(self.redis, job.id), worker=worker,
+                        session=session if isinstance(session, dict) else None,
+                        session_ended=job.meta.get(ENDED))
 
     def _resolve(self, job: Job) -> tuple[str, Ended | None]:
         """The job's public status, and how it ended (None while it has not)."""
         status = job.get_status()
+        if SESSION in job.meta and status not in WAITING and status is not JobStatus.STARTED:
+            job.get_meta()  # written with the status just read: newer than the fetched meta
         if status is JobStatus.CANCELED:
             return "canceled", Fault.CANCELED
+        if ENDED in job.meta:
+            return "failed", Fault.SESSION_ENDED
+        if (status in WAITING or status is JobStatus.STARTED) and HOLDER_KEY in job.meta \
+                and not self.redis.exists(job.meta[HOLDER_KEY]):
+            fail_ended(job, "lost", self.result_ttl_s)  # its session's holder is gone
+            return "failed", Fault.SESSION_ENDED
         if status in WAITING:
             return "queued", None
         if status is JobStatus.STARTED:

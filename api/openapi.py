@@ -137,7 +137,12 @@ def _job_path(access: Access) -> dict[str, Any]:
                  "canceled": {"id": "5b7e2c1e-8f3a-4d5e-9b1a-2c3d4e5f6a7b", "status": "canceled",
                               "request_id": "4f9d2a", "error": {
                                   "code": "canceled", "message": "the run was canceled; its jail was killed"},
-                              **RUN_FIELDS}}),
+                              **RUN_FIELDS},
+                 "session_ended": {"id": "5b7e2c1e-8f3a-4d5e-9b1a-2c3d4e5f6a7b", "status": "failed",
+                                   "request_id": "4f9d2a", "error": {
+                                       "code": "session_ended", "message": "the session ended: deleted",
+                                       "reason": "deleted"},
+                                   "session": {**SESSION_EXAMPLE, "state": "ended", "reason": "deleted"}}}),
              "links": {"CancelJob": {"operationId": "cancelJob",
                                      "parameters": {"job_id": "$request.path.job_id"}}}}
     common = {**access.client_errors(), "404": _error(404, "job_not_found"),
@@ -150,7 +155,8 @@ def _job_path(access: Access) -> dict[str, Any]:
                                "`failed` (with the error of a sync request, and the output when the script "
                                "ran) or `canceled` (error code `canceled`). `request_id` is the X-Request-ID "
                                "of the POST that queued it. Kept PYSANDBOX_RESULT_TTL_S (an hour) after it "
-                               "ends.",
+                               "ends. A session's queued call adds `session` once it ended; it fails "
+                               "`session_ended` (with `reason`) when its session ended before its turn.",
                 "parameters": [_ref("RequestId", "parameters")], "security": access.security,
                 "responses": {"200": state, **common}},
         "delete": {"operationId": "cancelJob", "summary": "Cancel a queued or running run",
@@ -162,18 +168,22 @@ def _job_path(access: Access) -> dict[str, Any]:
     }
 
 
+def _queued() -> dict[str, Any]:
+    """The 202 of `?async=1` (POST /execute, and a session's call)."""
+    return {"description": "`?async=1`: queued. Poll `Location` (GET /jobs/{job_id}).",
+            "headers": _headers("Location"),
+            "content": _json(_ref("JobQueued"), {"queued": {"id": "5b7e2c1e-8f3a-4d5e-9b1a-2c3d4e5f6a7b",
+                                                            "status": "queued"}}),
+            "links": {name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
+                      for name, op in (("GetJob", "getJob"), ("CancelJob", "cancelJob"))}}
+
+
 def _execute_path(access: Access) -> dict[str, Any]:
     body_examples = {
         "print_vs_result": {"script": 'print("at import")\ndef main():\n    print("in main")\n'
                                       '    return {"answer": 42}'},
         "with_limits": {"script": "def main():\n    return sum(range(10))", "timeout": 10, "memory_mb": 128},
     }
-    queued = {"description": "`?async=1`: queued. Poll `Location` (GET /jobs/{job_id}).",
-              "headers": _headers("Location"),
-              "content": _json(_ref("JobQueued"), {"queued": {"id": "5b7e2c1e-8f3a-4d5e-9b1a-2c3d4e5f6a7b",
-                                                              "status": "queued"}}),
-              "links": {name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
-                        for name, op in (("GetJob", "getJob"), ("CancelJob", "cancelJob"))}}
     return {"post": {
         "operationId": "execute", "summary": "Run a script's main() in a fresh jail, or queue it",
         "description": "The script is executed as module `script`, then `main()` is called; its return "
@@ -190,7 +200,7 @@ def _execute_path(access: Access) -> dict[str, Any]:
                                    "how long the request waited for a run slot.", "headers": _headers(),
                     "content": _json(_ref("RunResult"), {"print_vs_result": {
                         "result": {"answer": 42}, **RUN_FIELDS, "stdout": "at import\nin main\n"}})},
-            "202": queued,
+            "202": _queued(),
             "400": _error(400), "413": _error(413), "415": _error(415), "422": _error(422),
             "500": _error(500), "503": _error(503, headers=("Retry-After",)),
         }}}
@@ -258,9 +268,13 @@ def _session_paths(access: Access) -> dict[str, Any]:
                                "when the call defines `main`, else the value of its last expression (its "
                                "`repr()` when not JSON), else null. A call past its `timeout` gets "
                                "`KeyboardInterrupt` (422 `timeout`, the session goes on); one that does "
-                               "not stop within 2 s more ends the session. A call while another runs: "
-                               "409 `session_busy`.",
-                "parameters": request_id, "security": access.security,
+                               "not stop within 2 s more ends the session. `?async=1` queues the call "
+                               "as a job (202, GET /jobs/{job_id}, with `session`) behind the calls "
+                               "accepted before it: calls run in the order accepted. A sync call while "
+                               "another runs or waits: 409 `session_busy`, at once.",
+                "parameters": [{"name": "async", "in": "query", "required": False, "schema": _async_schema(),
+                                "description": "`1` queues the call (202); `0` or absent runs it now."},
+                               *request_id], "security": access.security,
                 "requestBody": {"required": True, "content": _json(_ref("ExecuteRequest"), {
                     "cell": {"script": "import pandas as pd\nframe = pd.DataFrame({'a': [1, 2]})\n"
                                        "int(frame.a.sum())"}})},
@@ -271,10 +285,13 @@ def _session_paths(access: Access) -> dict[str, Any]:
                             "content": _json(_ref("SessionRunResult"), {"cell": {
                                 "result": 3, **RUN_FIELDS, "session": SESSION_EXAMPLE}})},
                     "400": _error(400, "invalid_request", "invalid_file", "callback_not_allowed"),
+                    "202": _queued(),
                     "409": _error(409, "session_busy"),
                     "413": _error(413), "415": _error(415),
                     "422": _session_error_422(),
-                    **known}}},
+                    **known,
+                    "503": _error(503, "queue_unavailable", "busy", "storage_budget_exceeded",
+                                  "storage_full", headers=("Retry-After",))}}},
     }
 
 

@@ -2,6 +2,8 @@
 the script's error), a job's state, and the queue's refusals."""
 from typing import Any
 
+from flask import Response, jsonify, url_for
+
 from api.errors import CANCELED as CANCELED_CODE
 from api.errors import (
     CATALOG,
@@ -30,7 +32,7 @@ from api.job_queue import (
     QueueUnavailable,
 )
 from jail import Outcome
-from shared.answers import SANDBOX_FAILED, output_fields
+from shared.answers import SANDBOX_FAILED, output_fields, session_ended_job
 
 FAULTS = {
     Fault.CANCELED: (CANCELED_CODE, "the job was canceled by its client"),
@@ -62,15 +64,29 @@ def ended_error(ended: Ended) -> ApiError:
     return code(message)
 
 
+def accepted(job_id: str) -> Response:
+    """202 for a queued run or session call: its id, `queued`, and where to poll it."""
+    response = jsonify({"id": job_id, "status": "queued"})
+    response.status_code = 202
+    response.headers["Location"] = url_for("sandbox.job", job_id=job_id)
+    return response
+
+
 def job_body(state: JobState) -> dict[str, Any]:
-    """{"id", "status", "request_id", ...}: with its result, or its error, once it has ended."""
-    head = {"id": state.id, "status": state.status, "request_id": state.request_id, "worker": state.worker}
+    """{"id", "status", "request_id", ...}: with its result, or its error, once it has ended (a
+    session's call, with its session's state then, as the call's own answer has it)."""
+    head = {"id": state.id, "status": state.status, "request_id": state.request_id,
+            "worker": state.worker}
     callback = {"callback": state.callback} if state.callback is not None else {}
+    session = {"session": state.session} if state.session is not None else {}
     if state.ended is None:
         return {**head, **callback}
     if isinstance(state.ended, Outcome) and state.ended.ok:
-        return {**head, **outcome_body(state.ended), **callback}
-    return {**head, **ended_error(state.ended).to_dict(), **callback}
+        return {**head, **outcome_body(state.ended), **session, **callback}
+    if state.ended is Fault.SESSION_ENDED:
+        body = session_ended_job(state.id, state.request_id, state.session_ended or "lost", state.session)
+        return {**head, **body, **callback}
+    return {**head, **ended_error(state.ended).to_dict(), **session, **callback}
 
 
 def queue_error(exc: QueueError, retry_after_s: int) -> ApiError:

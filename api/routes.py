@@ -1,13 +1,13 @@
 """The HTTP endpoints: POST /execute (sync or ?async=1), GET and DELETE /jobs/<id>, GET /health, /mcp."""
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request
 
 from api.clients import client_id
 from api.errors import respond
-from api.job_queue import JOB_ID, JobQueue, QueueError, QueueUnavailable
+from api.job_queue import JOB_ID, JobQueue, QueueError
 from api.logs import annotate
 from api.mcp_endpoint import CALLER, Caller
 from api.request_ids import request_id
-from api.responses import job_body, outcome_body, queue_error
+from api.responses import accepted, job_body, outcome_body, queue_error
 from api.run_request import parse_run_request
 from api.service import service
 
@@ -15,13 +15,10 @@ bp = Blueprint("sandbox", __name__)
 
 
 def _queue() -> JobQueue:
-    jobs = service().jobs
-    if jobs is None:
-        raise QueueUnavailable("async runs need a queue: set REDIS_URL")
-    return jobs
+    return service().job_queue()
 
 
-@bp.errorhandler(QueueError)
+@bp.app_errorhandler(QueueError)
 def _queue_refused(exc: QueueError) -> Response:
     return respond(queue_error(exc, service().settings.retry_after_s))
 
@@ -34,10 +31,7 @@ def execute():
         job = _queue().submit(asked.script, asked.limits, asked.inputs, request_id(), client_id(),
                               asked.callback_url)
         annotate(job_id=job.id)
-        response = jsonify({"id": job.id, "status": "queued"})
-        response.status_code = 202
-        response.headers["Location"] = url_for("sandbox.job", job_id=job.id)
-        return response
+        return accepted(job.id)
     outcome, headers = service().mode.execute(asked.script, asked.limits, asked.inputs, client_id(),
                                               request_id())
     response = jsonify(outcome_body(outcome))

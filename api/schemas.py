@@ -194,7 +194,7 @@ class JobState(BaseModel):
 
     `finished` adds the fields of a sync 200; `failed` the error of a sync request (and the
     run's output when the script ran); `canceled` the error `canceled` (and the output the
-    run had made, when it was canceled while running)."""
+    run had made, when it was canceled while running). A session's queued call adds `session`."""
 
     id: str
     status: Literal["queued", "running", "finished", "failed", "canceled"]
@@ -215,6 +215,8 @@ class JobState(BaseModel):
     files_truncated: bool | None = None
     enforcement: str | None = None
     callback: CallbackState | None = Field(None, description="When the job was queued with a `callback_url`.")
+    session: "SessionState | None" = Field(
+        None, description="A session's queued call, once it ended: the session's state then.")
 
 
 class WarmJails(BaseModel):
@@ -305,6 +307,9 @@ class SessionState(BaseModel):
     expires_at: float = Field(description="Unix time when it ends unless a call comes first: idle or "
                                           "lifetime, whichever is sooner.")
     usage: SessionUsage
+
+
+JobState.model_rebuild()  # its `session` is a SessionState
 
 
 class SessionRunResult(RunResult):

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 
+from api.job_queue import QueueUnavailable
+
 if TYPE_CHECKING:  # these modules read the Service of their app
     from api.clients import Key
     from api.job_queue import JobQueue
@@ -36,6 +38,12 @@ class Service:
     """The sessions this process holds, or routes to the workers (api/sessions.py)."""
     draining: threading.Event = field(default_factory=threading.Event)
     """Set once this process was told to stop (SIGTERM): /readyz answers 503 from then on."""
+
+    def job_queue(self) -> JobQueue:
+        """The queue, for ?async=1 (runs and session calls); 503 queue_unavailable without one."""
+        if self.jobs is None:
+            raise QueueUnavailable("async runs need a queue: set REDIS_URL")
+        return self.jobs
 
 
 def service(app: Flask | None = None) -> Service:

@@ -10,8 +10,10 @@ them, per client (another client's id is 404, as an unknown one), within caps pe
 in all; a reaper thread ends those idle or past their lifetime. An ended session's record is
 kept PYSANDBOX_SESSION_RECORD_TTL_S: it answers 410 session_ended with its reason, then 404.
 
-Calls of one session run one at a time: a call while another runs is 409 session_busy (no
-waiting: a call may run for minutes, and a waiting request would hold a gunicorn thread).
+Calls of one session run one at a time, in the order they were accepted (shared/session_calls.py's
+CallLine): `?async=1` queues a call as a job (GET /jobs/<id>) behind those accepted before; a sync
+call while another runs or waits is 409 session_busy (no waiting: a call may run for minutes, and
+a waiting request would hold a gunicorn thread).
 Session calls take no run slot: a session's memory is already reserved, and its CPU is one core
 at most (its cgroup, or RLIMIT_CPU over its lifetime).
 
@@ -20,24 +22,25 @@ The routes and MCP's session tools (api/mcp_endpoint.py) go through the same fun
 """
 import functools
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.job import Job
 
 from api.clients import client_id
 from api.errors import (
     CATALOG,
     INTERNAL_ERROR,
     MEMORY_UNAVAILABLE,
-    QUEUE_UNAVAILABLE,
     SANDBOX_UNAVAILABLE,
     SESSION_BUSY,
     SESSION_ENDED,
@@ -47,25 +50,26 @@ from api.errors import (
     TOO_MANY_SESSIONS,
     ApiError,
     busy,
-    invalid,
 )
-from api.job_queue import unreachable
+from api.job_queue import JobQueue, SessionCall, reaching_redis
 from api.logs import annotate
-from api.responses import outcome_body, outcome_error
+from api.request_ids import request_id
+from api.responses import accepted, outcome_body, outcome_error
 from api.run_request import RunRequest, parse_run_request
 from api.schemas import SessionRequest, parse_json
 from api.service import Service, service
 from jail import Limits, Outcome, RunInput, SandboxError
 from jail.admission import MemoryLedger
-from jail.session import START_TIMEOUT_S, Session, SessionBusy, SessionEnded
+from jail.session import START_TIMEOUT_S, Session, SessionEnded
 from shared.logs import run_fields
 from shared.metrics import (
     SESSION_CALL_SECONDS,
     SESSION_CALLS,
     SESSIONS_CREATED,
-    SESSIONS_ENDED,
-    SESSIONS_OPEN,
 )
+from shared.queue import ALIVE_TTL_S
+from shared.session_books import MemoryBusy, MemoryNeverFits, SessionBooks, expired
+from shared.session_calls import CallLine, LineClosed, holder_key, interruptible, run_queued_call
 from shared.session_queue import (
     ANSWER_MARGIN_S,
     NEW_SESSIONS_KEY,
@@ -81,12 +85,24 @@ from shared.session_queue import (
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-P = ParamSpec("P")
-R = TypeVar("R")
 
 REAP_INTERVAL_S = 1.0
 """How often the reaper looks for idle and expired sessions."""
+BUSY_MESSAGE = ("the session has a call running or queued; send this one once they have answered (a "
+                "queued one's at GET /jobs/<id>), or queue it with ?async=1")
 
+
+
+def check_session_caps(settings: Settings, counts: Counter[str], client: str) -> None:
+    """429 too_many_sessions when client has its PYSANDBOX_MAX_SESSIONS_PER_CLIENT open, 503
+    sessions_full when PYSANDBOX_MAX_SESSIONS are; counts: the open sessions, by client."""
+    if counts[client] >= settings.max_sessions_per_client:
+        raise TOO_MANY_SESSIONS(f"this client has {settings.max_sessions_per_client} sessions open "
+                                "(PYSANDBOX_MAX_SESSIONS_PER_CLIENT); delete one first",
+                                retry_after_s=settings.retry_after_s)
+    if counts.total() >= settings.max_sessions:
+        raise SESSIONS_FULL(f"{settings.max_sessions} sessions are open (PYSANDBOX_MAX_SESSIONS); "
+                            "retry later", retry_after_s=settings.retry_after_s)
 
 
 @dataclass
@@ -99,6 +115,8 @@ class Record:
     idle_timeout_s: float
     max_lifetime_s: float
     token: str | None
+    line: CallLine
+    """Its calls, in the order they were accepted (shared/session_calls.py)."""
     created_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     ended: str | None = None
@@ -116,8 +134,12 @@ class Record:
 class Sessions:
     """The sessions of this process, their caps, their memory, their reaper."""
 
-    def __init__(self, settings: Settings, memory: MemoryLedger | None) -> None:
-        self.settings, self.memory = settings, memory
+    def __init__(self, settings: Settings, memory: MemoryLedger | None, redis: Redis | None = None) -> None:
+        self.settings, self.redis = settings, redis
+        self.books = SessionBooks(memory)
+        self.holder_key = holder_key(f"api-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        """Refreshed by the reaper while this process holds sessions: their queued calls (in Redis,
+        `redis`) fail `session_ended` (`lost`) once it is gone (shared/session_calls.py)."""
         self._records: dict[str, Record] = {}
         self._starting: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -137,31 +159,26 @@ class Sessions:
         limits, idle_s, lifetime_s = self.settings.session_limits(body.memory_mb, body.idle_timeout_s,
                                                                   body.max_lifetime_s)
         with self._lock:
-            open_ = Counter(r.client for r in self._records.values() if r.ended is None) + self._starting
-            if open_[client] >= self.settings.max_sessions_per_client:
-                raise TOO_MANY_SESSIONS(f"this client has {self.settings.max_sessions_per_client} sessions "
-                                        "open (PYSANDBOX_MAX_SESSIONS_PER_CLIENT); delete one first",
-                                        retry_after_s=self.settings.retry_after_s)
-            if open_.total() >= self.settings.max_sessions:
-                raise SESSIONS_FULL(f"{self.settings.max_sessions} sessions are open (PYSANDBOX_MAX_SESSIONS)"
-                                    "; retry later", retry_after_s=self.settings.retry_after_s)
+            check_session_caps(self.settings, Counter(r.client for r in self._records.values()
+                                                      if r.ended is None) + self._starting, client)
             token = self._reserve(limits.memory_mb)
             session = self._take_spare(limits)
             self._starting[client] += 1  # counts against the caps while its jail starts
         try:
             session = session or Session(limits, lifetime_s)
         except SandboxError:
-            self._release(token)
+            self.books.release(token)
             log.exception("a session's jail did not start")
             raise INTERNAL_ERROR("the sandbox failed to start the session; the error was logged") from None
         finally:
             with self._lock:
                 self._starting[client] -= 1
-        record = Record(str(uuid.uuid4()), client, session, idle_s, lifetime_s, token)
+        session_id = str(uuid.uuid4())
+        record = Record(session_id, client, session, idle_s, lifetime_s, token, CallLine(session_id))
         with self._lock:
             self._records[record.id] = record
         SESSIONS_CREATED.inc()
-        SESSIONS_OPEN.inc()
+        self.books.opened()
         annotate(session_id=record.id)
         return record
 
@@ -200,20 +217,12 @@ class Sessions:
 
     def _reserve(self, memory_mb: int) -> str | None:
         """The session's memory in the ledger, held while it is open (503 if it cannot fit now)."""
-        if self.memory is None:
-            return None
-        need = self.memory.cost(memory_mb)
-        if self.memory.never_fits(need):
-            raise MEMORY_UNAVAILABLE(f"the session's {memory_mb} MB cannot fit beside what this service "
-                                     "holds: ask for less memory")
-        token = self.memory.try_reserve(need)
-        if token is None:
-            raise busy(f"no memory free for the session's {memory_mb} MB limit", self.settings.retry_after_s)
-        return token
-
-    def _release(self, token: str | None) -> None:
-        if token is not None and self.memory is not None:
-            self.memory.release(token)
+        try:
+            return self.books.reserve(memory_mb)
+        except MemoryNeverFits as exc:
+            raise MEMORY_UNAVAILABLE(str(exc)) from None
+        except MemoryBusy as exc:
+            raise busy(str(exc), self.settings.retry_after_s) from None
 
     def find(self, session_id: str, client: str) -> Record:
         """The client's session record (open or ended); 404 for any other id."""
@@ -232,24 +241,70 @@ class Sessions:
 
     def execute(self, record: Record | SessionRecord, script: str, limits: Limits,
                 inputs: RunInput | None) -> Outcome:
-        """One call in the session (409 busy, 410 ended); ends the record if the call ended it."""
+        """One call in the session, once no other runs or waits (409 busy, 410 ended)."""
         assert isinstance(record, Record), "a record of this process's sessions"
         try:
-            outcome = record.session.execute(script, limits, inputs)
-        except SessionBusy:
-            raise SESSION_BUSY("the session is running another call; send this one when it has "
-                               "answered") from None
+            future = record.line.submit(functools.partial(self._run, record, script, limits, inputs, None),
+                                        alone=True)
+        except LineClosed:
+            raise ended_error(record) from None
+        if future is None:
+            raise SESSION_BUSY(BUSY_MESSAGE)
+        try:
+            outcome: Outcome = future.result()
+        except SessionEnded:
+            raise ended_error(record) from None
+        except SandboxError:
+            raise INTERNAL_ERROR("the sandbox failed; the session ended; the error was logged") from None
+        annotate(session_id=record.id, **run_fields(outcome))
+        return outcome
+
+    def submit(self, record: Record | SessionRecord, asked: RunRequest, jobs: JobQueue,
+               request_id: str) -> Job:
+        """Queue a call behind the session's others, as a job (shared/session_calls.py)."""
+        assert isinstance(record, Record), "a record of this process's sessions"
+        self._beat()  # the holder key exists before its first job does
+        job = jobs.submit(asked.script, asked.limits, asked.inputs, request_id, record.client,
+                          asked.callback_url, SessionCall(record.id, self.holder_key))
+        work = functools.partial(run_queued_call, jobs.redis, job.id, functools.partial(self._queued, record),
+                                 self.settings.result_ttl_s)
+        try:
+            record.line.submit(work, alone=False)
+        except LineClosed:
+            work()  # the session ended meanwhile: the job fails session_ended at once
+        return job
+
+    def _queued(self, record: Record, script: str, limits: Limits, inputs: RunInput | None,
+                canceled: threading.Event) -> tuple[Outcome | None, dict[str, Any]]:
+        """A queued call's turn (shared/session_calls.Call): its outcome, or None if the session ended."""
+        try:
+            outcome = self._run(record, script, limits, inputs, canceled)
+        except (SessionEnded, SandboxError):
+            return None, record.body()
+        log.info("session call: %s", outcome.status.value,
+                 extra={"session_id": record.id, **run_fields(outcome)})
+        return outcome, record.body()
+
+    def _run(self, record: Record, script: str, limits: Limits, inputs: RunInput | None,
+             canceled: threading.Event | None) -> Outcome:
+        """One call, in the session's line; ends the record if the call ended the session
+        (SessionEnded if it had ended before; SandboxError, logged, if the sandbox failed)."""
+        if record.ended is not None:
+            raise SessionEnded(record.ended)
+        try:
+            outcome = interruptible(record.session, script, limits, inputs, canceled)
         except SessionEnded as exc:
             self.end(record, exc.reason)
-            raise ended_error(record) from None
+            raise
         except SandboxError:
             self.end(record, "lost")
             log.exception("a session's jail failed")
-            raise INTERNAL_ERROR("the sandbox failed; the session ended; the error was logged") from None
+            raise
+        if record.ended is not None:  # ended meanwhile from outside (DELETE, an expiry, a stop)
+            raise SessionEnded(record.ended)
         record.last_used = time.time()
         SESSION_CALLS.labels(outcome.status.value).inc()
         SESSION_CALL_SECONDS.observe(outcome.duration_ms / 1000)
-        annotate(session_id=record.id, **run_fields(outcome))
         if record.session.ended is not None:
             self.end(record, record.session.ended)
         return outcome
@@ -261,14 +316,8 @@ class Sessions:
             if record.ended is not None:
                 return
             record.ended, record.ended_at = reason, time.time()
-        record.session.close(reason)
-        self._release(record.token)
-        SESSIONS_OPEN.dec()
-        SESSIONS_ENDED.labels(reason).inc()
-        usage = record.session.usage()
-        log.info("session ended: %s", reason, extra={
-            "session_id": record.id, "client": record.client, "reason": reason, "calls": usage.calls,
-            "cpu_ms": usage.cpu_ms, "lifetime_s": round(record.ended_at - record.created_at, 3)})
+        self.books.end(record.session, record.line, record.token, reason, record.id, record.client,
+                       record.created_at)
 
     def reap(self) -> None:
         """End sessions idle or past their lifetime; forget ended ones past the record TTL."""
@@ -276,11 +325,11 @@ class Sessions:
         with self._lock:
             records = list(self._records.values())
         for record in records:
-            if record.ended is None and now >= record.created_at + record.max_lifetime_s:
-                self.end(record, "lifetime")
-            elif record.ended is None and not record.session.busy \
-                    and now >= record.last_used + record.idle_timeout_s:
-                self.end(record, "idle")
+            reason = None if record.ended is not None else expired(
+                now, record.created_at, record.max_lifetime_s, record.last_used, record.idle_timeout_s,
+                record.line)
+            if reason is not None:
+                self.end(record, reason)
             elif record.ended_at is not None and now >= record.ended_at + self.settings.session_record_ttl_s:
                 with self._lock:
                     self._records.pop(record.id, None)
@@ -288,9 +337,21 @@ class Sessions:
     def _reap_loop(self) -> None:
         while not self._stopped.wait(REAP_INTERVAL_S):
             try:
+                self._beat()
                 self.reap()
             except Exception:  # noqa: BLE001 - the reaper must outlive any one failure
                 log.exception("the session reaper failed")
+
+    def _beat(self) -> None:
+        """Refresh this process's holder key while it holds sessions (Redis away: at the next beat;
+        sync calls need no Redis)."""
+        with self._lock:
+            holding = any(record.ended is None for record in self._records.values())
+        if self.redis is not None and holding:
+            try:
+                self.redis.set(self.holder_key, 1, ex=ALIVE_TTL_S)  # a run's: a busy reaper is not a death
+            except RedisError:
+                pass
 
     def counts(self) -> dict[str, int]:
         """For /health: sessions open and their caps."""
@@ -313,17 +374,6 @@ class Sessions:
             self.end(record, reason)
 
 
-def _reaching_redis(method: Callable[P, R]) -> Callable[P, R]:
-    """A QueueSessions method whose RedisError becomes 503 queue_unavailable."""
-    @functools.wraps(method)
-    def reaching(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except RedisError as exc:
-            raise QUEUE_UNAVAILABLE(str(unreachable(exc))) from None
-    return reaching
-
-
 class QueueSessions:
     """Sessions held by the workers (PYSANDBOX_EXECUTE_VIA_QUEUE; shared/session_queue.py): this
     API replica keeps nothing of them but reads and routes through Redis, so any replica answers.
@@ -335,20 +385,13 @@ class QueueSessions:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings, self.redis = settings, redis
 
-    @_reaching_redis
+    @reaching_redis
     def create(self, client: str, body: SessionRequest) -> SessionRecord:
         """A new session in whichever worker takes it first (429/503 past the caps; 501 when no
         worker serves sessions; 503 busy when none took it within PYSANDBOX_QUEUE_WAIT_S)."""
         limits, idle_s, lifetime_s = self.settings.session_limits(body.memory_mb, body.idle_timeout_s,
                                                                   body.max_lifetime_s)
-        open_ = Counter(record.client for record in self._open_records())
-        if open_[client] >= self.settings.max_sessions_per_client:
-            raise TOO_MANY_SESSIONS(f"this client has {self.settings.max_sessions_per_client} sessions "
-                                    "open (PYSANDBOX_MAX_SESSIONS_PER_CLIENT); delete one first",
-                                    retry_after_s=self.settings.retry_after_s)
-        if open_.total() >= self.settings.max_sessions:
-            raise SESSIONS_FULL(f"{self.settings.max_sessions} sessions are open (PYSANDBOX_MAX_SESSIONS)"
-                                "; retry later", retry_after_s=self.settings.retry_after_s)
+        check_session_caps(self.settings, Counter(record.client for record in self._open_records()), client)
         if next(self.redis.scan_iter(match=worker_key("*"), count=1000), None) is None:
             raise SESSIONS_UNAVAILABLE("no worker serves sessions now (none is running, or they are of a "
                                        "version without sessions)")
@@ -393,7 +436,7 @@ class QueueSessions:
         log.warning("session lost: its worker stopped answering", extra={
             "session_id": record.id, "client": record.client, "worker": record.worker})
 
-    @_reaching_redis
+    @reaching_redis
     def find(self, session_id: str, client: str) -> SessionRecord:
         """The client's session record (open or ended); 404 for any other id."""
         record = SessionRecord.load(self.redis, session_id)
@@ -401,7 +444,7 @@ class QueueSessions:
             raise SESSION_NOT_FOUND("no such session of this client (or its record has expired)")
         return record
 
-    @_reaching_redis
+    @reaching_redis
     def open_record(self, session_id: str, client: str) -> SessionRecord:
         """As find(), and 410 session_ended if it is over (or its worker is gone: `lost`)."""
         record = self.find(session_id, client)
@@ -409,7 +452,7 @@ class QueueSessions:
             raise ended_error(record)
         return record
 
-    @_reaching_redis
+    @reaching_redis
     def execute(self, record: Record | SessionRecord, script: str, limits: Limits,
                 inputs: RunInput | None) -> Outcome:
         """One call in the session, in its worker: answered within the call's time limit plus
@@ -428,7 +471,17 @@ class QueueSessions:
         annotate(session_id=record.id, **run_fields(outcome))
         return outcome
 
-    @_reaching_redis
+    @reaching_redis
+    def submit(self, record: Record | SessionRecord, asked: RunRequest, jobs: JobQueue,
+               request_id: str) -> Job:
+        """Queue a call as a job (shared/session_calls.py), behind the session's others in its worker."""
+        assert isinstance(record, SessionRecord), "a record of the workers' sessions"
+        job = jobs.submit(asked.script, asked.limits, asked.inputs, request_id, record.client,
+                          asked.callback_url, SessionCall(record.id, worker_key(record.worker)))
+        send(self.redis, calls_key(record.worker), Request("submit", record.id, job_id=job.id))
+        return job
+
+    @reaching_redis
     def end(self, record: Record | SessionRecord, reason: str) -> None:
         """End the session in its worker (its jail is killed there)."""
         assert isinstance(record, SessionRecord), "a record of the workers' sessions"
@@ -456,7 +509,7 @@ class QueueSessions:
         if error == "session_ended":
             raise self._gone(record)
         if error == "session_busy":
-            raise SESSION_BUSY("the session is running another call; send this one when it has answered")
+            raise SESSION_BUSY(BUSY_MESSAGE)
         if error == "busy":
             raise busy(reply["message"], self.settings.retry_after_s)
         if error is not None:
@@ -513,6 +566,14 @@ def call_session(svc: Service, session_id: str, client: str, asked: RunRequest) 
     return {**outcome_body(outcome), **state}
 
 
+def queue_call(svc: Service, session_id: str, client: str, asked: RunRequest, request_id: str) -> Job:
+    """Queue a call in client's session as a job, polled at GET /jobs/<id> (?async=1; 503
+    queue_unavailable without Redis, as POST /execute?async=1)."""
+    jobs = svc.job_queue()
+    sessions = sessions_of(svc)
+    return sessions.submit(sessions.open_record(session_id, client), asked, jobs, request_id)
+
+
 def end_session(svc: Service, session_id: str, client: str) -> Record | SessionRecord:
     """End client's open session now (DELETE /sessions/<id>, and MCP's end_session)."""
     sessions = sessions_of(svc)
@@ -548,8 +609,10 @@ def delete_session(session_id: str) -> Response:
 
 @bp.post("/sessions/<session_id>/execute")
 def execute_in_session(session_id: str) -> Response:
-    """Run a call in the session; answered as POST /execute is, with the session's state."""
+    """Run a call in the session; answered as POST /execute is, with the session's state; or
+    queue it (?async=1), answered as POST /execute?async=1 is."""
     asked = parse_run_request(request, service().settings)
     if asked.queued:
-        raise invalid("?async=1 is not supported on a session's calls: they run at once, in order")
+        job = queue_call(service(), session_id, client_id(), asked, request_id())
+        return accepted(job.id)
     return jsonify(call_session(service(), session_id, client_id(), asked))

@@ -32,3 +32,12 @@ def ended_job(job_id: str, request_id: str | None, outcome: Outcome | None,
              **({"traceback": outcome.traceback} if outcome.traceback else {})}
     status = "canceled" if outcome.status is Status.CANCELED else "failed"
     return {**head, "status": status, "error": error, **output_fields(outcome)}
+
+
+def session_ended_job(job_id: str, request_id: str | None, reason: str,
+                      state: dict[str, Any] | None) -> dict[str, Any]:
+    """GET /jobs/<id>'s JSON of a session's queued call whose session ended before its turn
+    (shared/session_calls.py); api/responses.py's job_body renders the same."""
+    error = {"code": "session_ended", "message": f"the session ended: {reason}", "reason": reason}
+    return {"id": job_id, "request_id": request_id, "worker": None, "status": "failed", "error": error,
+            **({"session": state} if state is not None else {})}

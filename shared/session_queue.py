@@ -52,7 +52,7 @@ def record_key(session_id: str) -> str:
 @dataclass
 class Request:
     """One request to a worker: `op` is create (limits, lifetime_s), execute (script, limits,
-    inputs) or end (reason)."""
+    inputs), submit (job_id: a queued call, shared/session_calls.py) or end (reason)."""
 
     op: str
     session_id: str
@@ -62,6 +62,7 @@ class Request:
     inputs: RunInput | None = None
     reason: str = ""
     record: "SessionRecord | None" = None
+    job_id: str = ""
 
 
 @dataclass

@@ -143,7 +143,7 @@ def main() -> int:
         start_http_server(settings.worker_metrics_port)
     redis = connect(settings.redis_url or LOCAL_REDIS_URL)
     callbacks.start(redis, settings)  # the delivery loop, when callbacks are on
-    sessions = SessionHost(redis, memory, settings.session_record_ttl_s)
+    sessions = SessionHost(redis, memory, settings.session_record_ttl_s, settings.result_ttl_s)
     sessions.start()
     try:
         return work(redis)

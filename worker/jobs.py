@@ -13,19 +13,18 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
 from jail import Limits, Outcome, RunInput, Sandbox, SandboxError, Status
 from jail.admission import ADMIT_WAIT_S, MemoryLedger
 from jail.limits import MIB
-from shared import callbacks
 from shared.answers import ended_job
 from shared.logs import run_fields
 from shared.metrics import QUEUE_WAIT_SECONDS, observe_run, observe_sandbox_error
 from shared.queue import keep_alive
-from shared.storage import JOB_OVERHEAD_BYTES, Ledger, payload_key, stored_result_bytes, worst_result_bytes
+from shared.session_calls import call_back, settle
+from shared.storage import JOB_OVERHEAD_BYTES, payload_key, stored_result_bytes, worst_result_bytes
 
 log = logging.getLogger(__name__)
 NOT_RUN = "the job was canceled before it ran"
@@ -57,22 +56,21 @@ def run_stored() -> dict[str, Any]:
     as execute(). Its storage is settled: the input's bytes released once read, the worst
     case replaced by what RQ will store once it ends (the overhead alone if the sandbox failed)."""
     job = _current()
-    ledger = Ledger(job.connection)
     raw = job.connection.getdel(payload_key(job.id))
     if raw is None:  # only a cancel deletes it before a worker does: the cancel key is set
         outcome = Outcome(Status.CANCELED, message=NOT_RUN)
-        _settle(ledger, job, JOB_OVERHEAD_BYTES)
+        settle(job, JOB_OVERHEAD_BYTES)
         _call_back(job, outcome)
         return outcome.to_dict()
     script, limits, inputs = pickle.loads(raw)  # type: ignore[arg-type]
-    _settle(ledger, job, worst_result_bytes(limits) + JOB_OVERHEAD_BYTES, done=False)
+    settle(job, worst_result_bytes(limits) + JOB_OVERHEAD_BYTES, done=False)
     try:
         value = _run(job, script, limits, inputs)
     except SandboxError:
-        _settle(ledger, job, JOB_OVERHEAD_BYTES)
+        settle(job, JOB_OVERHEAD_BYTES)
         _call_back(job, None)
         raise
-    _settle(ledger, job, stored_result_bytes(value) + JOB_OVERHEAD_BYTES)
+    settle(job, stored_result_bytes(value) + JOB_OVERHEAD_BYTES)
     _call_back(job, Outcome.from_dict(value))
     return value
 
@@ -80,11 +78,7 @@ def run_stored() -> dict[str, Any]:
 def _call_back(job: Job, outcome: Outcome | None) -> None:
     """The job has ended (None: its sandbox failed): its callback, if any, is due
     (shared/callbacks.py; this process's delivery loop, or another worker's, sends it)."""
-    try:
-        callbacks.ended(job.connection, job.id, ended_job(job.id, job.meta.get("request_id"), outcome,
-                                                      job.worker_name))
-    except RedisError:
-        log.warning("job's callback not made due: Redis is away", extra={"job_id": job.id})
+    call_back(job, ended_job(job.id, job.meta.get("request_id"), outcome, job.worker_name))
 
 
 @contextmanager
@@ -115,15 +109,6 @@ def _current() -> Job:
     job = get_current_job()
     assert job is not None, "the job functions run inside an RQ job"
     return job
-
-
-def _settle(ledger: Ledger, job: Job, nbytes: int, done: bool = True) -> None:
-    """Settle the job's storage; if Redis is away, the ledger keeps the larger reservation
-    (the safe side) until the job's record expires."""
-    try:
-        ledger.settle(job.id, nbytes, done)
-    except RedisError:
-        log.warning("job's storage not settled: Redis is away", extra={"job_id": job.id})
 
 
 def _run(job: Job, script: str, limits: Limits, inputs: RunInput | None) -> dict[str, Any]:

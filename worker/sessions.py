@@ -1,11 +1,14 @@
 """The sessions a worker holds (queue mode: shared/session_queue.py is the contract).
 
 A SessionHost thread serves this process's list of session requests and the list of new
-sessions; each request is handled in a thread of its own (a call may run for minutes; calls of
-one session run one at a time: jail/session.py answers the second `session_busy`). It refreshes
+sessions. A call (sync, or a queued one's job id) goes into its session's line in the order it
+was popped, which is the order the API accepted it (shared/session_calls.py: one at a time; a
+sync call while another runs or waits is answered `session_busy`); creating and ending a session
+are handled in a thread of their own. It refreshes
 this worker's key, ends sessions idle or past their lifetime, and on a graceful stop ends every
 session (`shutdown`). Each session's memory is reserved in the worker's ledger while it is open.
 """
+import functools
 import logging
 import os
 import pickle
@@ -19,11 +22,12 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
-from jail import SandboxError
+from jail import Limits, Outcome, RunInput, SandboxError
 from jail.admission import MemoryLedger
-from jail.session import Session, SessionBusy, SessionEnded
+from jail.session import Session, SessionEnded
 from shared.logs import run_fields
-from shared.metrics import SESSIONS_ENDED, SESSIONS_OPEN
+from shared.session_books import MemoryBusy, MemoryNeverFits, SessionBooks, expired
+from shared.session_calls import CallLine, LineClosed, interruptible, run_queued_call
 from shared.session_queue import (
     NEW_SESSIONS_KEY,
     WORKER_ALIVE_TTL_S,
@@ -45,13 +49,16 @@ class Held:
     session: Session
     record: SessionRecord
     token: str | None
+    line: CallLine
 
 
 class SessionHost:
     """This worker process's sessions, served from Redis by a thread of their own."""
 
-    def __init__(self, redis: Redis, memory: MemoryLedger | None, record_ttl_s: float) -> None:
-        self.redis, self.memory, self.record_ttl_s = redis, memory, record_ttl_s
+    def __init__(self, redis: Redis, memory: MemoryLedger | None, record_ttl_s: float,
+                 result_ttl_s: int) -> None:
+        self.redis, self.books, self.record_ttl_s = redis, SessionBooks(memory), record_ttl_s
+        self.result_ttl_s = result_ttl_s
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._held: dict[str, Held] = {}
         self._lock = threading.Lock()
@@ -79,8 +86,49 @@ class SessionHost:
             if popped is None:
                 continue
             request: Request = pickle.loads(popped[1])  # type: ignore[arg-type]  # noqa: S301 - written by the API, over our Redis
-            threading.Thread(target=self._handle, args=(request,), name=f"session-{request.op}",
-                             daemon=True).start()
+            if request.op in ("execute", "submit"):
+                self._line_up(request)  # here, in the order popped
+            else:
+                threading.Thread(target=self._handle, args=(request,), name=f"session-{request.op}",
+                                 daemon=True).start()
+
+    def _line_up(self, request: Request) -> None:
+        """Put a call in its session's line: a queued one (its job) at once; a sync one if no call
+        runs or waits (else `session_busy`), answered once it ran."""
+        held = self._held.get(request.session_id)
+        if request.op == "submit":
+            work = functools.partial(run_queued_call, self.redis, request.job_id,
+                                     functools.partial(self._queued, request.session_id), self.result_ttl_s)
+            try:
+                if held is None:
+                    raise LineClosed
+                held.line.submit(work, alone=False)
+            except LineClosed:
+                threading.Thread(target=work, name="session-ended", daemon=True).start()
+            return
+        future = None
+        try:
+            future = None if held is None else held.line.submit(functools.partial(self._handle, request),
+                                                                   alone=True)
+        except LineClosed:
+            pass
+        if future is None:
+            reply = {"error": "session_busy"} if held is not None and held.record.ended is None \
+                else {"error": "session_ended", "reason": "lost"}
+            threading.Thread(target=self._reply, args=(request, reply), daemon=True).start()
+
+    def _queued(self, session_id: str, script: str, limits: Limits, inputs: RunInput | None,
+                canceled: threading.Event) -> tuple[Outcome | None, dict[str, Any] | None]:
+        """A queued call's turn (shared/session_calls.Call): its outcome, or None if the session ended."""
+        held = self._held.get(session_id)
+        if held is None:
+            record = SessionRecord.load(self.redis, session_id)
+            return None, None if record is None else record.body()
+        reply = self._execute(Request("execute", session_id, limits=limits, script=script, inputs=inputs),
+                              canceled)
+        if "outcome" not in reply:
+            return None, held.record.body()
+        return Outcome.from_dict(reply["outcome"]), held.record.body()
 
     def _handle(self, request: Request) -> None:
         try:
@@ -90,6 +138,9 @@ class SessionHost:
             log.exception("session request failed", extra={"session_id": request.session_id})
             reply = {"error": "internal_error",
                      "message": "the session's worker failed; the error was logged"}
+        self._reply(request, reply)
+
+    def _reply(self, request: Request, reply: dict[str, Any]) -> None:
         try:
             answer(self.redis, request, reply)
         except RedisError:
@@ -98,40 +149,35 @@ class SessionHost:
     def _create(self, request: Request) -> dict[str, Any]:
         record, limits = request.record, request.limits
         assert record is not None and limits is not None
-        token = None
-        if self.memory is not None:
-            need = self.memory.cost(limits.memory_mb)
-            if self.memory.never_fits(need):
-                return {"error": "memory_unavailable", "message": f"the session's {limits.memory_mb} MB "
-                        "cannot fit beside what this worker holds: ask for less memory"}
-            token = self.memory.try_reserve(need)
-            if token is None:
-                return {"error": "busy", "message": f"no memory free for the session's {limits.memory_mb} "
-                        "MB limit"}
+        try:
+            token = self.books.reserve(limits.memory_mb)
+        except MemoryNeverFits as exc:
+            return {"error": "memory_unavailable", "message": str(exc)}
+        except MemoryBusy as exc:
+            return {"error": "busy", "message": str(exc)}
         try:
             session = Session(limits, record.max_lifetime_s)
         except SandboxError:
-            self._release(token)
+            self.books.release(token)
             log.exception("a session's jail did not start")
             return {"error": "internal_error", "message": "the sandbox failed to start the session; "
                     "the error was logged"}
         record.worker = self.name
         with self._lock:
-            self._held[record.id] = Held(session, record, token)
-        SESSIONS_OPEN.inc()
+            self._held[record.id] = Held(session, record, token, CallLine(record.id))
+        self.books.opened()
         record.save(self.redis, self.record_ttl_s)
         log.info("session started", extra={"session_id": record.id, "client": record.client})
         return {"record": asdict(record)}
 
-    def _execute(self, request: Request) -> dict[str, Any]:
+    def _execute(self, request: Request, canceled: threading.Event | None = None) -> dict[str, Any]:
+        """One call, in its session's line."""
         held = self._held.get(request.session_id)
         if held is None:
             return {"error": "session_ended", "reason": "lost"}
         assert request.limits is not None
         try:
-            outcome = held.session.execute(request.script, request.limits, request.inputs)
-        except SessionBusy:
-            return {"error": "session_busy"}
+            outcome = interruptible(held.session, request.script, request.limits, request.inputs, canceled)
         except SessionEnded as exc:
             self._end(held, exc.reason)
             return {"error": "session_ended", "reason": exc.reason}
@@ -140,6 +186,8 @@ class SessionHost:
             self._end(held, "lost")
             return {"error": "internal_error", "message": "the sandbox failed; the session ended; the error "
                     "was logged"}
+        if request.session_id not in self._held:  # ended meanwhile from outside (DELETE, an expiry, a stop)
+            return {"error": "session_ended", "reason": held.session.ended or "lost"}
         log.info("session call: %s", outcome.status.value,
                  extra={"session_id": held.record.id, **run_fields(outcome)})
         held.record.last_used = time.time()
@@ -167,25 +215,15 @@ class SessionHost:
         with self._lock:
             if self._held.pop(held.record.id, None) is None:
                 return
-        held.session.close(reason)
-        self._release(held.token)
-        SESSIONS_OPEN.dec()
-        SESSIONS_ENDED.labels(reason).inc()
-        usage = held.session.usage()
         record = held.record
-        record.ended, record.ended_at = reason, time.time()
+        record.ended, record.ended_at = reason, time.time()  # before its call (if any) comes back
+        usage = self.books.end(held.session, held.line, held.token, reason, record.id, record.client,
+                               record.created_at)
         record.calls, record.cpu_ms, record.peak_memory_mb = usage.calls, usage.cpu_ms, None
         try:
             record.save(self.redis, self.record_ttl_s)
         except RedisError:
             log.warning("session's end not stored: Redis is away", extra={"session_id": record.id})
-        log.info("session ended: %s", reason, extra={
-            "session_id": record.id, "client": record.client, "reason": reason, "calls": usage.calls,
-            "cpu_ms": usage.cpu_ms, "lifetime_s": round(record.ended_at - record.created_at, 3)})
-
-    def _release(self, token: str | None) -> None:
-        if token is not None and self.memory is not None:
-            self.memory.release(token)
 
     def _reap(self) -> None:
         """End sessions idle or past their lifetime."""
@@ -194,10 +232,10 @@ class SessionHost:
             held = list(self._held.values())
         for one in held:
             record = one.record
-            if now >= record.created_at + record.max_lifetime_s:
-                self._end(one, "lifetime")
-            elif not one.session.busy and now >= record.last_used + record.idle_timeout_s:
-                self._end(one, "idle")
+            reason = expired(now, record.created_at, record.max_lifetime_s, record.last_used,
+                             record.idle_timeout_s, one.line)
+            if reason is not None:
+                self._end(one, reason)
 
     def close(self, reason: str = "shutdown") -> None:
         """Stop serving and end every session (a graceful stop)."""

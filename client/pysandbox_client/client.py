@@ -236,10 +236,20 @@ class Client:
                     files: Mapping[str, bytes | str] | None = None, timeout: float | None = None,
                     request_id: str | None = None) -> SessionRunResult:
         """Run a call in the session; its result (main()'s, or the last expression's), or its error
-        raised (SessionEndedError once the session is over, SessionBusyError during another call)."""
+        raised (SessionEndedError once the session is over, SessionBusyError while another call runs
+        or is queued)."""
         body = _execute_body(script, input, stdin, files, timeout, None)
         return _answer(self._send("POST", f"/sessions/{session_id}/execute", request_id, json=body),
                        SessionRunResult)
+
+    def session_submit(self, session_id: str, script: str, *, input: Any = NO_INPUT, stdin: str | None = None,
+                       files: Mapping[str, bytes | str] | None = None, timeout: float | None = None,
+                       callback_url: str | None = None, request_id: str | None = None) -> JobQueued:
+        """Queue a call in the session as a job (?async=1), behind the calls sent before it; poll it
+        with get() or wait() (its state has `session` once it ended)."""
+        body = _execute_body(script, input, stdin, files, timeout, None, callback_url)
+        return _answer(self._send("POST", f"/sessions/{session_id}/execute", request_id,
+                                  params={"async": "1"}, json=body), JobQueued)
 
     def get_session(self, session_id: str, *, request_id: str | None = None) -> SessionState:
         """The session's state, limits, usage and expiry."""
@@ -327,10 +337,21 @@ class AsyncClient:
                           stdin: str | None = None, files: Mapping[str, bytes | str] | None = None,
                           timeout: float | None = None, request_id: str | None = None) -> SessionRunResult:
         """Run a call in the session; its result (main()'s, or the last expression's), or its error
-        raised (SessionEndedError once the session is over, SessionBusyError during another call)."""
+        raised (SessionEndedError once the session is over, SessionBusyError while another call runs
+        or is queued)."""
         body = _execute_body(script, input, stdin, files, timeout, None)
         return _answer(await self._send("POST", f"/sessions/{session_id}/execute", request_id, json=body),
                        SessionRunResult)
+
+    async def session_submit(self, session_id: str, script: str, *, input: Any = NO_INPUT,
+                             stdin: str | None = None, files: Mapping[str, bytes | str] | None = None,
+                             timeout: float | None = None, callback_url: str | None = None,
+                             request_id: str | None = None) -> JobQueued:
+        """Queue a call in the session as a job (?async=1), behind the calls sent before it; poll it
+        with get() or wait() (its state has `session` once it ended)."""
+        body = _execute_body(script, input, stdin, files, timeout, None, callback_url)
+        return _answer(await self._send("POST", f"/sessions/{session_id}/execute", request_id,
+                                        params={"async": "1"}, json=body), JobQueued)
 
     async def get_session(self, session_id: str, *, request_id: str | None = None) -> SessionState:
         """The session's state, limits, usage and expiry."""

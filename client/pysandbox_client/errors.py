@@ -221,7 +221,8 @@ class SessionNotFoundError(ClientError):
 
 
 class SessionBusyError(ClientError):
-    """The session is running another call: send the next when the last has answered."""
+    """The session is running another call, or has calls queued: send the next when the last has
+    answered, or queue it (session_submit)."""
 
     CODE = "session_busy"
 

@@ -159,6 +159,8 @@ class JobState(BaseModel):
     files_truncated: bool | None = None
     enforcement: str | None = None
     callback: CallbackState | None = None
+    session: "SessionState | None" = None
+    """A session's queued call, once it ended: the session's state then."""
 
     @property
     def ended(self) -> bool:
@@ -188,6 +190,9 @@ class SessionState(BaseModel):
     created_at: float
     expires_at: float
     usage: SessionUsage
+
+
+JobState.model_rebuild()  # its `session` is a SessionState
 
 
 class SessionRunResult(RunResult):

@@ -141,6 +141,33 @@ def test_a_job_canceled_before_it_ran_is_called_back(service: str, receiver: Rec
     assert json.loads(body)["status"] == "canceled" and json.loads(body)["error"]["code"] == "canceled"
 
 
+def test_a_sessions_queued_calls_are_called_back_with_the_session(service: str, receiver: Receiver) -> None:
+    """A session's queued call (run by the API process holding the session) is called back as a
+    job is, its body GET /jobs/<id>'s with `session`; so is one its session's end failed."""
+    session = requests.post(f"{service}/sessions", json={}, timeout=30).json()["id"]
+
+    def queue(script: str, path: str) -> str:
+        answer = requests.post(f"{service}/sessions/{session}/execute?async=1",
+                               json={"script": script, "callback_url": receiver.url + path}, timeout=10)
+        assert answer.status_code == 202, answer.text
+        return str(answer.json()["id"])
+
+    def called_back(job_id: str, path: str) -> dict[str, Any]:
+        state = settled(service, job_id)
+        assert state["callback"]["status"] == "delivered" and state["session"]["id"] == session
+        [(headers, body)] = receiver.posts(path)
+        assert json.loads(body) == {name: value for name, value in state.items() if name != "callback"}
+        assert verify_signature(SECRET, body, headers["PySandbox-Signature"])
+        return state
+
+    assert called_back(queue("6 * 7", "/ok/session-call"), "/ok/session-call")["result"] == 42
+    queue("import time\ntime.sleep(1)", "/ok/session-slow")
+    behind = queue("1", "/ok/session-ended")
+    assert requests.delete(f"{service}/sessions/{session}", timeout=10).status_code == 200
+    assert called_back(behind, "/ok/session-ended")["error"] == {
+        "code": "session_ended", "message": "the session ended: deleted", "reason": "deleted"}
+
+
 def test_a_receiver_that_fails_twice_gets_it_the_third_time(service: str, receiver: Receiver) -> None:
     job_id = submit(service, "def main():\n    return 'third'", receiver.url + "/fail2/x")
     state = settled(service, job_id)

@@ -51,6 +51,7 @@ from pysandbox_client.errors import (
     ScriptSyntaxError,
     ScriptTimeoutError,
     ServiceUnreachableError,
+    SessionBusyError,
     SessionEndedError,
     SessionNotFoundError,
     UnauthorizedError,
@@ -362,6 +363,18 @@ def test_a_session_keeps_its_state_and_its_end_is_session_ended_with_the_reason(
     assert ended.value.status == 410 and ended.value.reason == "deleted"
 
 
+def test_a_sessions_queued_calls_run_in_order_and_are_waited_for_as_jobs(client):
+    session = client.create_session()
+    first = client.session_submit(session.id, "import time\ntime.sleep(0.3)\nseen = [1]")
+    second = client.session_submit(session.id, "seen.append(2)\nseen")
+    with pytest.raises(SessionBusyError):
+        client.session_run(session.id, "seen")
+    assert client.wait(second.id, poll_interval=0.1).result == [1, 2]
+    state = client.get(first.id)
+    assert state.status == "finished" and state.session is not None and state.session.id == session.id
+    client.delete_session(session.id)
+
+
 def test_the_async_client_runs_sessions_too(service):
     async def scenario() -> None:
         async with AsyncClient(service, KEYS["alice"]) as sandbox:
@@ -370,6 +383,8 @@ def test_the_async_client_runs_sessions_too(service):
             assert (await sandbox.session_run(session.id, "def main(more):\n    return x + more",
                                               input=22)).result == 42
             assert (await sandbox.get_session(session.id)).state == "open"
+            job = await sandbox.session_submit(session.id, "x + 1")
+            assert (await sandbox.wait(job.id, poll_interval=0.1)).result == 21
             assert (await sandbox.delete_session(session.id)).state == "ended"
 
     asyncio.run(scenario())

@@ -99,6 +99,7 @@ def test_every_response_carries_x_request_id_and_503_retry_after(doc):
         if status == "503" and path not in ("/health", "/readyz", "/startupz"):
             assert "Retry-After" in response["headers"], (path, method)
     assert "Location" in doc["paths"]["/execute"]["post"]["responses"]["202"]["headers"]
+    assert "Location" in doc["paths"]["/sessions/{session_id}/execute"]["post"]["responses"]["202"]["headers"]
 
 
 def test_protected_operations_declare_the_keys_and_their_401_and_429(doc):

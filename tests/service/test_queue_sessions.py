@@ -144,3 +144,25 @@ def test_a_worker_stopped_gracefully_ends_its_sessions(served, tmp_path):
     assert answer.status_code == 410 and answer.json()["error"]["reason"] == "shutdown"
     log = Path(tmp_path / "workers.log").read_text()
     assert "session ended: shutdown" in log
+
+
+def test_calls_queued_in_a_killed_workers_session_fail_session_ended_lost(served, tmp_path):
+    url, redis_url = served
+    with session_workers(redis_url, 1, tmp_path / "workers.log") as procs:
+        session = create(url)
+        jobs = [requests.post(f"{url}/sessions/{session['id']}/execute?async=1", json={"script": script},
+                              headers=ALICE, timeout=30).json()["id"]
+                for script in ("import time\ntime.sleep(30)", "1")]
+        deadline = time.monotonic() + 10
+        while requests.get(f"{url}/jobs/{jobs[0]}", headers=ALICE, timeout=10).json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        kill_tree(procs[0].pid)
+        deadline = time.monotonic() + 8  # the worker's key expires 3 s after its last beat
+        for job_id in jobs:
+            while (state := requests.get(f"{url}/jobs/{job_id}", headers=ALICE, timeout=10).json())[
+                    "status"] in ("queued", "running"):
+                assert time.monotonic() < deadline, state
+                time.sleep(0.1)
+            assert state["status"] == "failed" and state["error"]["code"] == "session_ended"
+            assert state["error"]["reason"] == "lost"

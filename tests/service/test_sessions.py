@@ -214,3 +214,14 @@ def test_an_api_that_only_enqueues_without_redis_answers_503_queue_unavailable()
     for answer in (client.post("/sessions", json={}), client.get("/sessions/some-id")):
         assert answer.status_code == 503 and (answer.json or {})["error"]["code"] == "queue_unavailable"
     assert "open" not in (client.get("/health").json or {})["sessions"]
+
+
+def test_a_queued_call_without_a_queue_is_503_queue_unavailable(url, session):
+    """gunicorn alone, no Redis: `?async=1` on a session answers as POST /execute?async=1 does."""
+    queued = requests.post(f"{url}/sessions/{session}/execute?async=1", json={"script": "1"}, headers=ALICE,
+                           timeout=10)
+    plain = requests.post(f"{url}/execute?async=1", json={"script": "def main(): return 1"}, headers=ALICE,
+                          timeout=10)
+    assert queued.status_code == plain.status_code == 503
+    assert queued.json()["error"] == plain.json()["error"] == {
+        "code": "queue_unavailable", "message": "async runs need a queue: set REDIS_URL"}
