@@ -78,7 +78,8 @@ class JobState:
     callback: dict[str, Any] | None = None
     """Its callback's state (shared/callbacks.py), when it has one."""
     worker: str | None = None
-    """The name of the worker that took it (worker/__main__.py's worker_name); None while queued."""
+    """The name of the worker that took it (worker/__main__.py's worker_name); None while queued,
+    and for a session's call (it runs wherever its session lives)."""
     session: dict[str, Any] | None = None
     """A session's call: its session's state once the call ended."""
     session_ended: str | None = None
@@ -341,9 +342,11 @@ class JobQueue:
 
     def _describe(self, job: Job) -> JobState:
         status, ended = self._resolve(job)
-        worker = job.worker_name
-        if worker is None and status != "queued":  # a worker took it after it was fetched
-            worker = (self.redis.hget(job.key, "worker_name") or b"").decode() or None  # type: ignore[union-attr]
+        worker = None
+        if HOLDER_KEY not in job.meta:  # a session's call runs where its session lives: no worker
+            worker = job.worker_name
+            if worker is None and status != "queued":  # a worker took it after it was fetched
+                worker = (self.redis.hget(job.key, "worker_name") or b"").decode() or None  # type: ignore[union-attr]
         session = job.meta.get(SESSION)
         return JobState(job.id, status, job.meta.get("request_id"), ended,
                         callbacks.state(self.redis, job.id), worker=worker,

@@ -202,7 +202,8 @@ class JobState(BaseModel):
         description="The X-Request-ID of the POST that queued the job (null for jobs queued before ids "
                     "were kept).")
     worker: str | None = Field(
-        None, description="The worker that took the job: `<host name>.<pid>.<token>` (null while queued).")
+        None, description="The worker that took the job: `<host name>.<pid>.<token>` (null while queued, "
+                    "and for a session's call, which runs where its session lives).")
     result: Any = Field(None, description="finished: what main() returned.")
     error: ErrorDetail | None = Field(None, description="failed and canceled: why.")
     stdout: str | None = None
