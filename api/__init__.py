@@ -25,7 +25,6 @@ from api.capacity import Capacity
 from api.job_queue import Budget, JobQueue
 from api.mcp_endpoint import McpEndpoint
 from api.modes import EnqueueOnly, RunHere, RunMode
-from api.run_request import files_in_cap
 from api.service import EXTENSION, Service
 from jail import Sandbox
 from jail.limits import MIB
@@ -33,13 +32,6 @@ from shared.callbacks import Destinations
 from shared.metrics import observe_warm_jails
 from shared.settings import Settings, load, warn_unknown
 from shared.storage import JOB_OVERHEAD_BYTES, worst_result_bytes
-
-
-def max_body_bytes(settings: Settings) -> int:
-    """The largest body: the script and stdin as JSON strings (escapes: 2 bytes a byte), the
-    input, the files as base64 (4/3) with their names, and room for the rest."""
-    return (2 * (settings.max_script_bytes + settings.max_stdin_bytes) + settings.max_input_bytes
-            + 4 * files_in_cap(settings) // 3 + settings.max_files * 2048 + 4096)
 
 
 def newcomer_slots(slots: int) -> int:
@@ -52,7 +44,7 @@ def storage_budget(settings: Settings) -> Budget:
     """The storage budget; ValueError unless a client's budget holds the largest job (the
     largest body as input, and the largest result the caps allow) within the total's."""
     budget = Budget(settings.storage_budget_mb * MIB, settings.storage_budget_per_client_mb * MIB)
-    largest = max_body_bytes(settings) + worst_result_bytes(settings.run_limits(None, None)) \
+    largest = settings.max_body_bytes() + worst_result_bytes(settings.run_limits(None, None)) \
         + JOB_OVERHEAD_BYTES
     if not largest <= budget.client_bytes <= budget.total_bytes:
         raise ValueError(f"PYSANDBOX_STORAGE_BUDGET_PER_CLIENT_MB must hold the largest job "
@@ -105,7 +97,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     logs.setup(settings.log_format)
     warn_unknown()
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(settings)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes()
     assert isinstance(app.json, DefaultJSONProvider)
     app.json.sort_keys = False
     errors.register(app)
@@ -126,6 +118,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     mode = run_mode(settings, jobs)
     app.extensions[EXTENSION] = found = Service(settings=settings, keys=keys, mode=mode, jobs=jobs,
                                                 sessions=open_sessions(settings, mode))
-    found.mcp = McpEndpoint(found, max_body_bytes(settings))
+    found.mcp = McpEndpoint(found, settings.max_body_bytes())
     metrics.register(app, mode.capacity.slots if isinstance(mode, RunHere) else 0, settings.metrics)
     return app

@@ -9,7 +9,6 @@ from flask import Request
 from api.errors import CALLBACK_NOT_ALLOWED, INVALID_FILE, PAYLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, ApiError
 from api.schemas import ExecuteQuery, ExecuteRequest, FileContent, TextFile, parse_json, parse_query
 from jail import Limits, RunInput
-from jail.limits import MIB
 from jail.runinput import in_name_problem
 from shared.callbacks import CallbackRefused, Destinations
 from shared.settings import Settings
@@ -23,11 +22,6 @@ def too_large(what: str) -> ApiError:
 def invalid_file(name: str, why: str) -> ApiError:
     """400 invalid_file naming the file."""
     return INVALID_FILE(f"file {json.dumps(name)[:200]}: {why}")
-
-
-def files_in_cap(settings: Settings) -> int:
-    """The input files' total size: half the run's /tmp, the other half the script's room."""
-    return settings.tmp_mb * MIB // 2
 
 
 @dataclass(frozen=True)
@@ -98,7 +92,7 @@ def input_files(files: dict[str, str | FileContent], settings: Settings) -> tupl
     """The files as (name, bytes), names checked, base64 decoded, within the count and size caps."""
     if len(files) > settings.max_files:
         raise too_large(f"more than {settings.max_files} files (PYSANDBOX_MAX_FILES)")
-    cap, total, decoded = files_in_cap(settings), 0, []
+    cap, total, decoded = settings.files_in_cap(), 0, []
     for name, given in files.items():
         problem = in_name_problem(name)
         if problem is not None:

@@ -18,9 +18,10 @@ All-in-one (the default): starts
   3. nginx on $PORT, in front of gunicorn, which listens only on a unix socket in HTTP_DIR
      (root and nginx's workers, www-data, may use it; nothing else in the container). Its
      config is docker/nginx.conf, rendered with values from the service's settings (`python
-     -m api.proxy`) into NGINX_DIR, which also holds its pid and temporary files. nginx
-     computes the client's address (PYSANDBOX_TRUSTED_PROXIES) and sends gunicorn only that,
-     as the one X-Forwarded-For entry gunicorn is told to trust.
+     -m shared.proxy`, before the workers and gunicorn start) into NGINX_DIR, which also holds
+     its pid and temporary files. nginx computes the client's address
+     (PYSANDBOX_TRUSTED_PROXIES) and sends gunicorn only that, as the one X-Forwarded-For
+     entry gunicorn is told to trust.
 Sync requests are still run by gunicorn itself; ?async=1 jobs by the workers. All of them
 count into one prometheus_client multiprocess directory, METRICS_DIR, made empty at start,
 which gunicorn's GET /metrics reads.
@@ -95,9 +96,9 @@ NGINX_DIR = "pysandbox-nginx"
 """nginx's config, pid and temporary files (the same; its workers write request bodies and
 answers too large for their buffers there)."""
 PROXY_CONFIG_TIMEOUT_S = 180
-"""How long `python -m api.proxy` may take: a Python start with the service's imports, which
-took over 60 s in the cgroup v2 VM tier (qemu without KVM) while gunicorn and two workers
-started beside it."""
+"""How long `python -m shared.proxy` may take: a Python start with pydantic (0.3 s here). It
+runs before the workers and gunicorn start: beside them, in the cgroup v2 VM tier (qemu without
+KVM), the app's imports that it once made took over 180 s."""
 REDIS_SHARE_S = 1.5
 """Of the stop budget, what is kept for redis after the others."""
 GUNICORN_SHARE_S = 2.5
@@ -429,31 +430,29 @@ class Supervisor:
         return 0
 
     def start_front(self, env: dict[str, str], workers: int, nginx_values: dict[str, object]) -> None:
-        """The workers and gunicorn, then nginx in front of gunicorn (its config is rendered
-        meanwhile: that takes a Python start with the service's imports)."""
+        """nginx's config (first: on a slow host, a Python start beside the service's own took
+        minutes), then the workers and gunicorn, then nginx in front of gunicorn."""
         http_dir = run_dir(HTTP_DIR, group=NGINX_USER)
         upstream = f"{http_dir}/gunicorn.sock"
         if os.path.lexists(upstream):
             os.unlink(upstream)
-        for n in range(1, workers + 1):
-            self.children.append(Child(f"worker-{n}", WORKER, env))
-        # nginx sends gunicorn one X-Forwarded-For entry, the client's address it computed.
-        gunicorn_env = {**env, "PYSANDBOX_TRUSTED_PROXIES": "1"}
-        self.children.append(Child("gunicorn", [*GUNICORN, "--bind", f"unix:{upstream}", GUNICORN_APP],
-                                   gunicorn_env))
-        for child in self.children:
-            if child.pid == 0 and not self.interrupted:
-                self.start(child)
         try:
             config = write_nginx_config(env, {**nginx_values, "UPSTREAM_SOCKET": upstream})
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self.failed = f"nginx's config could not be made: {exc}"
             log(self.failed, "ERROR")
             return
+        for n in range(1, workers + 1):
+            self.children.append(Child(f"worker-{n}", WORKER, env))
+        # nginx sends gunicorn one X-Forwarded-For entry, the client's address it computed.
+        gunicorn_env = {**env, "PYSANDBOX_TRUSTED_PROXIES": "1"}
+        self.children.append(Child("gunicorn", [*GUNICORN, "--bind", f"unix:{upstream}", GUNICORN_APP],
+                                   gunicorn_env))
         nginx = Child("nginx", [NGINX, "-e", "stderr", "-c", config], env, stop_signal=signal.SIGQUIT)
         self.children.append(nginx)
-        if not self.interrupted:
-            self.start(nginx)
+        for child in self.children:
+            if child.pid == 0 and not self.interrupted:
+                self.start(child)
         parts = ["redis", f"{workers} worker(s)"] if workers else []
         log(f"running: {' + '.join([*parts, 'gunicorn', 'nginx'])}")
 
@@ -490,14 +489,14 @@ def run_dir(name: str, group: str | None = None) -> str:
 
 
 def nginx_settings(env: dict[str, str]) -> dict[str, int]:
-    """What nginx takes from the service's settings (`python -m api.proxy`). Not counted in the
+    """What nginx takes from the service's settings (`python -m shared.proxy`). Not counted in the
     metrics directory: the service's metrics, imported there, would leave a dead process's files."""
     env = {name: value for name, value in env.items() if name != "PROMETHEUS_MULTIPROC_DIR"}
-    done = subprocess.run([VENV_PYTHON, "-m", "api.proxy"], cwd=APP_DIR, env=env, capture_output=True,
+    done = subprocess.run([VENV_PYTHON, "-m", "shared.proxy"], cwd=APP_DIR, env=env, capture_output=True,
                           text=True, timeout=PROXY_CONFIG_TIMEOUT_S)
     if done.returncode != 0:
         raise ValueError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
-                         f"python -m api.proxy exited with status {done.returncode}")
+                         f"python -m shared.proxy exited with status {done.returncode}")
     return json.loads(done.stdout)
 
 

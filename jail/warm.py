@@ -49,8 +49,12 @@ log = logging.getLogger(__name__)
 
 MAX_RUNS = 5000
 """Runs before a warm jail is replaced by a fresh one."""
-START_TIMEOUT_S = 60.0
-"""How long a new warm jail may take to import numpy and pandas."""
+START_TIMEOUT_S = 300.0
+"""How long a new warm jail may take to import and warm up numpy and pandas: about a second
+here, but minutes on a slow host while the service starts (the all-in-one container starts four
+at once beside its Python processes' own imports: 60 s was not enough in the cgroup v2 VM tier,
+qemu without KVM, and a jail given up on is started again from nothing). Only a zygote that
+hangs waits this long; runs meanwhile take one-off jails."""
 READY_TIMEOUT_S = 5.0
 """How long a run waits for its sealed child to be forked."""
 WARM_LIMITS = ["--time_limit", "0", "--rlimit_cpu", "max", "--rlimit_fsize", "max",

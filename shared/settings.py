@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jail import Limits
 from jail.admission import MemoryLedger, open_ledger
+from jail.limits import MIB
 from shared.logs import LogFormat
 
 PREFIX = "PYSANDBOX_"
@@ -129,6 +130,16 @@ class Settings(BaseModel):
         """This process's memory ledger (jail/admission.py), holding warm_jails warm jails."""
         return open_ledger(Path(self.memory_ledger), self.memory_mb, warm_jails,
                            self.default_memory_mb, self.max_memory_mb)
+
+    def files_in_cap(self) -> int:
+        """The input files' total size: half the run's /tmp, the other half the script's room."""
+        return self.tmp_mb * MIB // 2
+
+    def max_body_bytes(self) -> int:
+        """The largest request body: the script and stdin as JSON strings (escapes: 2 bytes a
+        byte), the input, the files as base64 (4/3) with their names, and room for the rest."""
+        return (2 * (self.max_script_bytes + self.max_stdin_bytes) + self.max_input_bytes
+                + 4 * self.files_in_cap() // 3 + self.max_files * 2048 + 4096)
 
     def run_limits(self, timeout_s: float | None, memory_mb: int | None) -> Limits:
         """A run's limits: the asked (or default) time and memory clamped to their bounds."""

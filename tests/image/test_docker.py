@@ -401,7 +401,7 @@ def test_every_line_of_a_used_and_stopped_container_is_json_with_a_severity(
         wait_workers(base, DEFAULT_WORKERS, container)
         assert execute(base, "def main(): return 1")["result"] == 1
         assert poll_job(base, submit_async(base, "def main(): return 2"))["result"] == 2
-        cap = json.loads(in_image(image, "cd /app && /opt/venv/bin/python -m api.proxy"))["MAX_BODY_BYTES"]
+        cap = json.loads(in_image(image, "cd /app && /opt/venv/bin/python -m shared.proxy"))["MAX_BODY_BYTES"]
         too_large = requests.post(f"{base}/execute", data=b"x" * (cap + 1),
                                   headers={"Content-Type": "application/json"}, timeout=30)
         assert too_large.status_code == 413, too_large.text

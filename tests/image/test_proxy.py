@@ -14,8 +14,8 @@ import time
 import pytest
 import requests
 
-from api.proxy import proxy_settings
 from bench.slowclients import BENIGN_REQUESTS, KINDS, measure
+from shared.proxy import proxy_settings
 from shared.settings import Settings
 from tests.image.test_docker import container_logs, running
 from tests.support.images import docker, make_var

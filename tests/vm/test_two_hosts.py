@@ -73,7 +73,8 @@ class Cluster:
         if self.vm.qemu is not None and self.vm.qemu.poll() is None:
             guest = self.vm.ssh(f"docker ps -a; docker logs --tail 60 {VM_WORKER} 2>&1; "
                                 "docker logs --tail 30 redis 2>&1", check=False, timeout=60).stdout[-8000:]
-        return f"{shown}\n--- host worker ---\n{host}\n--- VM ---\n{guest}\n{self.vm.diagnostics()}"
+        return (f"{shown}\n--- host worker ---\n{host}\n--- VM ---\n{guest}\n{self.vm.diagnostics()}"
+                f"\n--- so ---\n{shown[:600]}")  # said again last: CI shows a failure's tail
 
     def submit(self, script: str, timeout_s: float = 10) -> str:
         answer = requests.post(f"{self.api}/execute?async=1", json={"script": script, "timeout": timeout_s},
