@@ -69,7 +69,7 @@ from shared.metrics import (
 )
 from shared.queue import ALIVE_TTL_S
 from shared.session_books import MemoryBusy, MemoryNeverFits, SessionBooks, expired
-from shared.session_calls import CallLine, LineClosed, holder_key, interruptible, run_queued_call
+from shared.session_calls import CallLine, LineBusy, LineClosed, holder_key, interruptible, run_queued_call
 from shared.session_queue import (
     ANSWER_MARGIN_S,
     NEW_SESSIONS_KEY,
@@ -244,14 +244,12 @@ class Sessions:
         """One call in the session, once no other runs or waits (409 busy, 410 ended)."""
         assert isinstance(record, Record), "a record of this process's sessions"
         try:
-            future = record.line.submit(functools.partial(self._run, record, script, limits, inputs, None),
-                                        alone=True)
+            outcome = record.line.run_alone(
+                functools.partial(self._run, record, script, limits, inputs, None))
         except LineClosed:
             raise ended_error(record) from None
-        if future is None:
-            raise SESSION_BUSY(BUSY_MESSAGE)
-        try:
-            outcome: Outcome = future.result()
+        except LineBusy:
+            raise SESSION_BUSY(BUSY_MESSAGE) from None
         except SessionEnded:
             raise ended_error(record) from None
         except SandboxError:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -41,6 +41,7 @@ from shared.queue import keep_alive
 from shared.storage import JOB_OVERHEAD_BYTES, Ledger, payload_key, stored_result_bytes, worst_result_bytes
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 NOT_RUN = "the job was canceled before it ran"
 CANCELED_CALL = "the call was canceled by its client (KeyboardInterrupt); the session keeps its state"
 HOLDER_KEY = "holder_key"
@@ -67,6 +68,10 @@ class LineClosed(Exception):
     """The session ended: its line takes no more calls."""
 
 
+class LineBusy(Exception):
+    """A call of the session runs or waits: a call that must run alone cannot."""
+
+
 class CallLine:
     """A session's calls, run one at a time in the order they were accepted (a single-thread
     executor: its queue is first in, first out)."""
@@ -74,7 +79,10 @@ class CallLine:
     def __init__(self, session_id: str) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"session-{session_id[:8]}")
         self._pending = 0
+        self._closed = False
         self._lock = threading.Lock()
+        self._turn = threading.Lock()
+        """Held by the call running now, in the line's thread or in run_alone's caller's."""
 
     @property
     def idle(self) -> bool:
@@ -94,9 +102,28 @@ class CallLine:
             self._pending += 1
         return future
 
-    def _run(self, work: Callable[[], Any]) -> Any:
+    def run_alone(self, work: Callable[[], T]) -> T:
+        """Run work now, in the caller's thread, if no call runs or waits (else LineBusy;
+        LineClosed once the session ended); calls accepted meanwhile wait for it. A sync call so
+        skips the hand-off to the line's thread and back, which cost ~0.7 ms a call here."""
+        with self._lock:
+            if self._closed:
+                raise LineClosed
+            if self._pending:
+                raise LineBusy
+            self._pending += 1
+            self._turn.acquire()  # free: with nothing pending, no call holds it
         try:
             return work()
+        finally:
+            self._turn.release()
+            with self._lock:
+                self._pending -= 1
+
+    def _run(self, work: Callable[[], Any]) -> Any:
+        try:
+            with self._turn:
+                return work()
         finally:
             with self._lock:
                 self._pending -= 1
@@ -104,6 +131,7 @@ class CallLine:
     def close(self) -> None:
         """Take no more calls; those queued still run (and find the session ended)."""
         with self._lock:
+            self._closed = True
             self._executor.shutdown(wait=False)
 
 
