@@ -191,14 +191,12 @@ def test_a_job_lost_with_its_worker_is_called_back(tmp_path: Path, receiver: Rec
             time.sleep(0.05)
         [victim] = [proc for proc in procs if f".{proc.pid}." in running["worker"]]
         kill_tree(victim.pid)
-        killed_at = time.monotonic()
         if how == "abandoned":  # as a worker's maintenance does once the job's RQ timeout has passed
             StartedJobRegistry(QUEUE_NAME, connection=Redis.from_url(redis_url)).cleanup(time.time() + 10**6)
         deadline = time.monotonic() + (ALIVE_TTL_S + 3 * SWEEP_S + 5) * 2  # lost, two sweeps, sent; x2
         while not receiver.posts(path):
             assert time.monotonic() < deadline, requests.get(f"{service}/jobs/{job_id}", timeout=10).json()
             time.sleep(0.2)
-        print(f"called back {time.monotonic() - killed_at:.1f} s after the kill ({how})")
         state = settled(service, job_id)
         time.sleep(SWEEP_S + 1)  # the sweeps after it send nothing more
         [(headers, body)] = receiver.posts(path)
