@@ -25,8 +25,8 @@ from rq.utils import now
 from jail import Limits, Outcome, RunInput, Status
 from jail.admission import ADMIT_WAIT_S
 from shared import callbacks
-from shared.queue import ALIVE_TTL_S, JOB_FUNCTION, QUEUE_NAME, is_alive, request_cancel
-from shared.session_calls import ENDED, HOLDER_KEY, SESSION, fail_ended
+from shared.queue import HOLDER_KEY, JOB_FUNCTION, QUEUE_NAME, failed_lost, is_lost, request_cancel
+from shared.session_calls import ENDED, SESSION, fail_ended
 from shared.storage import JOB_OVERHEAD_BYTES, Ledger, Refusal, allocated, payload_key, worst_result_bytes
 
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -376,25 +376,15 @@ class JobQueue:
             if outcome.status is Status.CANCELED:
                 return "canceled", outcome
             return ("finished" if outcome.ok else "failed"), outcome
-        # Abandoned: its worker died. A Redis error: the worker lost Redis (a restart, a
-        # failover) while storing the outcome, and RQ recorded that once Redis was back.
-        if any(mark in (job.exc_info or "") for mark in ("AbandonedJobError", "redis.exceptions.")):
+        if failed_lost(job.exc_info):
             return "failed", Fault.WORKER_LOST
         log.error("job %s failed in the worker: %s", job.id, job.exc_info)
         return "failed", Fault.SANDBOX_FAILED
 
     def _running(self, job: Job) -> bool:
-        """A started job is running while its worker keeps its liveness key (or just began, or
-        Redis itself has just come back: a worker that outlived Redis's outage refreshes its key
-        within a beat, so its job is lost only once Redis has been up for ALIVE_TTL_S)."""
-        started = job.started_at
-        if started is None:
-            return True
-        if started.tzinfo is None:
-            started = started.replace(tzinfo=UTC)
-        age_s = (datetime.now(UTC) - started).total_seconds()
-        return (age_s < ALIVE_TTL_S or is_alive(self.redis, job.id)
-                or int(self.redis.info("server")["uptime_in_seconds"]) < ALIVE_TTL_S)
+        """A started job is running until its worker is lost (shared/queue.py's is_lost, the rule
+        its callback is made due by too)."""
+        return not is_lost(self.redis, job)
 
     def persistent(self) -> bool:
         """True when Redis writes an append-only file (jobs outlive a Redis restart)."""

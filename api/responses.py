@@ -32,12 +32,11 @@ from api.job_queue import (
     QueueUnavailable,
 )
 from jail import Outcome
-from shared.answers import SANDBOX_FAILED, output_fields, session_ended_job
+from shared.answers import SANDBOX_FAILED, WORKER_LOST_MESSAGE, output_fields, session_ended_job
 
 FAULTS = {
     Fault.CANCELED: (CANCELED_CODE, "the job was canceled by its client"),
-    Fault.WORKER_LOST: (WORKER_LOST, "the worker running this job died, or lost the queue, before it "
-                                     "finished; it was not re-run (submit it again)"),
+    Fault.WORKER_LOST: (WORKER_LOST, WORKER_LOST_MESSAGE),
     Fault.SANDBOX_FAILED: (INTERNAL_ERROR, SANDBOX_FAILED),
 }
 

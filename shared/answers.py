@@ -8,6 +8,9 @@ from jail import Outcome, Status
 
 SANDBOX_FAILED = "the sandbox failed to run this job; the error was logged"
 """The message of a job whose sandbox failed (code internal_error)."""
+WORKER_LOST_MESSAGE = ("the worker running this job died, or lost the queue, before it finished; it was not "
+                       "re-run (submit it again)")
+"""The message of a job whose worker was lost (code worker_lost)."""
 
 
 def output_fields(outcome: Outcome) -> dict[str, Any]:
@@ -32,6 +35,13 @@ def ended_job(job_id: str, request_id: str | None, outcome: Outcome | None,
              **({"traceback": outcome.traceback} if outcome.traceback else {})}
     status = "canceled" if outcome.status is Status.CANCELED else "failed"
     return {**head, "status": status, "error": error, **output_fields(outcome)}
+
+
+def lost_job(job_id: str, request_id: str | None, worker: str | None) -> dict[str, Any]:
+    """GET /jobs/<id>'s JSON of a job whose worker `worker` was lost while it ran (shared/queue.py's
+    is_lost and failed_lost); api/responses.py's job_body renders the same."""
+    return {"id": job_id, "request_id": request_id, "worker": worker, "status": "failed",
+            "error": {"code": "worker_lost", "message": WORKER_LOST_MESSAGE}}
 
 
 def session_ended_job(job_id: str, request_id: str | None, reason: str,

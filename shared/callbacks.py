@@ -11,6 +11,9 @@ with a short timeout and no redirect followed; a failure is retried with exponen
 until PYSANDBOX_CALLBACK_RETRY_S after the job ended. The callback's state (pending, delivered,
 failed; attempts; the last error) is in GET /jobs/<id> as `callback`.
 
+A job whose worker died saw no end of its own: the same loop sweeps for them every SWEEP_S, one
+process at a time (`sweep_lost`), and makes their callbacks due with GET /jobs/<id>'s `worker_lost`.
+
 Signature: `PySandbox-Signature: t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`, as
 Stripe signs its webhooks; `PySandbox-Delivery: <id>`, the same on every attempt of a callback.
 """
@@ -23,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,13 +34,25 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import BaseRegistry, FailedJobRegistry, StartedJobRegistry
 
+from shared.answers import lost_job
+from shared.queue import HOLDER_KEY, QUEUE_NAME, failed_lost, is_lost
 from shared.settings import Settings
 
 SIGNATURE_HEADER = "PySandbox-Signature"
 DELIVERY_HEADER = "PySandbox-Delivery"
 DUE_KEY = "pysandbox:callbacks:due"
 """A sorted set: job ids whose callback is due, scored by when (Unix time)."""
+SWEEP_KEY = "pysandbox:callbacks:sweep"
+"""Held (SET NX EX SWEEP_S) by the process that sweeps for lost jobs: one sweep per SWEEP_S in all."""
+SUSPECTS_KEY = "pysandbox:callbacks:lost"
+"""A set: the started jobs the last sweep found lost. A worker that ends a job deletes its alive key
+a moment before it makes the callback due, so a started job is called back lost only when two
+sweeps in a row find it so (its own end would have made the callback due in between)."""
+SWEEP_S = 5
 POLL_S = 0.2
 MAX_BACKOFF_S = 60.0
 MAX_URL_CHARS = 2048
@@ -155,6 +171,53 @@ def state(redis: Redis, job_id: str) -> dict[str, Any] | None:
             "attempts": int(fields["attempts"]), "last_error": fields.get("last_error")}
 
 
+def _awaiting(redis: Redis, registry: BaseRegistry) -> list[str]:
+    """The registry's jobs with a callback whose body is not recorded yet (nothing saw them end)."""
+    ids = list(dict.fromkeys(registry.get_job_ids(cleanup=False)))  # RQ's workers clean it up
+    with redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(callback_key(job_id), ["url", "body"])
+        found = pipe.execute()
+    return [job_id for job_id, (url, body) in zip(ids, found, strict=True) if url and body is None]
+
+
+def _lost(redis: Redis, registry: BaseRegistry, status: JobStatus,
+          lost: Callable[[Job], bool]) -> dict[str, Job]:
+    """Those of _awaiting's jobs still in `status` that are `lost` (a session's call is left to its
+    own path)."""
+    found = {}
+    for job_id in _awaiting(redis, registry):
+        try:
+            job = Job.fetch(job_id, connection=redis)
+        except NoSuchJobError:
+            continue  # expired since it was listed
+        if HOLDER_KEY not in job.meta and job.get_status(refresh=False) is status and lost(job):
+            found[job_id] = job
+    return found
+
+
+def sweep_lost(redis: Redis) -> int:
+    """Make due the callbacks of the jobs lost with their worker, with GET /jobs/<id>'s body: the
+    started jobs this sweep and the last (SUSPECTS_KEY) found lost, and those RQ failed as
+    abandoned; how many."""
+    started = _lost(redis, StartedJobRegistry(QUEUE_NAME, connection=redis), JobStatus.STARTED,
+                    lambda job: is_lost(redis, job))
+    seen = {member.decode() for member in redis.smembers(SUSPECTS_KEY)}  # type: ignore[union-attr]
+    confirmed = [job for job_id, job in started.items() if job_id in seen]
+    with redis.pipeline() as pipe:
+        pipe.delete(SUSPECTS_KEY)
+        if suspects := started.keys() - seen:
+            pipe.sadd(SUSPECTS_KEY, *suspects)
+            pipe.expire(SUSPECTS_KEY, 3 * SWEEP_S)
+        pipe.execute()
+    confirmed += _lost(redis, FailedJobRegistry(QUEUE_NAME, connection=redis), JobStatus.FAILED,
+                       lambda job: failed_lost(job.exc_info)).values()
+    for job in confirmed:
+        ended(redis, job.id, lost_job(job.id, job.meta.get("request_id"), job.worker_name))
+        log.warning("callback due for a job lost with its worker", extra={"job_id": job.id})
+    return len(confirmed)
+
+
 class Deliverer:
     """Sends due callbacks (the delivery loop of a worker process)."""
 
@@ -162,6 +225,21 @@ class Deliverer:
         self.redis, self.settings, self.destinations = redis, settings, destinations
         self.http = httpx.Client(timeout=settings.callback_timeout_s, follow_redirects=False,
                                  trust_env=False)
+        self.sweep_at = 0.0
+
+    def sweep(self) -> None:
+        """Every SWEEP_S, sweep_lost if no other process holds the sweep's lock."""
+        if time.monotonic() < self.sweep_at:
+            return
+        self.sweep_at = time.monotonic() + SWEEP_S
+        if not self.redis.set(SWEEP_KEY, 1, nx=True, ex=SWEEP_S):
+            return
+        try:
+            sweep_lost(self.redis)
+        except RedisError:
+            raise
+        except Exception:  # noqa: BLE001 - a job it cannot read must not end the delivery loop
+            log.exception("callbacks: the sweep for lost jobs failed")
 
     def deliver_due(self) -> int:
         """One pass: send each due callback this process takes; how many it took."""
@@ -229,6 +307,7 @@ def deliver_forever(deliverer: Deliverer, stop: threading.Event) -> None:
     """Send due callbacks until `stop` is set; a Redis outage only pauses it."""
     while not stop.is_set():
         try:
+            deliverer.sweep()
             if deliverer.deliver_due():
                 continue
         except RedisError:

@@ -4,7 +4,8 @@ The API imports only this module and shared/storage.py, never the job code: it e
 JOB_FUNCTION by name, with no arguments: the job's input is in its own key (storage.payload_key).
 A per-job key exists only while a live worker is running that job: RQ notices a dead
 worker only after its heartbeat TTL (a minute or more); this key, refreshed every second
-and expiring after ALIVE_TTL_S, lets the API say `worker_lost` within seconds.
+and expiring after ALIVE_TTL_S, lets the API say `worker_lost` within seconds (is_lost, which the
+callbacks' sweep for lost jobs follows too).
 
 Canceling: the API sets a job's cancel key (DELETE /jobs/<id>); the worker running it polls
 that key every CANCEL_KEY_POLL_S and sets the run's cancel event, which kills its jail. RQ's own
@@ -14,9 +15,11 @@ stop-job command would kill the work-horse, but these workers run jobs in-proces
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.job import Job
 
 QUEUE_NAME = "pysandbox"
 JOB_FUNCTION = "worker.jobs.run_stored"
@@ -25,6 +28,14 @@ REFRESH_S = 1.0
 CANCEL_KEY_POLL_S = 0.2
 """How often a worker running a job looks for its cancel key (jail/pipes.py's CANCEL_POLL_S is how
 often a run looks at its cancel event)."""
+LOST_MARKS = ("AbandonedJobError", "redis.exceptions.")
+"""In a failed job's exc_info, what says its worker was lost: RQ's AbandonedJobError (the worker died
+and RQ noticed), or a Redis error (the worker lost Redis while storing the outcome, and RQ recorded
+that once Redis was back)."""
+HOLDER_KEY = "holder_key"
+"""The job's meta: the Redis key that exists while its session's holder lives (the worker's key,
+or the API process's): without it, a queued call is failed `session_ended` (`lost`). A job with it
+is a session's call (shared/session_calls.py), which no queue worker runs."""
 
 
 def alive_key(job_id: str) -> str:
@@ -40,6 +51,26 @@ def cancel_key(job_id: str) -> str:
 def is_alive(redis: Redis, job_id: str) -> bool:
     """True while a worker is running job_id."""
     return bool(redis.exists(alive_key(job_id)))
+
+
+def is_lost(redis: Redis, job: Job) -> bool:
+    """True when a started job's worker is gone: the job began ALIVE_TTL_S ago or more, its alive key
+    has expired, and Redis has been up for ALIVE_TTL_S (a worker that outlived Redis's outage
+    refreshes its key within a beat). GET /jobs/<id> then answers `worker_lost`, and its callback is
+    made due (shared/callbacks.py's sweep_lost)."""
+    started = job.started_at
+    if started is None:
+        return False
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=UTC)
+    age_s = (datetime.now(UTC) - started).total_seconds()
+    return not (age_s < ALIVE_TTL_S or is_alive(redis, job.id)
+                or int(redis.info("server")["uptime_in_seconds"]) < ALIVE_TTL_S)
+
+
+def failed_lost(exc_info: str | None) -> bool:
+    """True when a failed job failed because its worker was lost (LOST_MARKS), not its sandbox."""
+    return any(mark in (exc_info or "") for mark in LOST_MARKS)
 
 
 def request_cancel(redis: Redis, job_id: str, ttl_s: int) -> None:

@@ -44,9 +44,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 NOT_RUN = "the job was canceled before it ran"
 CANCELED_CALL = "the call was canceled by its client (KeyboardInterrupt); the session keeps its state"
-HOLDER_KEY = "holder_key"
-"""The job's meta: the Redis key that exists while its session's holder lives (the worker's key,
-or the API process's): without it, a queued call is failed `session_ended` (`lost`)."""
 SESSION = "session"
 """The job's meta: its session's id, then (once it ended) its session's state."""
 ENDED = "session_ended"

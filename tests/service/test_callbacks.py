@@ -1,8 +1,9 @@
 """Signed callbacks of queued runs (shared/callbacks.py, docs/callbacks.md) with real redis-server,
 an RQ worker (whose delivery loop sends them) and gunicorn, to a receiver on loopback that the
 test's settings allow: each ended job is called back once with GET /jobs/<id>'s JSON, signed as the
-documentation says; a receiver that fails twice gets it on the third try with the same delivery id;
-a redirect is never followed; a URL the settings do not allow is refused at submit."""
+documentation says, a job whose worker was SIGKILLed included; a receiver that fails twice gets it
+on the third try with the same delivery id; a redirect is never followed; a URL the settings do not
+allow is refused at submit."""
 import hashlib
 import hmac
 import json
@@ -12,15 +13,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_network
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from pysandbox_client import verify_signature
 from redis import Redis
+from rq.registry import StartedJobRegistry
 
-from shared.callbacks import Deliverer, Destinations
+from shared.callbacks import SWEEP_S, Deliverer, Destinations
+from shared.queue import ALIVE_TTL_S, QUEUE_NAME
 from shared.settings import load
+from tests.service.test_queue import kill_tree
 from tests.support.servers import free_port, gunicorn, redis_server, workers
 
 SECRET = "callback-test-secret"
@@ -80,9 +85,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-def submit(service: str, script: str, callback_url: str) -> str:
+def submit(service: str, script: str, callback_url: str, **options: Any) -> str:
     answer = requests.post(f"{service}/execute?async=1",
-                           json={"script": script, "callback_url": callback_url}, timeout=10)
+                           json={"script": script, "callback_url": callback_url, **options}, timeout=10)
     assert answer.status_code == 202, answer.text
     return str(answer.json()["id"])
 
@@ -166,6 +171,42 @@ def test_a_sessions_queued_calls_are_called_back_with_the_session(service: str, 
     assert requests.delete(f"{service}/sessions/{session}", timeout=10).status_code == 200
     assert called_back(behind, "/ok/session-ended")["error"] == {
         "code": "session_ended", "message": "the session ended: deleted", "reason": "deleted"}
+
+
+@pytest.mark.parametrize("how", ["liveness", "abandoned"])
+def test_a_job_lost_with_its_worker_is_called_back(tmp_path: Path, receiver: Receiver, how: str) -> None:
+    """The worker running a job is SIGKILLed (with its jails, as a container kill does); the other
+    worker's delivery loop finds the job lost by GET /jobs/<id>'s rule: its liveness key gone
+    (`liveness`), or RQ's own cleanup of the started jobs failed it as abandoned (`abandoned`, run
+    here at once rather than after the job's RQ timeout). It is called back once, signed, with
+    GET /jobs/<id>'s body: failed, worker_lost, naming the dead worker."""
+    path = f"/ok/lost-{how}"
+    with redis_server(tmp_path) as redis_url, workers(redis_url, 2, env=SETTINGS) as procs, \
+            gunicorn({**SETTINGS, "REDIS_URL": redis_url}) as service:
+        job_id = submit(service, "import time\ndef main():\n    time.sleep(25)", receiver.url + path,
+                        timeout=30)
+        deadline = time.monotonic() + 30
+        while (running := requests.get(f"{service}/jobs/{job_id}", timeout=10).json())["status"] != "running":
+            assert time.monotonic() < deadline, running
+            time.sleep(0.05)
+        [victim] = [proc for proc in procs if f".{proc.pid}." in running["worker"]]
+        kill_tree(victim.pid)
+        if how == "abandoned":  # as a worker's maintenance does once the job's RQ timeout has passed
+            StartedJobRegistry(QUEUE_NAME, connection=Redis.from_url(redis_url)).cleanup(time.time() + 10**6)
+        deadline = time.monotonic() + (ALIVE_TTL_S + 3 * SWEEP_S + 5) * 2  # lost, two sweeps, sent; x2
+        while not receiver.posts(path):
+            assert time.monotonic() < deadline, requests.get(f"{service}/jobs/{job_id}", timeout=10).json()
+            time.sleep(0.2)
+        state = settled(service, job_id)
+        time.sleep(SWEEP_S + 1)  # the sweeps after it send nothing more
+        [(headers, body)] = receiver.posts(path)
+    assert state["status"] == "failed" and state["error"]["code"] == "worker_lost"
+    assert state["worker"] == running["worker"]
+    assert json.loads(body) == {name: value for name, value in state.items() if name != "callback"}
+    assert state["callback"] == {"url": receiver.url + path, "delivery_id": headers["PySandbox-Delivery"],
+                                 "status": "delivered", "attempts": 1, "last_error": None}
+    assert documented_check(SECRET, body, headers["PySandbox-Signature"])
+    assert verify_signature(SECRET, body, headers["PySandbox-Signature"])
 
 
 def test_a_receiver_that_fails_twice_gets_it_the_third_time(service: str, receiver: Receiver) -> None:
