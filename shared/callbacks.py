@@ -48,10 +48,6 @@ DUE_KEY = "pysandbox:callbacks:due"
 """A sorted set: job ids whose callback is due, scored by when (Unix time)."""
 SWEEP_KEY = "pysandbox:callbacks:sweep"
 """Held (SET NX EX SWEEP_S) by the process that sweeps for lost jobs: one sweep per SWEEP_S in all."""
-SUSPECTS_KEY = "pysandbox:callbacks:lost"
-"""A set: the started jobs the last sweep found lost. A worker that ends a job deletes its alive key
-a moment before it makes the callback due, so a started job is called back lost only when two
-sweeps in a row find it so (its own end would have made the callback due in between)."""
 SWEEP_S = 5
 POLL_S = 0.2
 MAX_BACKOFF_S = 60.0
@@ -198,18 +194,9 @@ def _lost(redis: Redis, registry: BaseRegistry, status: JobStatus,
 
 def sweep_lost(redis: Redis) -> int:
     """Make due the callbacks of the jobs lost with their worker, with GET /jobs/<id>'s body: the
-    started jobs this sweep and the last (SUSPECTS_KEY) found lost, and those RQ failed as
-    abandoned; how many."""
-    started = _lost(redis, StartedJobRegistry(QUEUE_NAME, connection=redis), JobStatus.STARTED,
-                    lambda job: is_lost(redis, job))
-    seen = {member.decode() for member in redis.smembers(SUSPECTS_KEY)}  # type: ignore[union-attr]
-    confirmed = [job for job_id, job in started.items() if job_id in seen]
-    with redis.pipeline() as pipe:
-        pipe.delete(SUSPECTS_KEY)
-        if suspects := started.keys() - seen:
-            pipe.sadd(SUSPECTS_KEY, *suspects)
-            pipe.expire(SUSPECTS_KEY, 3 * SWEEP_S)
-        pipe.execute()
+    started jobs found lost (is_lost), and those RQ failed as abandoned; how many."""
+    confirmed = list(_lost(redis, StartedJobRegistry(QUEUE_NAME, connection=redis), JobStatus.STARTED,
+                           lambda job: is_lost(redis, job)).values())
     confirmed += _lost(redis, FailedJobRegistry(QUEUE_NAME, connection=redis), JobStatus.FAILED,
                        lambda job: failed_lost(job.exc_info)).values()
     for job in confirmed:

@@ -2,7 +2,7 @@
 
 The API imports only this module and shared/storage.py, never the job code: it enqueues
 JOB_FUNCTION by name, with no arguments: the job's input is in its own key (storage.payload_key).
-A per-job key exists only while a live worker is running that job: RQ notices a dead
+A per-job key exists while a live worker is running that job (and ALIVE_TTL_S after): RQ notices a dead
 worker only after its heartbeat TTL (a minute or more); this key, refreshed every second
 and expiring after ALIVE_TTL_S, lets the API say `worker_lost` within seconds (is_lost, which the
 callbacks' sweep for lost jobs follows too).
@@ -86,8 +86,10 @@ def is_canceled(redis: Redis, job_id: str) -> bool:
 @contextmanager
 def keep_alive(redis: Redis, job_id: str) -> Iterator[threading.Event]:
     """Refresh job_id's key while the body runs, and yield an event set once the job is
-    canceled; delete the key afterwards. A Redis outage meanwhile does not stop the run:
-    the beat retries, and a key left behind expires by itself."""
+    canceled. A Redis outage meanwhile does not stop the run: the beat retries. The key is left
+    to expire (ALIVE_TTL_S) rather than deleted: RQ stores the job's outcome a moment after the
+    body returns, and until then the job must not look lost (is_lost) to GET /jobs/<id> or to
+    the callbacks' sweep."""
     key, done, canceled = alive_key(job_id), threading.Event(), threading.Event()
 
     def beat() -> None:
@@ -113,7 +115,3 @@ def keep_alive(redis: Redis, job_id: str) -> Iterator[threading.Event]:
     finally:
         done.set()
         thread.join()
-        try:
-            redis.delete(key)
-        except RedisError:
-            pass

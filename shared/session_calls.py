@@ -22,6 +22,7 @@ import pickle
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -43,6 +44,8 @@ from shared.storage import JOB_OVERHEAD_BYTES, Ledger, payload_key, stored_resul
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 NOT_RUN = "the job was canceled before it ran"
+CALL_BACK_RETRY_S = 1.0
+"""How often a callback that could not be made due (Redis away) is tried again."""
 CANCELED_CALL = "the call was canceled by its client (KeyboardInterrupt); the session keeps its state"
 SESSION = "session"
 """The job's meta: its session's id, then (once it ended) its session's state."""
@@ -242,8 +245,21 @@ def settle(job: Job, nbytes: int, done: bool = True) -> None:
 
 def call_back(job: Job, body: dict[str, Any]) -> None:
     """The job has ended as `body` says (GET /jobs/<id>'s JSON): its callback, if any, is due
-    (shared/callbacks.py; a worker's delivery loop sends it)."""
+    (shared/callbacks.py; a worker's delivery loop sends it). With Redis away, a thread makes it
+    due once Redis answers, as the worker stores the job's outcome then (worker/__main__.py)."""
     try:
         callbacks.ended(job.connection, job.id, body)
     except RedisError:
-        log.warning("job's callback not made due: Redis is away", extra={"job_id": job.id})
+        log.warning("job's callback not made due yet: Redis is away", extra={"job_id": job.id})
+        threading.Thread(target=_call_back_later, args=(job, body), name=f"callback-{job.id}",
+                         daemon=True).start()
+
+
+def _call_back_later(job: Job, body: dict[str, Any]) -> None:
+    while True:
+        time.sleep(CALL_BACK_RETRY_S)
+        try:
+            callbacks.ended(job.connection, job.id, body)
+            return
+        except RedisError:
+            pass
