@@ -117,14 +117,14 @@ def _cmd_run(client: Client, args: argparse.Namespace) -> int:
     if not args.run_async:
         result = client.run(script, **kwargs)
     else:
-        result = _wait(client, client.submit(script, **kwargs).id)
+        result = _wait(client, client.submit(script, **kwargs).id, args)
     _show_output(result)
     _save(result.files, args.out)
     _print_json(result.result)
     return EXIT["ok"]
 
 
-def _wait(client: Client, job_id: str) -> RunResult:
+def _wait(client: Client, job_id: str, args: argparse.Namespace) -> RunResult:
     """The job's result, with a spinner on a terminal; Ctrl-C cancels the job."""
     try:
         if not sys.stderr.isatty():
@@ -132,8 +132,23 @@ def _wait(client: Client, job_id: str) -> RunResult:
         with Progress(job_id, sys.stderr) as progress:
             return client.wait(job_id, on_poll=progress.update)
     except KeyboardInterrupt:
-        client.cancel(job_id)
+        _cancel(job_id, args)
         raise
+
+
+def _cancel(job_id: str, args: argparse.Namespace) -> None:
+    """Cancel the job Ctrl-C left, on a client of its own: the interrupted poll may have left the
+    other's connection mid-answer (httpx's pool is not safe to reuse after a KeyboardInterrupt).
+    A cancel that fails is said on stderr; the exit status stays Ctrl-C's."""
+    try:
+        with _client(args) as fresh:
+            fresh.cancel(job_id)
+    except PySandboxError as error:
+        print(f"pysandbox: job {job_id} could not be canceled: {error}", file=sys.stderr)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.url, args.api_key, retries=Retries(attempts=args.retries))
 
 
 def _cmd_jobs(client: Client, args: argparse.Namespace) -> int:
@@ -194,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.retries < 0:
         parser().error("--retries must be 0 or more")
     try:
-        with Client(args.url, args.api_key, retries=Retries(attempts=args.retries)) as client:
+        with _client(args) as client:
             return _cmd_run(client, args) if args.command == "run" else _cmd_jobs(client, args)
     except _Usage as exc:
         print(f"pysandbox: {exc}", file=sys.stderr)

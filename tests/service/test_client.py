@@ -632,8 +632,8 @@ def test_cli_ctrl_c_cancels_the_job_it_waits_for(service, client, tmp_path):
     shown = terminal.read_until(SPINNER.replace("(queued|running)", "running"))
     assert shown, terminal.shown
     terminal.proc.send_signal(signal.SIGINT)
-    terminal.end()
-    assert terminal.proc.returncode == 130
+    stdout = terminal.end()
+    assert terminal.proc.returncode == 130, (stdout, terminal.shown)
     assert client.get(shown.group(1)).status == "canceled"
 
 
