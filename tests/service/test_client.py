@@ -590,8 +590,12 @@ class OnATerminal:
         (cwd / "script.py").write_text(script)
         self.controller, terminal = pty.openpty()
         env = {**os.environ, "PYSANDBOX_URL": service, "PYSANDBOX_API_KEY": KEYS["alice"]}
+        # Ctrl-C's default disposition, as a shell gives its foreground command: a test run that
+        # was itself started in the background (`cmd &` without job control) ignores SIGINT,
+        # which its children would inherit, and then Python raises no KeyboardInterrupt.
         self.proc = subprocess.Popen([PYSANDBOX, "run", "script.py", "--async"], cwd=cwd, env=env,
-                                     stdout=subprocess.PIPE, stderr=terminal, text=True)
+                                     stdout=subprocess.PIPE, stderr=terminal, text=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         os.close(terminal)
         self.shown = ""
 
