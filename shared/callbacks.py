@@ -178,31 +178,31 @@ def _awaiting(redis: Redis, registry: BaseRegistry) -> list[str]:
 
 
 def _lost(redis: Redis, registry: BaseRegistry, status: JobStatus,
-          lost: Callable[[Job], bool]) -> dict[str, Job]:
+          lost: Callable[[Job], bool]) -> list[Job]:
     """Those of _awaiting's jobs still in `status` that are `lost` (a session's call is left to its
     own path)."""
-    found = {}
+    found = []
     for job_id in _awaiting(redis, registry):
         try:
             job = Job.fetch(job_id, connection=redis)
         except NoSuchJobError:
             continue  # expired since it was listed
         if HOLDER_KEY not in job.meta and job.get_status(refresh=False) is status and lost(job):
-            found[job_id] = job
+            found.append(job)
     return found
 
 
 def sweep_lost(redis: Redis) -> int:
     """Make due the callbacks of the jobs lost with their worker, with GET /jobs/<id>'s body: the
     started jobs found lost (is_lost), and those RQ failed as abandoned; how many."""
-    confirmed = list(_lost(redis, StartedJobRegistry(QUEUE_NAME, connection=redis), JobStatus.STARTED,
-                           lambda job: is_lost(redis, job)).values())
-    confirmed += _lost(redis, FailedJobRegistry(QUEUE_NAME, connection=redis), JobStatus.FAILED,
-                       lambda job: failed_lost(job.exc_info)).values()
-    for job in confirmed:
+    lost = _lost(redis, StartedJobRegistry(QUEUE_NAME, connection=redis), JobStatus.STARTED,
+                 lambda job: is_lost(redis, job))
+    lost += _lost(redis, FailedJobRegistry(QUEUE_NAME, connection=redis), JobStatus.FAILED,
+                  lambda job: failed_lost(job.exc_info))
+    for job in lost:
         ended(redis, job.id, lost_job(job.id, job.meta.get("request_id"), job.worker_name))
         log.warning("callback due for a job lost with its worker", extra={"job_id": job.id})
-    return len(confirmed)
+    return len(lost)
 
 
 class Deliverer:

@@ -256,6 +256,7 @@ def call_back(job: Job, body: dict[str, Any]) -> None:
 
 
 def _call_back_later(job: Job, body: dict[str, Any]) -> None:
+    """call_back's retry, every CALL_BACK_RETRY_S until Redis answers."""
     while True:
         time.sleep(CALL_BACK_RETRY_S)
         try:
