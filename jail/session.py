@@ -47,6 +47,8 @@ INTERRUPT_GRACE_S = 2.0
 """How long a call has to stop after its KeyboardInterrupt before the session is killed."""
 LIFETIME_SLACK_S = 5
 """nsjail's own time limit (a backstop) is the session's lifetime plus this."""
+KEEP_FREED_MAX_MB = 32
+"""The most freed heap a session's interpreter keeps for its next call (see malloc_tunables)."""
 
 
 class SessionEnded(Exception):
@@ -76,6 +78,16 @@ def session_harness_source() -> str:
     return (paths().harness.parent / "session_harness.py").read_text()
 
 
+def malloc_tunables(memory_mb: int) -> str:
+    """glibc's malloc settings for a session's interpreter: keep up to an eighth of its memory
+    (at most KEEP_FREED_MAX_MB) of freed heap between calls, and take blocks up to that size
+    from the heap, not from fresh mappings. By default glibc hands a call's freed temporaries
+    back to the kernel, and the next call faults them in again: ~200 page faults, 0.5-0.7 ms
+    of a 100 000-row groupby here. What is kept counts in the session's memory (cgroup)."""
+    keep = min(KEEP_FREED_MAX_MB, memory_mb // 8) * MIB
+    return f"GLIBC_TUNABLES=glibc.malloc.trim_threshold={keep}:glibc.malloc.mmap_threshold={keep}"
+
+
 class Session:
     """One jailed interpreter for one session. `limits` bound the whole session (memory_mb,
     max_pids, tmp_mb, max_open_files); each call brings its own time and output limits."""
@@ -101,7 +113,8 @@ class Session:
         self._log = self._stack.enter_context(tempfile.TemporaryFile())
         whole_life = replace(self.limits, timeout_s=math.ceil(self.lifetime_s) + LIFETIME_SLACK_S)
         argv = jail_argv(policy_file(self.limits.tmp_mb), 2, jail_end.fileno(),
-                         one_off_limits(whole_life, self.cgroup),
+                         [*one_off_limits(whole_life, self.cgroup),
+                          "--env", malloc_tunables(self.limits.memory_mb)],
                          session_harness_source() + "\nserve_session(int(sys.argv[1]))",
                          str(jail_end.fileno()))
         try:

@@ -89,6 +89,25 @@ def test_an_error_is_the_calls_and_the_session_goes_on(session):
     assert ok(session, "x").result == 1 and session.ended is None
 
 
+def test_a_calls_freed_temporaries_are_kept_for_the_next_call(session):
+    """The interpreter's malloc keeps freed heap between calls (jail/session.py's malloc_tunables):
+    a groupby run again on a held frame faults in no fresh pages (~200 a call when glibc hands
+    them back)."""
+    ok(session, """
+        import resource
+        import numpy as np
+        import pandas as pd
+        frame = pd.DataFrame({"k": np.arange(100_000) % 7, "v": np.arange(100_000)})
+        def faults():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            frame.groupby("k")["v"].sum()
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        faults()
+    """)
+    faults = [ok(session, "faults()").result for _ in range(3)]
+    assert min(faults) < 50, f"page faults of each groupby after the first: {faults}"
+
+
 def test_two_sessions_never_see_each_other():
     first, second = Session(SESSION, 60), Session(SESSION, 60)
     try:
