@@ -82,8 +82,8 @@ def malloc_tunables(memory_mb: int) -> str:
     """glibc's malloc settings for a session's interpreter: keep up to an eighth of its memory
     (at most KEEP_FREED_MAX_MB) of freed heap between calls, and take blocks up to that size
     from the heap, not from fresh mappings. By default glibc hands a call's freed temporaries
-    back to the kernel, and the next call faults them in again: ~200 page faults, 0.5-0.7 ms
-    of a 100 000-row groupby here. What is kept counts in the session's memory (cgroup)."""
+    back to the kernel, and the next call faults them in again: ~200 page faults, 0.5-1 ms of
+    a 100 000-row groupby here. What is kept counts in the session's memory limit."""
     keep = min(KEEP_FREED_MAX_MB, memory_mb // 8) * MIB
     return f"GLIBC_TUNABLES=glibc.malloc.trim_threshold={keep}:glibc.malloc.mmap_threshold={keep}"
 
