@@ -13,11 +13,12 @@ stop-job command would kill the work-horse, but these workers run jobs in-proces
 (SimpleWorker, next to their warm jail), so the jail has to be told instead.
 """
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from redis import Redis
+from redis import ConnectionPool, Redis
 from redis.exceptions import RedisError
 from rq.job import Job
 
@@ -28,6 +29,9 @@ REFRESH_S = 1.0
 CANCEL_KEY_POLL_S = 0.2
 """How often a worker running a job looks for its cancel key (jail/pipes.py's CANCEL_POLL_S is how
 often a run looks at its cancel event)."""
+RECONNECT_S = 1.0
+"""How often wait_for tries Redis again."""
+PROBE_TIMEOUT_S = 5.0
 LOST_MARKS = ("AbandonedJobError", "redis.exceptions.")
 """In a failed job's exc_info, what says its worker was lost: RQ's AbandonedJobError (the worker died
 and RQ noticed), or a Redis error (the worker lost Redis while storing the outcome, and RQ recorded
@@ -71,6 +75,27 @@ def is_lost(redis: Redis, job: Job) -> bool:
 def failed_lost(exc_info: str | None) -> bool:
     """True when a failed job failed because its worker was lost (LOST_MARKS), not its sandbox."""
     return any(mark in (exc_info or "") for mark in LOST_MARKS)
+
+
+def wait_for(redis: Redis) -> None:
+    """Until Redis answers a PING (at least RECONNECT_S: never a busy loop). The PING goes on a
+    connection of its own with short timeouts: RQ gives the worker's connections a read timeout
+    of minutes (for BLPOP), and a port whose far end is not up yet (a forwarded port of a host
+    still booting) may accept a connection and never answer."""
+    pool = redis.connection_pool
+    short = {"socket_timeout": PROBE_TIMEOUT_S, "socket_connect_timeout": PROBE_TIMEOUT_S}
+    probe = Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class,
+                                                 **{**pool.connection_kwargs, **short}))
+    try:
+        while True:
+            time.sleep(RECONNECT_S)
+            try:
+                probe.ping()
+                return
+            except RedisError:
+                pass
+    finally:
+        probe.close()
 
 
 def request_cancel(redis: Redis, job_id: str, ttl_s: int) -> None:

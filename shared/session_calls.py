@@ -22,7 +22,6 @@ import pickle
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -38,14 +37,12 @@ from jail import Limits, Outcome, RunInput, Status
 from jail.session import Session
 from shared import callbacks
 from shared.answers import ended_job, session_ended_job
-from shared.queue import keep_alive
+from shared.queue import keep_alive, wait_for
 from shared.storage import JOB_OVERHEAD_BYTES, Ledger, payload_key, stored_result_bytes, worst_result_bytes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 NOT_RUN = "the job was canceled before it ran"
-CALL_BACK_RETRY_S = 1.0
-"""How often a callback that could not be made due (Redis away) is tried again."""
 CANCELED_CALL = "the call was canceled by its client (KeyboardInterrupt); the session keeps its state"
 SESSION = "session"
 """The job's meta: its session's id, then (once it ended) its session's state."""
@@ -256,9 +253,9 @@ def call_back(job: Job, body: dict[str, Any]) -> None:
 
 
 def _call_back_later(job: Job, body: dict[str, Any]) -> None:
-    """call_back's retry, every CALL_BACK_RETRY_S until Redis answers."""
+    """call_back's retry, each time Redis answers again (shared/queue.py's wait_for)."""
     while True:
-        time.sleep(CALL_BACK_RETRY_S)
+        wait_for(job.connection)
         try:
             callbacks.ended(job.connection, job.id, body)
             return

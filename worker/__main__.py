@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import start_http_server
-from redis import ConnectionPool, Redis
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
@@ -36,13 +36,11 @@ from jail import Sandbox
 from jail.selftest import self_test
 from shared import callbacks, logs
 from shared.metrics import observe_warm_jails
-from shared.queue import QUEUE_NAME
+from shared.queue import QUEUE_NAME, wait_for
 from shared.settings import load, warn_unknown
 from worker import jobs
 from worker.sessions import SessionHost
 
-RECONNECT_S = 1.0
-PROBE_TIMEOUT_S = 5.0
 ALIVE_EVERY_S = 5.0
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEAD_PEER_OPTIONS = {socket.TCP_KEEPIDLE: 5, socket.TCP_KEEPINTVL: 2, socket.TCP_KEEPCNT: 3,
@@ -90,27 +88,6 @@ def connect(url: str) -> Redis:
     if urlsplit(url).scheme in ("redis", "rediss"):
         return Redis.from_url(url, socket_keepalive=True, socket_keepalive_options=DEAD_PEER_OPTIONS)
     return Redis.from_url(url)
-
-
-def wait_for(redis: Redis) -> None:
-    """Until Redis answers a PING (at least RECONNECT_S: never a busy loop). The PING goes on a
-    connection of its own with short timeouts: RQ gives the worker's connections a read timeout
-    of minutes (for BLPOP), and a port whose far end is not up yet (a forwarded port of a host
-    still booting) may accept a connection and never answer."""
-    pool = redis.connection_pool
-    short = {"socket_timeout": PROBE_TIMEOUT_S, "socket_connect_timeout": PROBE_TIMEOUT_S}
-    probe = Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class,
-                                                 **{**pool.connection_kwargs, **short}))
-    try:
-        while True:
-            time.sleep(RECONNECT_S)
-            try:
-                probe.ping()
-                return
-            except RedisError:
-                pass
-    finally:
-        probe.close()
 
 
 def beat_alive(path: Path) -> None:
