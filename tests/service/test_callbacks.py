@@ -104,6 +104,15 @@ def settled(service: str, job_id: str, timeout_s: float = 30) -> dict[str, Any]:
         time.sleep(0.1)
 
 
+def running(service: str, job_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    """GET /jobs/<id> once the job runs."""
+    deadline = time.monotonic() + timeout_s
+    while (state := requests.get(f"{service}/jobs/{job_id}", timeout=10).json())["status"] != "running":
+        assert time.monotonic() < deadline, state
+        time.sleep(0.05)
+    return dict(state)
+
+
 def documented_check(secret: str, body: bytes, header: str) -> bool:
     """docs/callbacks.md's recipe, as a receiver without our client writes it."""
     fields = dict(part.split("=", 1) for part in header.split(","))
@@ -186,11 +195,8 @@ def test_a_job_lost_with_its_worker_is_called_back(tmp_path: Path, receiver: Rec
             gunicorn({**SETTINGS, "REDIS_URL": redis_url}) as service:
         job_id = submit(service, "import time\ndef main():\n    time.sleep(25)", receiver.url + path,
                         timeout=30)
-        deadline = time.monotonic() + 30
-        while (running := requests.get(f"{service}/jobs/{job_id}", timeout=10).json())["status"] != "running":
-            assert time.monotonic() < deadline, running
-            time.sleep(0.05)
-        [victim] = [proc for proc in procs if f".{proc.pid}." in running["worker"]]
+        run = running(service, job_id)
+        [victim] = [proc for proc in procs if f".{proc.pid}." in run["worker"]]
         kill_tree(victim.pid)
         if how == "abandoned":  # as a worker's maintenance does once the job's RQ timeout has passed
             StartedJobRegistry(QUEUE_NAME, connection=Redis.from_url(redis_url)).cleanup(time.time() + 10**6)
@@ -202,7 +208,7 @@ def test_a_job_lost_with_its_worker_is_called_back(tmp_path: Path, receiver: Rec
         time.sleep(SWEEP_S + 1)  # the sweeps after it send nothing more
         [(headers, body)] = receiver.posts(path)
     assert state["status"] == "failed" and state["error"]["code"] == "worker_lost"
-    assert state["worker"] == running["worker"]
+    assert state["worker"] == run["worker"]
     assert json.loads(body) == {name: value for name, value in state.items() if name != "callback"}
     assert state["callback"] == {"url": receiver.url + path, "delivery_id": headers["PySandbox-Delivery"],
                                  "status": "delivered", "attempts": 1, "last_error": None}
@@ -221,10 +227,7 @@ def test_a_job_that_ends_while_redis_is_away_is_called_back(tmp_path: Path, rece
         with workers(redis_url, 1, env=SETTINGS), gunicorn({**SETTINGS, "REDIS_URL": redis_url}) as service:
             job_id = submit(service, "import time\ndef main():\n    time.sleep(2)\n    return 7",
                             receiver.url + path, timeout=10)
-            deadline = time.monotonic() + 30
-            while requests.get(f"{service}/jobs/{job_id}", timeout=10).json()["status"] != "running":
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            running(service, job_id)
             first_redis.close()  # Redis stops mid-run
             time.sleep(3)  # the run ends while it is away
             with redis_server(tmp_path, port, *durable):
